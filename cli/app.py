@@ -1,0 +1,58 @@
+"""The `lmft` typer application; each command starts a flow and prints its outcome."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from pydantic import ValidationError
+
+app = typer.Typer(
+    name="lmft",
+    help="Fine-tune a language model with Prefect flows, convert it to GGUF, serve it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print `message` to stderr and return the Exit to raise."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def explain_validation_error(exc: ValidationError) -> str:
+    """One line per refused field: where, and why."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "request"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {where}: {msg}")
+    return "invalid request:\n" + "\n".join(lines)
+
+
+def load_config(path: Path) -> dict:
+    """Read a request from a YAML or JSON file; relative dataset/model paths resolve against it."""
+    if not path.exists():
+        raise fail(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise fail(f"config file {path} is not valid YAML/JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise fail(f"config file {path} must hold a mapping of request fields")
+    dataset = data.get("dataset")
+    if isinstance(dataset, str):
+        dataset = data["dataset"] = {"path": dataset}
+    if isinstance(dataset, dict) and isinstance(dataset.get("path"), str):
+        candidate = path.parent / dataset["path"]
+        if not Path(dataset["path"]).is_absolute() and candidate.exists():
+            dataset["path"] = str(candidate)
+    return data
+
+
+from cli import commands  # noqa: E402,F401  (registers the commands)

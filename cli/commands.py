@@ -1,0 +1,54 @@
+"""`lmft run`: the whole pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from cli.app import app, explain_validation_error, fail, load_config
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Argument(help="YAML/JSON file with a FineTuneRequest.")] = None,
+    model: Annotated[str | None, typer.Option(help="Base model: Hub id, local folder or 'smollm2-135m-instruct'.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset: local file/folder or Hub id.")] = None,
+    method: Annotated[str | None, typer.Option(help="sft | dpo | grpo | kto")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
+    backend: Annotated[str | None, typer.Option(help="local | hf-jobs")] = None,
+    output_name: Annotated[str | None, typer.Option(help="Name of the trained model.")] = None,
+) -> None:
+    """Run the `finetune` flow and print where the trained model is."""
+    from tasks.request import FineTuneRequest
+
+    data = load_config(config) if config else {}
+    if dataset:
+        data["dataset"] = {**(data.get("dataset") or {}), "path": dataset}
+    if "dataset" not in data:
+        raise fail("give a config file or --dataset")
+    for key, value in (("base_model", model), ("method", method), ("backend", backend), ("output_name", output_name)):
+        if value is not None:
+            data[key] = value
+    if max_steps is not None:
+        data.setdefault("hyperparameters", {})["max_steps"] = max_steps
+    try:
+        request = FineTuneRequest.model_validate(data)
+    except ValidationError as exc:
+        raise fail(explain_validation_error(exc)) from None
+
+    from flows.finetune import finetune
+
+    state = finetune(request, return_state=True)
+    if not state.is_completed():
+        raise fail(f"the finetune flow ended {state.name}: {state.message}", code=1)
+    summary = state.result()
+    typer.echo("")
+    typer.secho(f"Fine-tuned {summary.output_name} in {summary.steps} steps", fg=typer.colors.GREEN, bold=True)
+    typer.echo(f"  loss          {summary.first_loss:.4f} -> {summary.final_loss:.4f}")
+    typer.echo("  wall time     " + ", ".join(f"{k} {v:.0f}s" for k, v in summary.step_seconds.items()))
+    typer.echo(f"  model         {summary.model_dir}")
+    typer.echo(f"  Trackio       trackio show --project {summary.trackio_project}")
+    typer.echo("  Prefect UI    prefect server start, then open http://127.0.0.1:4200 (set PREFECT_API_URL to keep runs)")

@@ -1,0 +1,25 @@
+"""Training jobs: one record shape for every backend (local subprocess, Hugging Face Jobs)."""
+
+from tasks.jobs.models import (
+    TERMINAL_STATES,
+    JobHandle,
+    JobState,
+    JobStatus,
+    ProgressUpdate,
+    TrainingFailed,
+    TrainingResult,
+    parse_progress_line,
+    parse_result_line,
+)
+
+__all__ = [
+    "TERMINAL_STATES",
+    "JobHandle",
+    "JobState",
+    "JobStatus",
+    "ProgressUpdate",
+    "TrainingFailed",
+    "TrainingResult",
+    "parse_progress_line",
+    "parse_result_line",
+]

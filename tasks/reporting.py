@@ -1,0 +1,85 @@
+"""Artifacts that summarise a pipeline run in the Prefect UI."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel
+
+from tasks.costs import CostEstimate
+from tasks.jobs import TrainingResult
+from tasks.request import FineTuneRequest
+
+
+class FineTuneSummary(BaseModel):
+    """What the `finetune` flow returns."""
+
+    output_name: str
+    job_id: str
+    model_dir: str | None
+    hub_repo: str | None = None
+    steps: int
+    first_loss: float | None
+    final_loss: float | None
+    step_seconds: dict[str, float]
+    trackio_project: str
+    estimate: CostEstimate
+
+
+@contextmanager
+def timed(timings: dict[str, float], step: str) -> Iterator[None]:
+    """Record the wall time of a pipeline step into `timings[step]` (seconds)."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        timings[step] = round(time.monotonic() - started, 2)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+@task(name="publish-summary")
+def publish_summary(
+    request: FineTuneRequest, result: TrainingResult, estimate: CostEstimate, timings: dict[str, float]
+) -> FineTuneSummary:
+    """Build the run's summary and publish it as a markdown artifact."""
+    summary = FineTuneSummary(
+        output_name=request.output_name or result.handle.job_id,
+        job_id=result.handle.job_id,
+        model_dir=result.model_dir,
+        hub_repo=result.hub_repo,
+        steps=result.global_step,
+        first_loss=result.first_loss,
+        final_loss=result.final_loss,
+        step_seconds=timings,
+        trackio_project=result.trackio_project,
+        estimate=estimate,
+    )
+    rows = "\n".join(f"| {step} | {seconds:.1f} |" for step, seconds in timings.items())
+    markdown = f"""# Fine-tune: {summary.output_name}
+
+| | |
+|---|---|
+| base model | `{request.base_model}` |
+| dataset | `{request.dataset.path}` |
+| method | {request.method.value} ({"LoRA r=%d" % request.lora.r if request.lora.enabled else "full"}) |
+| backend | {request.backend.value} (job `{result.handle.job_id}`) |
+| model | `{result.model_dir or result.hub_repo}` |
+| steps | {result.global_step} |
+| loss | {_fmt(result.first_loss)} → {_fmt(result.final_loss)} |
+| cost | ${estimate.expected_usd:.2f} ({estimate.source}) |
+| Trackio | project `{result.trackio_project}`: `trackio show --project {result.trackio_project}` |
+
+## Wall time per step (s)
+| step | seconds |
+|---|---|
+{rows}
+"""
+    create_markdown_artifact(markdown, key="finetune-summary", description=f"Fine-tune {summary.output_name}")
+    return summary

@@ -1,0 +1,42 @@
+"""Session-wide fixtures: an isolated LMFT_HOME, a Prefect test server, tiny models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_models import build_tiny_llama, save_tokenizer
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lmft_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test session gets its own $LMFT_HOME (jobs, models, ledgers); the embedded
+    model is materialised into the user's cache once and reused, as the CLI does."""
+    home = tmp_path_factory.mktemp("lmft-home")
+    os.environ["LMFT_HOME"] = str(home)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRACKIO_DIR", str(home / "trackio"))
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    return home
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A temporary Prefect server and database for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tokenizer(tmp_path_factory.mktemp("smollm2-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
+    """A random 2-layer llama with SmolLM2's tokenizer and chat template."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer_dir)
