@@ -46,6 +46,7 @@ from prefect.states import AwaitingRetry
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from tasks.github_workflows import WorkflowDispatchFailed, WorkflowTarget, dispatch_workflow
+from tasks.health import check_prefect_health
 
 logger = logging.getLogger("lmft.keepalive")
 
@@ -72,6 +73,9 @@ class KeepaliveSettings(BaseModel):
     successor: WorkflowTarget | None = None
     successor_token: SecretStr | None = None
     max_worker_restarts: int = Field(default=5, ge=0)
+    skip_if_online: bool = Field(
+        default=False, description="Start no worker when one is already online for the pool (scheduled backstop runs)."
+    )
 
     @model_validator(mode="after")
     def _check_times(self) -> KeepaliveSettings:
@@ -93,6 +97,7 @@ class KeepaliveReport(BaseModel):
     dispatch_error: str | None = None
     drained_cleanly: bool = Field(description="The worker finished all its runs before the hand-over.")
     handed_over: list[str] = Field(default=[], description="Flow runs put back to AwaitingRetry.")
+    skipped_because: str | None = None
 
 
 @dataclass
@@ -172,6 +177,11 @@ def _local_pid(infrastructure_pid: str | None) -> int | None:
 
 def keep_alive(settings: KeepaliveSettings, *, clock: Callable[[], float] = time.monotonic) -> KeepaliveReport:
     """Run a worker until the hand-over time; drain it and dispatch a successor on the way."""
+    if settings.skip_if_online and (online := check_prefect_health(settings.pool).workers_online):
+        return KeepaliveReport(
+            worker_name=settings.worker_name, worker_starts=0, successor_dispatched=False, drained_cleanly=True,
+            skipped_because=f"workers already online for pool {settings.pool!r}: {', '.join(online)}",
+        )
     started = clock()
     drain_at = started + settings.runtime_seconds - settings.drain_seconds
     hand_over_at = started + settings.runtime_seconds
@@ -229,6 +239,7 @@ def parse_settings(argv: list[str] | None = None) -> KeepaliveSettings:
     parser.add_argument("--limit", type=int)
     parser.add_argument("--successor-workflow", help="Workflow file to dispatch at the drain (needs GITHUB_TOKEN).")
     parser.add_argument("--successor-input", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--skip-if-online", action="store_true", help="Exit at once if a worker already serves the pool.")
     args = parser.parse_args(argv)
     successor = None
     if args.successor_workflow:
@@ -242,6 +253,7 @@ def parse_settings(argv: list[str] | None = None) -> KeepaliveSettings:
         "limit": args.limit,
         "successor": successor,
         "successor_token": SecretStr(token) if token else None,
+        "skip_if_online": args.skip_if_online,
     }
     if args.worker_name:
         values["worker_name"] = args.worker_name

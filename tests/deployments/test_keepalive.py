@@ -141,3 +141,27 @@ def test_worker_environment_holds_no_dispatch_token(monkeypatch: pytest.MonkeyPa
 def test_drain_must_come_before_the_hand_over() -> None:
     with pytest.raises(ValueError, match="drain_seconds"):
         KeepaliveSettings(runtime_seconds=60, drain_seconds=60)
+
+
+def test_scheduled_backstop_starts_no_worker_when_one_is_online(prefect_server) -> None:
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="backstop", type="process"))
+        client.send_worker_heartbeat(work_pool_name="backstop", worker_name="gha-blue", heartbeat_interval_seconds=30)
+    report = keep_alive(KeepaliveSettings(pool="backstop", runtime_seconds=10, drain_seconds=5, skip_if_online=True))
+    assert report.worker_starts == 0 and "gha-blue" in report.skipped_because
+
+
+def test_command_line_reads_the_actions_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deployments.keepalive import parse_settings
+
+    monkeypatch.setenv("GITHUB_REPOSITORY", "acme/lmft")
+    monkeypatch.setenv("GITHUB_REF_NAME", "main")
+    monkeypatch.setenv("GITHUB_TOKEN", "ghs_dispatch")
+    settings = parse_settings(
+        ["--runtime-seconds", "120", "--drain-seconds", "60", "--successor-workflow", "prefect-worker.yml",
+         "--successor-input", "slot=green"]
+    )
+    assert settings.successor.inputs == {"slot": "green"} and settings.successor.repository == "acme/lmft"
+    assert settings.successor_token.get_secret_value() == "ghs_dispatch" and "ghs_dispatch" not in repr(settings)

@@ -73,5 +73,7 @@ def test_cli_dispatches_and_exits_zero_when_it_started_a_worker(pool: str, monke
         )
     assert result.exit_code == 0, result.output
     assert [d.inputs for d in github.dispatches] == [{"slot": "blue"}]
-    monkeypatch.delenv("GITHUB_TOKEN")
     assert CliRunner().invoke(app, ["health-check", "--pool", pool]).exit_code == 1
+    monkeypatch.delenv("GITHUB_TOKEN")
+    missing = CliRunner().invoke(app, ["health-check", "--pool", pool, "--dispatch", "prefect-worker.yml"])
+    assert missing.exit_code == 2 and "GITHUB_TOKEN" in missing.output
