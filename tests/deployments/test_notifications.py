@@ -14,8 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from prefect import flow
-from prefect.client.orchestration import get_client
 from prefect.blocks.notifications import CustomWebhookNotificationBlock, SlackWebhook
+from prefect.client.orchestration import get_client
+from prefect.flow_runs import pause_flow_run
 from pydantic import SecretStr
 
 from deployments.notifications import RULES, ensure_notification_automations, save_slack_webhook
@@ -45,7 +46,19 @@ def doomed() -> None:
     raise RuntimeError("the dataset vanished")
 
 
-def test_failed_run_is_posted_through_the_block(prefect_server, webhook) -> None:
+@flow(name="awaits-approval")
+def awaits_approval() -> None:
+    pause_flow_run(timeout=2)
+
+
+def wait_for_post(received: list[dict], count: int, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while len(received) < count and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(received) >= count, f"the automation posted {len(received)} messages, wanted {count}"
+
+
+def test_failed_run_and_approval_request_are_posted_through_the_block(prefect_server, webhook) -> None:
     url, received = webhook
     CustomWebhookNotificationBlock(
         name="test", url=url, json_data={"text": "{{subject}}\n{{body}}"}
@@ -58,12 +71,13 @@ def test_failed_run_is_posted_through_the_block(prefect_server, webhook) -> None
 
     with pytest.raises(RuntimeError):
         doomed()
-    deadline = time.monotonic() + 90
-    while not received and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert received, "the automation posted nothing"
+    wait_for_post(received, 1)
     text = received[0]["text"]
     assert "doomed" in text and "Failed" in text and "the dataset vanished" in text
+
+    awaits_approval(return_state=True)  # nobody approves: the pause times out
+    wait_for_post(received, 2)
+    assert any("waits for an approval" in post["text"] and "awaits-approval" in post["text"] for post in received)
 
 
 def test_no_block_no_automations(prefect_server) -> None:
