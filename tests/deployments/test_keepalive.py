@@ -22,12 +22,14 @@ from tests.github_api import github_api
 
 NAP_FLOW = '''
 import time
+from pathlib import Path
 from prefect import flow
 
 @flow
-def nap(seconds: float) -> float:
-    time.sleep(seconds)
-    return seconds
+def nap(until: str) -> str:
+    while not Path(until).exists():
+        time.sleep(0.2)
+    return until
 '''
 
 
@@ -55,7 +57,7 @@ def wait_for_state(run_id: UUID, *types: StateType, timeout: float = 180) -> Sta
 
 @pytest.fixture
 def nap_deployment(tmp_path: Path, prefect_server, monkeypatch: pytest.MonkeyPatch) -> tuple[str, UUID]:
-    """A process work pool and a deployment of a flow that sleeps for `seconds`."""
+    """A process work pool and a deployment of a flow that runs until the file `until` exists."""
     from prefect import flow
 
     monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # for the worker subprocess
@@ -69,11 +71,12 @@ def nap_deployment(tmp_path: Path, prefect_server, monkeypatch: pytest.MonkeyPat
     return pool, deployment_id
 
 
-def test_drains_hands_long_run_over_and_dispatches_successor(nap_deployment: tuple[str, UUID]) -> None:
+def test_drains_hands_long_run_over_and_dispatches_successor(nap_deployment: tuple[str, UUID], tmp_path: Path) -> None:
     pool, deployment_id = nap_deployment
+    short_done, never = tmp_path / "short-done", tmp_path / "never"
     with get_client(sync_client=True) as client:
-        short = client.create_flow_run_from_deployment(deployment_id, parameters={"seconds": 8})
-        long = client.create_flow_run_from_deployment(deployment_id, parameters={"seconds": 600})
+        short = client.create_flow_run_from_deployment(deployment_id, parameters={"until": str(short_done)})
+        long = client.create_flow_run_from_deployment(deployment_id, parameters={"until": str(never)})
     clock = SteppedClock()
     reports: list[KeepaliveReport] = []
     with github_api() as github:
@@ -86,7 +89,7 @@ def test_drains_hands_long_run_over_and_dispatches_successor(nap_deployment: tup
         thread.start()
         try:
             wait_for_state(long.id, StateType.RUNNING)
-            wait_for_state(short.id, StateType.RUNNING, StateType.COMPLETED)
+            wait_for_state(short.id, StateType.RUNNING)
             assert github.dispatches == []
 
             clock.offset += 1800  # the drain
@@ -94,7 +97,9 @@ def test_drains_hands_long_run_over_and_dispatches_successor(nap_deployment: tup
             while not github.dispatches and time.monotonic() < deadline:
                 time.sleep(0.2)
             with get_client(sync_client=True) as client:
-                late = client.create_flow_run_from_deployment(deployment_id, parameters={"seconds": 1})
+                late = client.create_flow_run_from_deployment(deployment_id, parameters={"until": str(short_done)})
+                assert client.read_flow_run(short.id).state.type is StateType.RUNNING
+            short_done.touch()  # the short run finishes while the worker drains
             assert wait_for_state(short.id, StateType.COMPLETED, StateType.FAILED, StateType.CRASHED) is StateType.COMPLETED
             assert wait_for_state(long.id, StateType.RUNNING) is StateType.RUNNING
             with get_client(sync_client=True) as client:
