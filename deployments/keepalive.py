@@ -195,6 +195,7 @@ def keep_alive(settings: KeepaliveSettings, *, clock: Callable[[], float] = time
             time.sleep(min(settings.poll_seconds, max(0.0, drain_at - clock())))
 
         logger.info("draining: worker %s takes no new flow runs", settings.worker_name)
+        worker.freeze()
         dispatched, dispatch_error = False, None
         if settings.successor is not None:
             try:
@@ -204,7 +205,6 @@ def keep_alive(settings: KeepaliveSettings, *, clock: Callable[[], float] = time
             except WorkflowDispatchFailed as exc:  # drain all the same; the health check dispatches later
                 dispatch_error = str(exc)
                 logger.error("%s", exc)
-        worker.freeze()
         remaining = runs_of_worker(settings.pool, settings.worker_name)
         while remaining and clock() < hand_over_at:
             time.sleep(min(settings.poll_seconds, max(0.0, hand_over_at - clock())))
