@@ -22,6 +22,10 @@ class BudgetPolicyMissing(RuntimeError):
     """A paid run needs a saved `BudgetPolicy`; the message says how to create one."""
 
 
+class BudgetPolicyUnavailable(RuntimeError):
+    """The Prefect API that holds the blocks could not be reached."""
+
+
 class BudgetPolicy(Block):
     """Monthly limit, per-job maximum and approval rules for paid training jobs."""
 
@@ -68,4 +72,9 @@ def load_budget_policy(name: str = BUDGET_BLOCK_NAME) -> BudgetPolicy:
             "`lmft budget set --monthly-limit 200 --approval-threshold 20 --per-job-max 80`, or create a "
             "'Budget Policy' block in the Prefect UI, or `BudgetPolicy(...).save("
             f"{name!r})` from Python"
+        ) from None
+    except RuntimeError as exc:  # the API (or the ephemeral server) could not be reached
+        raise BudgetPolicyUnavailable(
+            f"cannot read the BudgetPolicy block {name!r} from the Prefect API ({exc}); start a server "
+            "(`prefect server start`) and set PREFECT_API_URL, then retry"
         ) from None

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from cli.app import app, explain_validation_error, fail, load_config
+from cli.app import app, explain_validation_error, fail, request_from_cli
 
 budget_app = typer.Typer(help="Show or save the BudgetPolicy block (monthly limit, approval threshold).", no_args_is_help=True)
 app.add_typer(budget_app, name="budget")
@@ -28,25 +28,12 @@ def estimate(
 ) -> None:
     """Estimate hardware, time and cost of a run without starting it."""
     from tasks.costs import estimate_request, load_catalog
-    from tasks.request import FineTuneRequest
     from tasks.validation import raise_on_errors, validate_dataset
 
-    data = load_config(config) if config else {}
-    if dataset:
-        data["dataset"] = {**(data.get("dataset") or {}), "path": dataset}
-    if "dataset" not in data:
-        raise fail("give a config file or --dataset")
-    for key, value in (("base_model", model), ("method", method), ("backend", backend), ("hardware", hardware)):
-        if value is not None:
-            data[key] = value
-    if max_steps is not None:
-        data.setdefault("hyperparameters", {})["max_steps"] = max_steps
+    fields = {"base_model": model, "method": method, "backend": backend, "hardware": hardware}
     if full:
-        data.setdefault("lora", {})["enabled"] = False
-    try:
-        request = FineTuneRequest.model_validate(data)
-    except ValidationError as exc:
-        raise fail(explain_validation_error(exc)) from None
+        fields["lora"] = {"enabled": False}
+    request = request_from_cli(config, dataset, fields, max_steps=max_steps)
     try:
         report = validate_dataset.fn(request)
         raise_on_errors(report)
@@ -72,7 +59,7 @@ def costs(
     typer.echo(f"spent         ${t.spent_usd:.2f}")
     typer.echo(f"held          ${t.reserved_usd:.2f} by {t.open_reservations} open runs")
     if t.limit_usd is None:
-        typer.echo("budget left   n/a (no BudgetPolicy saved: `lmft budget set ...`)")
+        typer.echo(f"budget left   n/a ({report.note})")
     else:
         typer.echo(f"budget left   ${report.left_usd:.2f} of ${t.limit_usd:.2f}")
     rows = report.rows()
@@ -103,19 +90,22 @@ def budget_set(
         )
     except ValidationError as exc:
         raise fail(explain_validation_error(exc)) from None
-    policy.save(name, overwrite=True)
+    try:
+        policy.save(name, overwrite=True)
+    except RuntimeError as exc:  # the Prefect API could not be reached
+        raise fail(f"cannot save the BudgetPolicy block ({exc}); start `prefect server start` and set PREFECT_API_URL") from None
     typer.echo(f"saved BudgetPolicy {name!r}: ${monthly_limit:.2f}/month, approval above ${approval_threshold:.2f}, per job ≤ ${per_job_max:.2f}")
 
 
 @budget_app.command("show")
 def budget_show(name: Annotated[str, typer.Option(help="Block document name.")] = "default") -> None:
     """Print the saved BudgetPolicy and where its ledger lives."""
-    from blocks.budget import BudgetPolicyMissing, load_budget_policy
+    from blocks.budget import BudgetPolicyMissing, BudgetPolicyUnavailable, load_budget_policy
     from tasks.budget import ledger_for
 
     try:
         policy = load_budget_policy(name)
-    except BudgetPolicyMissing as exc:
+    except (BudgetPolicyMissing, BudgetPolicyUnavailable) as exc:
         raise fail(str(exc), code=1) from None
     typer.echo(f"monthly limit        ${policy.monthly_limit_usd:.2f}")
     typer.echo(f"approval threshold   ${policy.approval_threshold_usd:.2f}")

@@ -15,7 +15,13 @@ from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.runtime import flow_run as current_flow_run
 
-from blocks.budget import BUDGET_BLOCK_NAME, BudgetPolicy, BudgetPolicyMissing, load_budget_policy
+from blocks.budget import (
+    BUDGET_BLOCK_NAME,
+    BudgetPolicy,
+    BudgetPolicyMissing,
+    BudgetPolicyUnavailable,
+    load_budget_policy,
+)
 from tasks.approval import ApprovalDecision
 from tasks.costs import CostEstimate, cost_so_far
 from tasks.jobs import JobHandle, TrainingResult
@@ -153,6 +159,9 @@ def release_budget_of_flow_run(flow, flow_run, state) -> None:
         ledger = ledger_for(load_budget_policy())
     except BudgetPolicyMissing:
         return  # without a policy no paid run got through the gate, so nothing is held
+    except BudgetPolicyUnavailable as exc:
+        logger.error("flow run %s %s: could not release its budget hold: %s", flow_run.id, state.name, exc)
+        return
     for reservation in ledger.entries(flow_run_id=str(flow_run.id)):
         if not reservation.is_open:
             continue

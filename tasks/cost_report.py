@@ -6,7 +6,13 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from blocks.budget import BUDGET_BLOCK_NAME, BudgetPolicy, BudgetPolicyMissing, load_budget_policy
+from blocks.budget import (
+    BUDGET_BLOCK_NAME,
+    BudgetPolicy,
+    BudgetPolicyMissing,
+    BudgetPolicyUnavailable,
+    load_budget_policy,
+)
 from tasks.budget import ledger_for
 from tasks.ledger import LedgerTotals, Reservation, current_month
 
@@ -18,6 +24,7 @@ class CostReport(BaseModel):
     totals: LedgerTotals
     left_usd: float | None
     entries: list[Reservation]
+    note: str = ""
 
     def rows(self) -> list[dict[str, str]]:
         """One row per run, for a table."""
@@ -40,13 +47,16 @@ def build_cost_report(month: str | None = None, *, policy_name: str = BUDGET_BLO
     """Read the ledger of `month` (default: this month, UTC); the budget left needs a saved policy."""
     month = month or current_month()
     policy: BudgetPolicy | None
+    note = ""
     try:
         policy = load_budget_policy(policy_name)
-    except BudgetPolicyMissing:
-        policy = None
+    except (BudgetPolicyMissing, BudgetPolicyUnavailable) as exc:
+        policy, note = None, f"{exc}; showing the default ledger without a limit"
     ledger = ledger_for(policy)
     totals = ledger.totals(month, limit_usd=policy.monthly_limit_usd if policy else None)
-    return CostReport(ledger=ledger.describe(), totals=totals, left_usd=totals.left_usd, entries=ledger.entries(month=month))
+    return CostReport(
+        ledger=ledger.describe(), totals=totals, left_usd=totals.left_usd, entries=ledger.entries(month=month), note=note
+    )
 
 
 @task(name="publish-cost-report")

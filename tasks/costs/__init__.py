@@ -4,7 +4,13 @@ The public surface is re-exported here; the modules behind it are `catalog`, `mo
 `workload` (memory and FLOPs) and `estimate`.
 """
 
-from tasks.costs.catalog import Flavor, HardwareCatalog, UnknownFlavor, load_catalog, offline_catalog
+from tasks.costs.catalog import (
+    Flavor,
+    HardwareCatalog,
+    UnknownFlavor,
+    load_catalog,
+    offline_catalog,
+)
 from tasks.costs.estimate import (
     CostEstimate,
     EstimateRefused,
@@ -17,7 +23,12 @@ from tasks.costs.estimate import (
     free_estimate,
     workload_from_request,
 )
-from tasks.costs.model_size import ModelShape, ModelSizeUnavailable, read_model_shape, shape_from_config
+from tasks.costs.model_size import (
+    ModelShape,
+    ModelSizeUnavailable,
+    read_model_shape,
+    shape_from_config,
+)
 from tasks.costs.workload import MemoryBreakdown, TrainingMode, Workload, memory_needed
 
 __all__ = [
