@@ -170,8 +170,8 @@ def _engine(url: str) -> Engine:
         if engine.url.database and engine.url.database != ":memory:":
             Path(engine.url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
-        # pysqlite opens transactions lazily and only as DEFERRED; take the write lock at
-        # BEGIN instead, so the read-check-insert of a reservation cannot interleave.
+        # pysqlite opens transactions lazily and only as DEFERRED; writes take the write lock
+        # at BEGIN instead, so the read-check-insert of a reservation cannot interleave.
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection, _record):
             dbapi_connection.isolation_level = None
@@ -180,13 +180,15 @@ def _engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(connection):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            write = connection.get_execution_options().get("ledger_write", False)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    with engine.begin() as conn:
+    writer = engine.execution_options(ledger_write=True)
+    with writer.begin() as conn:
         metadata.create_all(conn)
     try:
-        with engine.begin() as conn:
+        with writer.begin() as conn:
             if conn.execute(select(lock.c.name)).first() is None:
                 conn.execute(insert(lock).values(name=LOCK_ROW))
     except IntegrityError:  # another process inserted the lock row first
@@ -201,6 +203,7 @@ class Ledger:
     def __init__(self, url: str | None = None) -> None:
         self.url = url or default_ledger_url()
         self.engine = _engine(self.url)
+        self._writer = self.engine.execution_options(ledger_write=True)
 
     def describe(self) -> str:
         """Where the ledger lives, without credentials."""
@@ -289,7 +292,7 @@ class Ledger:
             )
         now = now or datetime.now(UTC)
         month = now.strftime("%Y-%m")
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             conn.execute(select(lock.c.name).where(lock.c.name == LOCK_ROW).with_for_update())
             existing = conn.execute(
                 select(entries).where(
@@ -319,11 +322,11 @@ class Ledger:
                     approver="" if needs_approval else "budget policy", note="", month=month, created_at=now,
                 )
             )
-        return self.get(reservation_id)
+            return self._row(conn.execute(select(entries).where(entries.c.id == reservation_id)).one())
 
     def _close(self, reservation_id: str, **values) -> Reservation:
         """Update an open entry; a closed one is returned unchanged (hooks may run twice)."""
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             conn.execute(select(lock.c.name).where(lock.c.name == LOCK_ROW).with_for_update())
             conn.execute(
                 update(entries)
