@@ -177,6 +177,7 @@ def _engine(url: str) -> Engine:
             dbapi_connection.isolation_level = None
             dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
             dbapi_connection.execute("PRAGMA journal_mode = WAL")
+            dbapi_connection.execute("PRAGMA synchronous = FULL")  # every commit survives a power loss
 
         @event.listens_for(engine, "begin")
         def _on_begin(connection):
