@@ -16,6 +16,7 @@ Amounts are stored as integer micro-USD (as the Hub prices jobs) so sums are exa
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import UTC, datetime
 from enum import Enum
@@ -159,12 +160,14 @@ def default_ledger_url() -> str:
     return f"sqlite:///{Path(lmft_home()) / LEDGER_FILE}"
 
 
-_ENGINES: dict[str, Engine] = {}
+_ENGINES: dict[tuple[int, str], Engine] = {}
 
 
 def _engine(url: str) -> Engine:
-    if url in _ENGINES:
-        return _ENGINES[url]
+    # One engine per process: pooled connections must not cross a fork.
+    key = (os.getpid(), url)
+    if key in _ENGINES:
+        return _ENGINES[key]
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
         if engine.url.database and engine.url.database != ":memory:":
@@ -194,7 +197,7 @@ def _engine(url: str) -> Engine:
                 conn.execute(insert(lock).values(name=LOCK_ROW))
     except IntegrityError:  # another process inserted the lock row first
         pass
-    _ENGINES[url] = engine
+    _ENGINES[key] = engine
     return engine
 
 
