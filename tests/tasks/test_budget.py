@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from prefect import flow
@@ -12,8 +13,9 @@ from prefect.client.orchestration import get_client
 from prefect.flow_runs import resume_flow_run
 
 from blocks.budget import BudgetPolicy, BudgetPolicyMissing, load_budget_policy
-from tasks.budget import gate_budget
+from tasks.budget import gate_budget, record_job_start, release_budget_of_flow_run
 from tasks.costs import CostEstimate, free_estimate
+from tasks.jobs import JobHandle
 from tasks.ledger import BudgetExceeded, Decision, Ledger, ReservationStatus
 from tasks.request import Backend
 
@@ -119,3 +121,28 @@ def test_no_decision_before_the_timeout_is_a_rejection(policy):
     entry = ledger.entries()[0]
     assert entry.decision is Decision.TIMED_OUT and entry.status is ReservationStatus.RELEASED
     assert entry.note == "no decision within 3 s"
+
+
+@flow(name="failing-paid-run", on_failure=[release_budget_of_flow_run])
+def failing_paid_run(cost: CostEstimate, started_minutes_ago: int | None) -> None:
+    reservation = gate_budget(cost, run_key=f"failing-{started_minutes_ago}")
+    if started_minutes_ago is not None:
+        submitted = datetime.now(UTC) - timedelta(minutes=started_minutes_ago)
+        record_job_start(reservation, JobHandle(backend=Backend.HF_JOBS, job_id="j", idempotency_key="k", submitted_at=submitted))
+    raise RuntimeError("the training job failed")
+
+
+@pytest.mark.parametrize("started_minutes_ago", [None, 30])
+def test_a_failed_run_keeps_what_was_billed_and_releases_the_rest(prefect_server, tmp_path, started_minutes_ago):
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    BudgetPolicy(monthly_limit_usd=100, approval_threshold_usd=50, per_job_max_usd=50, ledger_url=url).save(
+        "default", overwrite=True
+    )
+    state = failing_paid_run(estimate(20), started_minutes_ago, return_state=True)
+    assert state.is_failed()
+    entry = Ledger(url).entries()[0]
+    assert entry.reserved_usd == 0 and "Failed" in entry.note
+    if started_minutes_ago is None:
+        assert entry.status is ReservationStatus.RELEASED and entry.actual_usd == 0
+    else:  # 30 (or 31) started minutes at $1/h
+        assert entry.status is ReservationStatus.SETTLED and 0.5 <= entry.actual_usd <= 0.52
