@@ -69,6 +69,7 @@ class ServerlessLLMTarget(Block):
     build_timeout_seconds: float = Field(default=3600, gt=0)
     inference_workflow: str = Field(default="inference.yml", description="Workflow dispatched with model=NAME.")
     health_timeout_seconds: float = Field(default=900, gt=0, description="The server downloads the GGUF at start-up.")
+    poll_seconds: float = Field(default=15, gt=0, description="Interval between checks of the PR, workflow runs and health.")
     hf_namespace: str | None = Field(
         default=None, description="Hugging Face user/org the GGUF is uploaded to when it is a local file ({namespace}/{name}-GGUF)."
     )

@@ -157,7 +157,7 @@ def deploy_to_serverless_llm(
                 record.branch, record.pull_request_url = ref, pull.html_url
                 logger.info("pull request %s", pull.html_url)
                 if target.wait_for_merge:
-                    record.commit_sha = wait_for_merge(pull, timeout=target.merge_timeout_seconds)
+                    record.commit_sha = wait_for_merge(pull, timeout=target.merge_timeout_seconds, poll_interval=target.poll_seconds)
                     ref = target.base_branch
             else:
                 record.commit_sha = clone.commit_all(message)
@@ -165,12 +165,12 @@ def deploy_to_serverless_llm(
                 record.branch = target.base_branch
             if ref == target.base_branch and target.build_workflow:
                 build = wait_for_workflow_run(repo, target.build_workflow, head_sha=record.commit_sha,
-                                              timeout=target.build_timeout_seconds)
+                                              timeout=target.build_timeout_seconds, poll_interval=target.poll_seconds)
                 record.build_run_url = build.html_url
         else:
             record.commit_sha = clone.head()
             logger.info("%s is already up to date for %s; nothing to commit", MODELS_FILE, name)
-        run = dispatch_inference(repo, target.inference_workflow, ref=ref, model=name)
+        run = dispatch_inference(repo, target.inference_workflow, ref=ref, model=name, poll_interval=target.poll_seconds)
         record.inference_run_url = run.html_url
         if not target.health_url_pattern:
             logger.warning("no health_url_pattern on the target: dispatched %s, not checking that it serves", run.html_url)
@@ -178,12 +178,13 @@ def deploy_to_serverless_llm(
         health_url = target.health_url_pattern.format(name=name, port=port, subdomain=name)
         record.url = health_url.rsplit("/health", 1)[0]
         try:
-            wait_for_health(health_url, timeout=target.health_timeout_seconds, poll_interval=10)
+            wait_for_health(health_url, timeout=target.health_timeout_seconds, poll_interval=target.poll_seconds)
             record.smoke = smoke_chat(record.url, model=name)
         except SmokeTestFailed as exc:
             run.cancel()
             if pull is not None and not pull.merged:
-                close_pull(repo, pull, comment=f"Closing: the model did not pass its smoke test.\n\n> {exc}")
+                close_pull(pull, comment=f"Closing: the model did not pass its smoke test.\n\n> {exc}")
+                clone.run("push", "--quiet", "origin", "--delete", deploy_branch(name))
             elif record.models_entry_changed:
                 roll_back_entry(target, name, previous, token=token, reason=str(exc))
             record.status = DeploymentStatus.ROLLED_BACK

@@ -47,15 +47,10 @@ def open_or_update_pull(repo: Repository, *, head: str, base: str, title: str, b
     return repo.create_pull(base=base, head=head, title=title, body=body, maintainer_can_modify=True)
 
 
-def close_pull(repo: Repository, pull: PullRequest, *, comment: str) -> None:
-    """Close `pull` with an explanation and delete its branch."""
+def close_pull(pull: PullRequest, *, comment: str) -> None:
+    """Close `pull` with an explanation (its branch is deleted with git by the caller)."""
     pull.create_issue_comment(comment)
     pull.edit(state="closed")
-    try:
-        repo.get_git_ref(f"heads/{check_branch_name(pull.head.ref)}").delete()
-    except GithubException as exc:
-        if exc.status != 404:
-            raise
 
 
 def wait_for_merge(pull: PullRequest, *, timeout: float, poll_interval: float = 30) -> str:
@@ -97,8 +92,9 @@ def dispatch_inference(
 ) -> WorkflowRun:
     """Dispatch `workflow` with `model=NAME` on `ref`; return the run it started.
 
-    GitHub's dispatch endpoint returns no run id, so the run is the newest
-    workflow_dispatch run of that workflow created after the call.
+    GitHub returns the run with `return_run_details`; servers that answer 204 without
+    it (older GitHub Enterprise) are covered by taking the newest workflow_dispatch
+    run of that workflow created after the call.
     """
     check_workflow_file(workflow)
     check_model_name(model)
@@ -106,8 +102,15 @@ def dispatch_inference(
     handle = repo.get_workflow(workflow)
     # GitHub stores created_at with second precision; leave some slack for clock skew.
     since = datetime.now(UTC) - timedelta(seconds=5)
-    if not handle.create_dispatch(ref=ref, inputs={"model": model}):
-        raise GitHubStepFailed(f"GitHub refused to dispatch {workflow} with model={model} on {ref}")
+    try:
+        started = handle.create_dispatch(ref=ref, inputs={"model": model}, throw=True, return_run_details=True)
+    except GithubException as exc:
+        raise GitHubStepFailed(
+            f"GitHub refused to dispatch {workflow} with model={model} on {ref} (HTTP {exc.status}): {exc.data}"
+        ) from None
+    if isinstance(started, WorkflowRun):
+        started.update()
+        return started
     deadline = time.monotonic() + timeout
     while True:
         for run in handle.get_runs(event="workflow_dispatch", branch=ref):
