@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from blocks.serverless_llm import ServerlessLLMTarget
 from tasks.paths import lmft_home
 from tasks.serving.endpoints import SmokeResult, smoke_chat
-from tasks.serving.local import start_local_server
+from tasks.serving.local import local_name_for, start_local_server
 
 LOCAL_TARGET = "local"
 
@@ -110,7 +110,7 @@ def deploy_gguf(
     """Deploy a GGUF (a local file, or hf://owner/repo/file.gguf) to `target` and smoke-test it."""
     resolved = resolve_target(target)
     if resolved is None:
-        deployment = serve_locally(gguf_path, name)
+        deployment = serve_locally(gguf_path, local_name_for(name))
     else:
         from tasks.serverless_llm.deploy import deploy_to_serverless_llm
 
@@ -119,3 +119,4 @@ def deploy_gguf(
             quality_report_md=quality_report_md, lineage=lineage, hf_repo=hf_repo, description=description,
         )
     return record_deployment(deployment)
+

@@ -52,6 +52,12 @@ def check_local_name(name: str) -> str:
     return name
 
 
+def local_name_for(text: str) -> str:
+    """A valid local model name derived from `text` (an output name, a file stem)."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")[:64]
+    return check_local_name(name or "model")
+
+
 def _record_path(name: str) -> Path:
     return serve_dir() / f"{check_local_name(name)}.json"
 
