@@ -3,7 +3,8 @@
 The repository keeps three lists in step with `config/models.py`: the `model` choice
 list of `.github/workflows/inference.yml` (`scripts/sync_workflow_choices.py`), the
 frontend's `models.json` (`scripts/generate_models_json.py`) and the gateway's routes
-(which it derives from `config/models.py` at start-up). This module runs whichever
+(`MODEL_ID_TO_SERVICE` and `DEFAULT_LOCAL_ENDPOINTS`, computed inside `config/models.py`
+itself, so the entry registers the route). This module runs whichever
 scripts the clone has, then checks that the dispatch input will accept the new name.
 """
 

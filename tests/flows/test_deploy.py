@@ -35,3 +35,30 @@ def test_lmft_deploy_refuses_unknown_target_and_missing_file(prefect_server):
     assert missing.exit_code == 2 and "does not exist" in missing.output
     unknown = runner.invoke(app, ["deploy", "--name", "smollm2", "--target", "no-such-block"])
     assert unknown.exit_code == 1 and "neither 'local' nor a saved ServerlessLLMTarget" in unknown.output
+
+
+def test_deploy_flow_to_a_saved_serverless_llm_target(prefect_server, tmp_path):
+    from prefect_github import GitHubCredentials
+
+    from blocks.serverless_llm import DeployMode, ServerlessLLMTarget
+    from tests.tasks.serverless_llm.github_server import FakeGitHub, FakeModelServer
+    from tests.tasks.serverless_llm.sample_repo import git, make_serverless_repo
+
+    token = "ghp_flow_secret_987"
+    bare = make_serverless_repo(tmp_path)
+    model_server = FakeModelServer()
+    with FakeGitHub(bare, token=token) as hub:
+        ServerlessLLMTarget(
+            repository=hub.repository, credentials=GitHubCredentials(token=token), api_base_url=hub.base_url,
+            clone_url=str(bare), health_url_pattern=model_server.url + "/health", mode=DeployMode.PUSH,
+            build_workflow=None, poll_seconds=0.05, health_timeout_seconds=5,
+        ).save("sllm-test", overwrite=True)
+        result = CliRunner().invoke(app, ["deploy", "hf://me/pirate-GGUF/pirate.Q4_K_M.gguf", "--name", "pirate",
+                                          "--target", "sllm-test"])
+    model_server.close()
+    assert result.exit_code == 0, result.output
+    assert "pirate: serving" in result.output and "inference run" in result.output
+    assert "pirate" in git(bare, "show", "main:config/models.py")
+    record = (deployments_dir() / "pirate.json").read_text()
+    assert json.loads(record)["repository"] == "acme/serverless-llm"
+    assert token not in record and token not in result.output
