@@ -9,7 +9,12 @@ import pytest
 
 from tasks.base_model import embedded_gguf_path
 from tasks.serving.endpoints import SmokeTestFailed, smoke_chat
-from tasks.serving.local import find_local_server, list_local_servers, start_local_server, stop_local_server
+from tasks.serving.local import (
+    find_local_server,
+    list_local_servers,
+    start_local_server,
+    stop_local_server,
+)
 
 
 def test_local_server_answers_is_reused_and_stops():
