@@ -95,6 +95,26 @@ class ServerlessLLMTarget(Block):
             raise ValueError(f"base_branch {value!r} is not a plain branch name")
         return value
 
+    @field_validator("inference_workflow", "build_workflow")
+    @classmethod
+    def _check_workflow(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.ya?ml", value):
+            raise ValueError(f"workflow {value!r} must be a workflow file name such as 'inference.yml'")
+        return value
+
+    @field_validator("health_url_pattern")
+    @classmethod
+    def _check_health_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            url = value.format(name="model", port=8100, subdomain="model")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError(f"health_url_pattern {value!r} may only use the placeholders {{name}}, {{port}}, {{subdomain}}") from None
+        if not url.startswith(("http://", "https://")) or not url.rstrip("/").endswith("/health"):
+            raise ValueError(f"health_url_pattern {value!r} must be an http(s) URL ending in /health")
+        return value
+
     @field_validator("category")
     @classmethod
     def _check_category(cls, value: str) -> str:

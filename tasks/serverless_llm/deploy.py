@@ -16,6 +16,8 @@ import json
 import tempfile
 from pathlib import Path
 
+from github.PullRequest import PullRequest
+from github.Repository import Repository
 from prefect.logging import get_logger
 
 from blocks.serverless_llm import DeployMode, ServerlessLLMTarget
@@ -114,6 +116,38 @@ def _same_tree_as_remote(clone: GitClone, branch: str) -> bool:
     return clone.run("rev-parse", "HEAD^{tree}") == clone.run("rev-parse", f"origin/{branch}^{{tree}}")
 
 
+def publish_change(
+    clone: GitClone, repo: Repository, target: ServerlessLLMTarget, entry: ModelEntry, record: Deployment, *, body: str
+) -> tuple[PullRequest | None, str]:
+    """Commit the edited clone and bring it to GitHub (pull request or push); return (pull, ref to run)."""
+    name = entry.name
+    message = f"Deploy {name} ({entry.hf_repo}/{entry.hf_file}) with lm-fine-tuning"
+    pull, ref = None, target.base_branch
+    if target.mode is DeployMode.PULL_REQUEST:
+        ref = deploy_branch(name)
+        clone.switch_to_new_branch(ref)
+        record.commit_sha = clone.commit_all(message)
+        if _same_tree_as_remote(clone, ref):
+            record.commit_sha = clone.run("rev-parse", f"origin/{ref}")
+        else:
+            clone.push(ref, force=True)
+        pull = open_or_update_pull(repo, head=ref, base=target.base_branch, title=f"Deploy model {name}", body=body)
+        record.branch, record.pull_request_url = ref, pull.html_url
+        logger.info("pull request %s", pull.html_url)
+        if target.wait_for_merge:
+            record.commit_sha = wait_for_merge(pull, timeout=target.merge_timeout_seconds, poll_interval=target.poll_seconds)
+            ref = target.base_branch
+    else:
+        record.commit_sha = clone.commit_all(message)
+        clone.push(target.base_branch)
+        record.branch = target.base_branch
+    if ref == target.base_branch and target.build_workflow:
+        build = wait_for_workflow_run(repo, target.build_workflow, head_sha=record.commit_sha,
+                                      timeout=target.build_timeout_seconds, poll_interval=target.poll_seconds)
+        record.build_run_url = build.html_url
+    return pull, ref
+
+
 def deploy_to_serverless_llm(
     gguf_path: str,
     name: str,
@@ -125,7 +159,12 @@ def deploy_to_serverless_llm(
     hf_repo: str | None = None,
     description: str | None = None,
 ) -> Deployment:
-    """Register `name` in the serverless-llm repository, start it, and check it answers."""
+    """Register `name` in the serverless-llm repository, start it, and check it answers.
+
+    Raises:
+        ModelsFileError, SyncError: the repository could not be edited; nothing was pushed.
+        DeploymentFailed: the model did not serve; the change was rolled back.
+    """
     check_model_name(name)
     hf = resolve_gguf_location(gguf_path, name, target, hf_repo)
     entry = _entry(name, target, hf, description, lineage)
@@ -136,38 +175,14 @@ def deploy_to_serverless_llm(
     )
     with tempfile.TemporaryDirectory(prefix="lmft-serverless-") as tmp:
         clone = GitClone.clone(target.resolved_clone_url(), Path(tmp) / "repo", branch=target.base_branch, token=token)
-        port, previous = edit_clone(clone, entry, target.inference_workflow)
-        record.port = port
+        record.port, previous = edit_clone(clone, entry, target.inference_workflow)
         record.models_entry_changed = clone.has_changes()
         repo = open_repository(target)
-        pull = None
-        ref = target.base_branch
         if record.models_entry_changed:
-            message = f"Deploy {name} ({hf[0]}/{hf[1]}) with lm-fine-tuning"
-            if target.mode is DeployMode.PULL_REQUEST:
-                ref = deploy_branch(name)
-                clone.switch_to_new_branch(ref)
-                record.commit_sha = clone.commit_all(message)
-                if _same_tree_as_remote(clone, ref):
-                    record.commit_sha = clone.run("rev-parse", f"origin/{ref}")
-                else:
-                    clone.push(ref, force=True)
-                pull = open_or_update_pull(repo, head=ref, base=target.base_branch, title=f"Deploy model {name}",
-                                           body=pull_request_body(name, entry, quality_report_md, lineage))
-                record.branch, record.pull_request_url = ref, pull.html_url
-                logger.info("pull request %s", pull.html_url)
-                if target.wait_for_merge:
-                    record.commit_sha = wait_for_merge(pull, timeout=target.merge_timeout_seconds, poll_interval=target.poll_seconds)
-                    ref = target.base_branch
-            else:
-                record.commit_sha = clone.commit_all(message)
-                clone.push(target.base_branch)
-                record.branch = target.base_branch
-            if ref == target.base_branch and target.build_workflow:
-                build = wait_for_workflow_run(repo, target.build_workflow, head_sha=record.commit_sha,
-                                              timeout=target.build_timeout_seconds, poll_interval=target.poll_seconds)
-                record.build_run_url = build.html_url
+            body = pull_request_body(name, entry, quality_report_md, lineage)
+            pull, ref = publish_change(clone, repo, target, entry, record, body=body)
         else:
+            pull, ref = None, target.base_branch
             record.commit_sha = clone.head()
             logger.info("%s is already up to date for %s; nothing to commit", MODELS_FILE, name)
         run = dispatch_inference(repo, target.inference_workflow, ref=ref, model=name, poll_interval=target.poll_seconds)
@@ -175,7 +190,7 @@ def deploy_to_serverless_llm(
         if not target.health_url_pattern:
             logger.warning("no health_url_pattern on the target: dispatched %s, not checking that it serves", run.html_url)
             return record
-        health_url = target.health_url_pattern.format(name=name, port=port, subdomain=name)
+        health_url = target.health_url_pattern.format(name=name, port=record.port, subdomain=name)
         record.url = health_url.rsplit("/health", 1)[0]
         try:
             wait_for_health(health_url, timeout=target.health_timeout_seconds, poll_interval=target.poll_seconds)
@@ -187,7 +202,6 @@ def deploy_to_serverless_llm(
                 clone.run("push", "--quiet", "origin", "--delete", deploy_branch(name))
             elif record.models_entry_changed:
                 roll_back_entry(target, name, previous, token=token, reason=str(exc))
-            record.status = DeploymentStatus.ROLLED_BACK
             raise DeploymentFailed(f"{name} did not serve on serverless-llm and was rolled back: {exc}") from None
     record.status = DeploymentStatus.SERVING if pull is None or pull.merged else DeploymentStatus.AWAITING_MERGE
     return record

@@ -167,6 +167,12 @@ def test_bad_names_never_reach_git_or_github(world):
             deploy_to_serverless_llm(GGUF, name, target, target_name="sllm")
     with pytest.raises(ValueError, match="base_branch"):
         ServerlessLLMTarget(repository="a/b", base_branch="main;rm")
+    with pytest.raises(ValueError, match="placeholders"):
+        ServerlessLLMTarget(repository="a/b", health_url_pattern="https://{model}.x.org/health")
+    with pytest.raises(ValueError, match="workflow"):
+        ServerlessLLMTarget(repository="a/b", inference_workflow="../../evil.yml")
+    with pytest.raises(ValueError, match="owner/name"):
+        ServerlessLLMTarget(repository="a/b/../c")
     assert hub.dispatches == [] and git(bare, "rev-list", "--count", "main") == "1"
 
 
