@@ -62,3 +62,4 @@ def load_config(path: Path) -> dict:
 
 
 from cli import commands  # noqa: E402,F401  (registers the commands)
+from cli import deploy  # noqa: E402,F401  (registers `lmft deploy` and `lmft serve`)
