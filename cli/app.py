@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
-from typing import Annotated
 
 import typer
 import yaml
@@ -17,6 +16,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def main() -> None:
+    """lm-fine-tuning: validate, estimate, train, convert and deploy, as Prefect flows."""
+    # A local ephemeral Prefect server has no network to send telemetry to.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -79,3 +85,4 @@ def request_from_cli(config: Path | None, dataset: str | None, fields: dict, *, 
 
 from cli import commands  # noqa: E402,F401  (registers the commands)
 from cli import costs  # noqa: E402,F401  (lmft estimate, lmft costs, lmft budget)
+from cli import deploy  # noqa: E402,F401  (registers `lmft deploy` and `lmft serve`)
