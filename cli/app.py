@@ -83,6 +83,4 @@ def request_from_cli(config: Path | None, dataset: str | None, fields: dict, *, 
         raise fail(explain_validation_error(exc)) from None
 
 
-from cli import commands  # noqa: E402,F401  (registers the commands)
-from cli import costs  # noqa: E402,F401  (lmft estimate, lmft costs, lmft budget)
-from cli import deploy  # noqa: E402,F401  (registers `lmft deploy` and `lmft serve`)
+from cli import commands, costs, deploy  # noqa: E402,F401  (register run; estimate, costs, budget; deploy, serve)
