@@ -25,11 +25,22 @@ class RetrainSpec(Block):
     _block_type_slug = "lmft-retrain-spec"
     _description = "The fine-tune request the `retrain` flow re-runs when its dataset changes."
 
-    request: dict = Field(description="A `FineTuneRequest`, as JSON (`request.model_dump(mode='json')`).")
-    last_fingerprint: str | None = Field(
-        default=None, description="Dataset revision or content hash of the last successful training."
+    request: dict = Field(
+        description="A `FineTuneRequest`, as JSON (`request.model_dump(mode='json')`)."
     )
-    last_trained_at: datetime | None = Field(default=None, description="When that training finished (UTC).")
-    last_flow_run_id: str | None = Field(default=None, description="The `retrain` flow run that trained it.")
-    last_model: str | None = Field(default=None, description="Model folder or Hub repo it produced.")
-    last_final_loss: float | None = Field(default=None, description="Final training loss of that run.")
+    last_fingerprint: str | None = Field(
+        default=None,
+        description="Dataset revision or content hash of the last successful training.",
+    )
+    last_trained_at: datetime | None = Field(
+        default=None, description="When that training finished (UTC)."
+    )
+    last_flow_run_id: str | None = Field(
+        default=None, description="The `retrain` flow run that trained it."
+    )
+    last_model: str | None = Field(
+        default=None, description="Model folder or Hub repo it produced."
+    )
+    last_final_loss: float | None = Field(
+        default=None, description="Final training loss of that run."
+    )

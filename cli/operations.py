@@ -12,12 +12,18 @@ from cli.app import app, fail
 
 @app.command("health-check")
 def health_check(
-    pool: Annotated[str, typer.Option(help="Work pool that must have a worker online.")] = "github-actions",
+    pool: Annotated[
+        str, typer.Option(help="Work pool that must have a worker online.")
+    ] = "github-actions",
     dispatch: Annotated[
         str | None,
-        typer.Option(help="Workflow file to dispatch when no worker is online (needs GITHUB_TOKEN, GITHUB_REPOSITORY)."),
+        typer.Option(
+            help="Workflow file to dispatch when no worker is online (needs GITHUB_TOKEN, GITHUB_REPOSITORY)."
+        ),
     ] = None,
-    dispatch_input: Annotated[list[str] | None, typer.Option(help="KEY=VALUE input of the dispatched workflow.")] = None,
+    dispatch_input: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE input of the dispatched workflow.")
+    ] = None,
 ) -> None:
     """Check the Prefect API and the pool's workers; start a worker when none is online.
 

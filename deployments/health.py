@@ -24,7 +24,9 @@ class HealthCheckError(RuntimeError):
     """The check could not run its remedy; the message says what to set."""
 
 
-def check_and_remedy(pool: str, *, dispatch: str | None = None, inputs: dict[str, str] | None = None) -> HealthReport:
+def check_and_remedy(
+    pool: str, *, dispatch: str | None = None, inputs: dict[str, str] | None = None
+) -> HealthReport:
     """Check the service; dispatch the `dispatch` workflow when no worker serves `pool`."""
     report = check_prefect_health(pool)
     if dispatch is None or report.healthy:
@@ -44,9 +46,13 @@ def exit_code(report: HealthReport) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deployments.health", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.health", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--pool", default="github-actions")
-    parser.add_argument("--dispatch", metavar="WORKFLOW", help="Workflow file to dispatch when no worker is online.")
+    parser.add_argument(
+        "--dispatch", metavar="WORKFLOW", help="Workflow file to dispatch when no worker is online."
+    )
     parser.add_argument("--dispatch-input", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     try:

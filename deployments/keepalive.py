@@ -62,7 +62,8 @@ class KeepaliveSettings(BaseModel):
     pool: str = Field(default="github-actions", min_length=1)
     worker_name: str = Field(default_factory=lambda: f"gha-{socket.gethostname()}-{os.getpid()}")
     runtime_seconds: float = Field(
-        default=GITHUB_JOB_LIMIT_SECONDS - 30 * 60, gt=0,
+        default=GITHUB_JOB_LIMIT_SECONDS - 30 * 60,
+        gt=0,
         description="Hand-over time, from start; keep it below the job's timeout with room for the steps after.",
     )
     drain_seconds: float = Field(
@@ -74,7 +75,8 @@ class KeepaliveSettings(BaseModel):
     successor_token: SecretStr | None = None
     max_worker_restarts: int = Field(default=5, ge=0)
     skip_if_online: bool = Field(
-        default=False, description="Start no worker when one is already online for the pool (scheduled backstop runs)."
+        default=False,
+        description="Start no worker when one is already online for the pool (scheduled backstop runs).",
     )
 
     @model_validator(mode="after")
@@ -84,7 +86,9 @@ class KeepaliveSettings(BaseModel):
                 f"drain_seconds ({self.drain_seconds:g}) must be shorter than runtime_seconds ({self.runtime_seconds:g})"
             )
         if self.successor is not None and self.successor_token is None:
-            raise ValueError("successor_token: a successor workflow is set but no token to dispatch it (GITHUB_TOKEN)")
+            raise ValueError(
+                "successor_token: a successor workflow is set but no token to dispatch it (GITHUB_TOKEN)"
+            )
         return self
 
 
@@ -95,7 +99,9 @@ class KeepaliveReport(BaseModel):
     worker_starts: int
     successor_dispatched: bool
     dispatch_error: str | None = None
-    drained_cleanly: bool = Field(description="The worker finished all its runs before the hand-over.")
+    drained_cleanly: bool = Field(
+        description="The worker finished all its runs before the hand-over."
+    )
     handed_over: list[str] = Field(default=[], description="Flow runs put back to AwaitingRetry.")
     skipped_because: str | None = None
 
@@ -105,12 +111,23 @@ class _Worker:
     settings: KeepaliveSettings
     process: subprocess.Popen | None = None
     starts: int = 0
-    env: dict[str, str] = field(default_factory=lambda: {k: v for k, v in os.environ.items() if k not in SECRET_ENV})
+    env: dict[str, str] = field(
+        default_factory=lambda: {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    )
 
     def command(self) -> list[str]:
         command = [
-            sys.executable, "-m", "prefect", "worker", "start",
-            "--pool", self.settings.pool, "--type", "process", "--name", self.settings.worker_name,
+            sys.executable,
+            "-m",
+            "prefect",
+            "worker",
+            "start",
+            "--pool",
+            self.settings.pool,
+            "--type",
+            "process",
+            "--name",
+            self.settings.worker_name,
         ]
         if self.settings.limit:
             command += ["--limit", str(self.settings.limit)]
@@ -146,7 +163,9 @@ def runs_of_worker(pool: str, worker_name: str) -> list[FlowRun]:
         runs = client.read_flow_runs(
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
             flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING]))
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])
+                )
             ),
         )
     return [run for run in runs if (run.labels or {}).get(WORKER_LABEL) == worker_name]
@@ -175,11 +194,16 @@ def _local_pid(infrastructure_pid: str | None) -> int | None:
     return int(pid) if pid.isdigit() else None
 
 
-def keep_alive(settings: KeepaliveSettings, *, clock: Callable[[], float] = time.monotonic) -> KeepaliveReport:
+def keep_alive(
+    settings: KeepaliveSettings, *, clock: Callable[[], float] = time.monotonic
+) -> KeepaliveReport:
     """Run a worker until the hand-over time; drain it and dispatch a successor on the way."""
     if settings.skip_if_online and (online := check_prefect_health(settings.pool).workers_online):
         return KeepaliveReport(
-            worker_name=settings.worker_name, worker_starts=0, successor_dispatched=False, drained_cleanly=True,
+            worker_name=settings.worker_name,
+            worker_starts=0,
+            successor_dispatched=False,
+            drained_cleanly=True,
             skipped_because=f"workers already online for pool {settings.pool!r}: {', '.join(online)}",
         )
     started = clock()
@@ -190,7 +214,9 @@ def keep_alive(settings: KeepaliveSettings, *, clock: Callable[[], float] = time
     try:
         while clock() < drain_at:
             if not worker.alive():
-                logger.warning("worker exited with code %s; restarting it", worker.process.returncode)
+                logger.warning(
+                    "worker exited with code %s; restarting it", worker.process.returncode
+                )
                 worker.start()
             time.sleep(min(settings.poll_seconds, max(0.0, drain_at - clock())))
 
@@ -201,8 +227,14 @@ def keep_alive(settings: KeepaliveSettings, *, clock: Callable[[], float] = time
             try:
                 dispatch_workflow(settings.successor, token=settings.successor_token)
                 dispatched = True
-                logger.info("dispatched successor %s on %s", settings.successor.workflow, settings.successor.ref)
-            except WorkflowDispatchFailed as exc:  # drain all the same; the health check dispatches later
+                logger.info(
+                    "dispatched successor %s on %s",
+                    settings.successor.workflow,
+                    settings.successor.ref,
+                )
+            except (
+                WorkflowDispatchFailed
+            ) as exc:  # drain all the same; the health check dispatches later
                 dispatch_error = str(exc)
                 logger.error("%s", exc)
         remaining = runs_of_worker(settings.pool, settings.worker_name)
@@ -231,15 +263,23 @@ def keep_alive(settings: KeepaliveSettings, *, clock: Callable[[], float] = time
 
 def parse_settings(argv: list[str] | None = None) -> KeepaliveSettings:
     """Settings from the command line and the GitHub Actions environment."""
-    parser = argparse.ArgumentParser(prog="python -m deployments.keepalive", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.keepalive", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--pool", default="github-actions")
     parser.add_argument("--worker-name")
     parser.add_argument("--runtime-seconds", type=float, default=GITHUB_JOB_LIMIT_SECONDS - 30 * 60)
     parser.add_argument("--drain-seconds", type=float, default=45 * 60)
     parser.add_argument("--limit", type=int)
-    parser.add_argument("--successor-workflow", help="Workflow file to dispatch at the drain (needs GITHUB_TOKEN).")
+    parser.add_argument(
+        "--successor-workflow", help="Workflow file to dispatch at the drain (needs GITHUB_TOKEN)."
+    )
     parser.add_argument("--successor-input", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--skip-if-online", action="store_true", help="Exit at once if a worker already serves the pool.")
+    parser.add_argument(
+        "--skip-if-online",
+        action="store_true",
+        help="Exit at once if a worker already serves the pool.",
+    )
     args = parser.parse_args(argv)
     successor = None
     if args.successor_workflow:

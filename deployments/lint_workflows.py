@@ -41,7 +41,9 @@ class LinterMissing(RuntimeError):
 
 def linter_command(linter: Linter, directory: Path) -> list[str]:
     """The command line that lints every workflow file in `directory`."""
-    executable = shutil.which(linter.value) or shutil.which(linter.value, path=str(Path(sys.executable).parent))
+    executable = shutil.which(linter.value) or shutil.which(
+        linter.value, path=str(Path(sys.executable).parent)
+    )
     if executable is None:
         raise LinterMissing(f"{linter.value} is not installed: {INSTALL_HINT[linter]}")
     files = sorted(str(p) for p in directory.glob("*.y*ml"))
@@ -55,12 +57,18 @@ def linter_command(linter: Linter, directory: Path) -> list[str]:
 
 def run_linter(linter: Linter, directory: Path) -> LintResult:
     """Run one linter over the workflows in `directory`."""
-    done = subprocess.run(linter_command(linter, directory), capture_output=True, text=True, timeout=300)
-    return LintResult(linter=linter, ok=done.returncode == 0, output=(done.stdout + done.stderr).strip())
+    done = subprocess.run(
+        linter_command(linter, directory), capture_output=True, text=True, timeout=300
+    )
+    return LintResult(
+        linter=linter, ok=done.returncode == 0, output=(done.stdout + done.stderr).strip()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deployments.lint_workflows", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.lint_workflows", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("directory", type=Path, nargs="?", default=Path(".github/workflows"))
     parser.add_argument("--linter", type=Linter, action="append", choices=list(Linter))
     args = parser.parse_args(argv)

@@ -61,8 +61,12 @@ RULES = [
 
 def save_slack_webhook(url: SecretStr, *, name: str = SLACK_BLOCK.split("/")[1]) -> UUID:
     """Store a Slack incoming-webhook URL as a Slack Webhook block; return its id."""
-    if not url.get_secret_value().startswith(("https://hooks.slack.com/", "https://hooks.slack-gov.com/")):
-        raise ValueError("SLACK_WEBHOOK_URL: not a Slack incoming-webhook URL (https://hooks.slack.com/services/...)")
+    if not url.get_secret_value().startswith(
+        ("https://hooks.slack.com/", "https://hooks.slack-gov.com/")
+    ):
+        raise ValueError(
+            "SLACK_WEBHOOK_URL: not a Slack incoming-webhook URL (https://hooks.slack.com/services/...)"
+        )
     return SlackWebhook(url=url).save(name, overwrite=True)
 
 
@@ -85,7 +89,11 @@ def ensure_notification_automations(block: str = SLACK_BLOCK) -> list[Automation
                 threshold=1,
             ),
             actions=[
-                SendNotification(block_document_id=notifier._block_document_id, subject=rule.subject, body=rule.body)
+                SendNotification(
+                    block_document_id=notifier._block_document_id,
+                    subject=rule.subject,
+                    body=rule.body,
+                )
             ],
         )
         created.append(automation.create())
@@ -101,8 +109,12 @@ def _delete_automations_named(name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deployments.notifications", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--block", default=SLACK_BLOCK, help="Notification block, as block-type-slug/name.")
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.notifications", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--block", default=SLACK_BLOCK, help="Notification block, as block-type-slug/name."
+    )
     args = parser.parse_args(argv)
     if url := os.environ.get("SLACK_WEBHOOK_URL"):
         try:
@@ -112,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     automations = ensure_notification_automations(args.block)
     if not automations:
-        print(f"no notification block {args.block!r}: set SLACK_WEBHOOK_URL to create it; nothing will be sent")
+        print(
+            f"no notification block {args.block!r}: set SLACK_WEBHOOK_URL to create it; nothing will be sent"
+        )
         return 1
     for automation in automations:
         print(f"automation {automation.name!r} ({automation.id}) posts to {args.block}")

@@ -21,7 +21,10 @@ class ServiceUnhealthy(RuntimeError):
 def health_check(pool: str = "github-actions") -> HealthReport:
     """Check the Prefect API and the workers of `pool`; fail with the problems when unhealthy."""
     report = check_health(pool)
-    rows = "\n".join(f"| {w.name} | {'online' if w.online else 'offline'} | {w.last_heartbeat} |" for w in report.workers)
+    rows = "\n".join(
+        f"| {w.name} | {'online' if w.online else 'offline'} | {w.last_heartbeat} |"
+        for w in report.workers
+    )
     create_markdown_artifact(
         f"# Health of pool `{pool}`\n\n| worker | status | last heartbeat |\n|---|---|---|\n{rows}\n\n"
         + ("\n".join(f"- {problem}" for problem in report.problems) or "All good."),
@@ -36,4 +39,8 @@ def health_check(pool: str = "github-actions") -> HealthReport:
 if __name__ == "__main__":
     import sys
 
-    print(health_check(sys.argv[1] if len(sys.argv) > 1 else "github-actions").model_dump_json(indent=2))
+    print(
+        health_check(sys.argv[1] if len(sys.argv) > 1 else "github-actions").model_dump_json(
+            indent=2
+        )
+    )

@@ -28,16 +28,28 @@ def retrain(spec_name: str = "default") -> RetrainResult:
         reason = f"dataset unchanged: {request.dataset.path} is still {fingerprint.token}"
         logger.info("skipping retraining: %s", reason)
         return RetrainResult(
-            outcome=RetrainOutcome.SKIPPED, reason=reason, spec_name=spec_name,
-            fingerprint=fingerprint, previous_fingerprint=spec.last_fingerprint,
+            outcome=RetrainOutcome.SKIPPED,
+            reason=reason,
+            spec_name=spec_name,
+            fingerprint=fingerprint,
+            previous_fingerprint=spec.last_fingerprint,
         )
-    logger.info("dataset %s changed (%s → %s): retraining", request.dataset.path, spec.last_fingerprint, fingerprint.token)
+    logger.info(
+        "dataset %s changed (%s → %s): retraining",
+        request.dataset.path,
+        spec.last_fingerprint,
+        fingerprint.token,
+    )
     # Keyed by this run: when a worker hands the run over (rescheduled), it reattaches to its job.
     summary = finetune(request, idempotency_key=f"retrain-{flow_run.id}")
     record_retraining(spec_name, fingerprint, summary, flow_run_id=str(flow_run.id))
     return RetrainResult(
-        outcome=RetrainOutcome.TRAINED, reason=f"dataset changed to {fingerprint.token}", spec_name=spec_name,
-        fingerprint=fingerprint, previous_fingerprint=spec.last_fingerprint, summary=summary,
+        outcome=RetrainOutcome.TRAINED,
+        reason=f"dataset changed to {fingerprint.token}",
+        spec_name=spec_name,
+        fingerprint=fingerprint,
+        previous_fingerprint=spec.last_fingerprint,
+        summary=summary,
     )
 
 

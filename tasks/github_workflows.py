@@ -19,13 +19,17 @@ _REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 class WorkflowTarget(BaseModel):
     """Which workflow to dispatch, on which ref, with which inputs."""
 
-    repository: Annotated[str, Field(description="owner/name of the repository.", examples=["acme/lm-fine-tuning"])]
-    workflow: Annotated[str, Field(min_length=1, description="Workflow file name or id.")] = "prefect-worker.yml"
+    repository: Annotated[
+        str, Field(description="owner/name of the repository.", examples=["acme/lm-fine-tuning"])
+    ]
+    workflow: Annotated[str, Field(min_length=1, description="Workflow file name or id.")] = (
+        "prefect-worker.yml"
+    )
     ref: Annotated[str, Field(min_length=1, description="Branch or tag the run uses.")] = "main"
     inputs: dict[str, str] = {}
-    api_url: Annotated[str, Field(description="GitHub REST API root (GitHub Enterprise: https://HOST/api/v3).")] = (
-        GITHUB_API_URL
-    )
+    api_url: Annotated[
+        str, Field(description="GitHub REST API root (GitHub Enterprise: https://HOST/api/v3).")
+    ] = GITHUB_API_URL
 
     @field_validator("repository")
     @classmethod
@@ -35,9 +39,13 @@ class WorkflowTarget(BaseModel):
         return value
 
     @classmethod
-    def from_actions_env(cls, *, workflow: str, inputs: dict[str, str] | None = None) -> WorkflowTarget:
+    def from_actions_env(
+        cls, *, workflow: str, inputs: dict[str, str] | None = None
+    ) -> WorkflowTarget:
         """The target in this repository and ref, read from a GitHub Actions job's environment."""
-        missing = [name for name in ("GITHUB_REPOSITORY", "GITHUB_REF_NAME") if not os.environ.get(name)]
+        missing = [
+            name for name in ("GITHUB_REPOSITORY", "GITHUB_REF_NAME") if not os.environ.get(name)
+        ]
         if missing:
             raise ValueError(
                 f"{', '.join(missing)} not set: run inside GitHub Actions or pass the repository and ref explicitly"
@@ -59,7 +67,9 @@ def dispatch_workflow(target: WorkflowTarget, *, token: SecretStr) -> None:
     """Ask GitHub to start `target.workflow` on `target.ref` (needs a token with `actions: write`)."""
     from github import Auth, Github, GithubException
 
-    client = Github(base_url=target.api_url, auth=Auth.Token(token.get_secret_value()), lazy=True, retry=3)
+    client = Github(
+        base_url=target.api_url, auth=Auth.Token(token.get_secret_value()), lazy=True, retry=3
+    )
     workflow = client.get_repo(target.repository).get_workflow(target.workflow)
     try:
         workflow.create_dispatch(target.ref, target.inputs, throw=True)

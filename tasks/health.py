@@ -34,7 +34,9 @@ class HealthReport(BaseModel):
     api_healthy: bool
     pool_found: bool = False
     workers: list[WorkerSeen] = []
-    problems: list[str] = Field(default=[], description="What is wrong and what to do, one line each.")
+    problems: list[str] = Field(
+        default=[], description="What is wrong and what to do, one line each."
+    )
     worker_dispatched: bool = False
 
     @property
@@ -68,15 +70,23 @@ def check_prefect_health(pool: str) -> HealthReport:
         workers = client.read_workers_for_work_pool(pool)
     report.pool_found = True
     report.workers = [
-        WorkerSeen(name=w.name, online=w.status is WorkerStatus.ONLINE, last_heartbeat=w.last_heartbeat_time)
+        WorkerSeen(
+            name=w.name,
+            online=w.status is WorkerStatus.ONLINE,
+            last_heartbeat=w.last_heartbeat_time,
+        )
         for w in workers
     ]
     if not report.workers_online:
-        report.problems.append(f"no worker online for work pool {pool!r}; start one (the prefect-worker workflow)")
+        report.problems.append(
+            f"no worker online for work pool {pool!r}; start one (the prefect-worker workflow)"
+        )
     return report
 
 
-def start_worker_if_missing(report: HealthReport, target: WorkflowTarget, *, token: SecretStr) -> HealthReport:
+def start_worker_if_missing(
+    report: HealthReport, target: WorkflowTarget, *, token: SecretStr
+) -> HealthReport:
     """Dispatch the worker workflow when the API is up but no worker serves the pool."""
     if report.api_healthy and report.pool_found and not report.workers_online:
         dispatch_workflow(target, token=token)

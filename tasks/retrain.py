@@ -84,7 +84,9 @@ def hub_dataset_revision(source: DatasetSource, *, api: HfApi) -> str:
             f"dataset.path: Hub dataset {source.path!r} was not found (or is private: set HF_TOKEN)"
         ) from None
     except RevisionNotFoundError:
-        raise ValueError(f"dataset.revision: {source.revision!r} does not exist in {source.path!r}") from None
+        raise ValueError(
+            f"dataset.revision: {source.revision!r} does not exist in {source.path!r}"
+        ) from None
     if not info.sha:
         raise RuntimeError(f"the Hub returned no commit sha for dataset {source.path!r}")
     return info.sha
@@ -94,13 +96,19 @@ def hub_dataset_revision(source: DatasetSource, *, api: HfApi) -> str:
     name="fingerprint-dataset",
     retries=3,
     retry_delay_seconds=[5, 30, 120],
-    retry_condition_fn=lambda task, run, state: isinstance(state.result(raise_on_failure=False), HfHubHTTPError),
+    retry_condition_fn=lambda task, run, state: isinstance(
+        state.result(raise_on_failure=False), HfHubHTTPError
+    ),
 )
-def fingerprint_dataset(source: DatasetSource, *, endpoint: str | None = None) -> DatasetFingerprint:
+def fingerprint_dataset(
+    source: DatasetSource, *, endpoint: str | None = None
+) -> DatasetFingerprint:
     """Fingerprint the dataset as it is now: Hub commit sha or local content hash."""
     if source.is_local:
         return DatasetFingerprint(
-            kind=FingerprintKind.CONTENT_SHA256, value=local_content_hash(Path(source.path)), dataset=source.path
+            kind=FingerprintKind.CONTENT_SHA256,
+            value=local_content_hash(Path(source.path)),
+            dataset=source.path,
         )
     sha = hub_dataset_revision(source, api=HfApi(endpoint=endpoint))
     return DatasetFingerprint(kind=FingerprintKind.HUB_REVISION, value=sha, dataset=source.path)
@@ -119,7 +127,9 @@ def load_retrain_spec(spec_name: str) -> tuple[RetrainSpec, FineTuneRequest]:
     try:
         request = FineTuneRequest.model_validate(spec.request)
     except ValueError as exc:
-        raise ValueError(f"RetrainSpec {spec_name!r}: its stored request is not a valid FineTuneRequest: {exc}") from None
+        raise ValueError(
+            f"RetrainSpec {spec_name!r}: its stored request is not a valid FineTuneRequest: {exc}"
+        ) from None
     return spec, request
 
 

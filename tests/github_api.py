@@ -31,7 +31,9 @@ class GitHubServer:
 
 
 @contextmanager
-def github_api(repository: str = "acme/lmft", workflows: tuple[str, ...] = ("prefect-worker.yml",)) -> Iterator[GitHubServer]:
+def github_api(
+    repository: str = "acme/lmft", workflows: tuple[str, ...] = ("prefect-worker.yml",)
+) -> Iterator[GitHubServer]:
     state = GitHubServer(url="", workflows=set(workflows))
 
     class Handler(BaseHTTPRequestHandler):
@@ -39,17 +41,26 @@ def github_api(repository: str = "acme/lmft", workflows: tuple[str, ...] = ("pre
             parts = self.path.strip("/").split("/")
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
             if (
-                len(parts) == 7 and parts[0] == "repos" and "/".join(parts[1:3]) == repository
-                and parts[3:5] == ["actions", "workflows"] and parts[6] == "dispatches"
+                len(parts) == 7
+                and parts[0] == "repos"
+                and "/".join(parts[1:3]) == repository
+                and parts[3:5] == ["actions", "workflows"]
+                and parts[6] == "dispatches"
             ):
                 if not self.headers.get("Authorization"):
                     return self._reply(401, {"message": "Requires authentication"})
                 if parts[5] not in state.workflows:
                     return self._reply(404, {"message": "Not Found"})
                 if "ref" not in body:
-                    return self._reply(422, {"message": "Invalid request. \"ref\" wasn't supplied."})
+                    return self._reply(422, {"message": 'Invalid request. "ref" wasn\'t supplied.'})
                 state.dispatches.append(
-                    Dispatch(repository, parts[5], body["ref"], body.get("inputs", {}), self.headers["Authorization"])
+                    Dispatch(
+                        repository,
+                        parts[5],
+                        body["ref"],
+                        body.get("inputs", {}),
+                        self.headers["Authorization"],
+                    )
                 )
                 return self._reply(204, None)
             return self._reply(404, {"message": "Not Found"})

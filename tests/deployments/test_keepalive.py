@@ -20,7 +20,7 @@ from deployments.keepalive import KeepaliveReport, KeepaliveSettings, keep_alive
 from tasks.github_workflows import WorkflowTarget
 from tests.github_api import github_api
 
-NAP_FLOW = '''
+NAP_FLOW = """
 import time
 from pathlib import Path
 from prefect import flow
@@ -30,7 +30,7 @@ def nap(until: str) -> str:
     while not Path(until).exists():
         time.sleep(0.2)
     return until
-'''
+"""
 
 
 class SteppedClock:
@@ -51,12 +51,16 @@ def wait_for_state(run_id: UUID, *types: StateType, timeout: float = 180) -> Sta
             if state is not None and state.type in types:
                 return state.type
             if time.monotonic() > deadline:
-                raise AssertionError(f"flow run {run_id} still {state.type if state else None}, wanted {types}")
+                raise AssertionError(
+                    f"flow run {run_id} still {state.type if state else None}, wanted {types}"
+                )
             time.sleep(0.5)
 
 
 @pytest.fixture
-def nap_deployment(tmp_path: Path, prefect_server, monkeypatch: pytest.MonkeyPatch) -> tuple[str, UUID]:
+def nap_deployment(
+    tmp_path: Path, prefect_server, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, UUID]:
     """A process work pool and a deployment of a flow that runs until the file `until` exists."""
     from prefect import flow
 
@@ -71,18 +75,30 @@ def nap_deployment(tmp_path: Path, prefect_server, monkeypatch: pytest.MonkeyPat
     return pool, deployment_id
 
 
-def test_drains_hands_long_run_over_and_dispatches_successor(nap_deployment: tuple[str, UUID], tmp_path: Path) -> None:
+def test_drains_hands_long_run_over_and_dispatches_successor(
+    nap_deployment: tuple[str, UUID], tmp_path: Path
+) -> None:
     pool, deployment_id = nap_deployment
     short_done, never = tmp_path / "short-done", tmp_path / "never"
     with get_client(sync_client=True) as client:
-        short = client.create_flow_run_from_deployment(deployment_id, parameters={"until": str(short_done)})
-        long = client.create_flow_run_from_deployment(deployment_id, parameters={"until": str(never)})
+        short = client.create_flow_run_from_deployment(
+            deployment_id, parameters={"until": str(short_done)}
+        )
+        long = client.create_flow_run_from_deployment(
+            deployment_id, parameters={"until": str(never)}
+        )
     clock = SteppedClock()
     reports: list[KeepaliveReport] = []
     with github_api() as github:
         settings = KeepaliveSettings(
-            pool=pool, worker_name="test-worker", runtime_seconds=3600, drain_seconds=1800, poll_seconds=0.2,
-            successor=WorkflowTarget(repository="acme/lmft", inputs={"slot": "green"}, api_url=github.url),
+            pool=pool,
+            worker_name="test-worker",
+            runtime_seconds=3600,
+            drain_seconds=1800,
+            poll_seconds=0.2,
+            successor=WorkflowTarget(
+                repository="acme/lmft", inputs={"slot": "green"}, api_url=github.url
+            ),
             successor_token=SecretStr("ghs_dispatch"),
         )
         thread = threading.Thread(target=lambda: reports.append(keep_alive(settings, clock=clock)))
@@ -97,10 +113,15 @@ def test_drains_hands_long_run_over_and_dispatches_successor(nap_deployment: tup
             while not github.dispatches and time.monotonic() < deadline:
                 time.sleep(0.2)
             with get_client(sync_client=True) as client:
-                late = client.create_flow_run_from_deployment(deployment_id, parameters={"until": str(short_done)})
+                late = client.create_flow_run_from_deployment(
+                    deployment_id, parameters={"until": str(short_done)}
+                )
                 assert client.read_flow_run(short.id).state.type is StateType.RUNNING
             short_done.touch()  # the short run finishes while the worker drains
-            assert wait_for_state(short.id, StateType.COMPLETED, StateType.FAILED, StateType.CRASHED) is StateType.COMPLETED
+            assert (
+                wait_for_state(short.id, StateType.COMPLETED, StateType.FAILED, StateType.CRASHED)
+                is StateType.COMPLETED
+            )
             assert wait_for_state(long.id, StateType.RUNNING) is StateType.RUNNING
             with get_client(sync_client=True) as client:
                 long_pid = int(client.read_flow_run(long.id).infrastructure_pid.rpartition(":")[2])
@@ -115,11 +136,17 @@ def test_drains_hands_long_run_over_and_dispatches_successor(nap_deployment: tup
     assert report.successor_dispatched and not report.drained_cleanly
     assert report.handed_over == [str(long.id)]
     [call] = github.dispatches
-    assert (call.workflow, call.ref, call.inputs) == ("prefect-worker.yml", "main", {"slot": "green"})
+    assert (call.workflow, call.ref, call.inputs) == (
+        "prefect-worker.yml",
+        "main",
+        {"slot": "green"},
+    )
     with get_client(sync_client=True) as client:
         handed = client.read_flow_run(long.id).state
         assert handed.type is StateType.SCHEDULED and handed.name == "AwaitingRetry"
-        assert client.read_flow_run(late.id).state.type is StateType.SCHEDULED  # taken by no one: the successor's
+        assert (
+            client.read_flow_run(late.id).state.type is StateType.SCHEDULED
+        )  # taken by no one: the successor's
     assert not process_alive(long_pid)
 
 
@@ -153,8 +180,12 @@ def test_scheduled_backstop_starts_no_worker_when_one_is_online(prefect_server) 
 
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name="backstop", type="process"))
-        client.send_worker_heartbeat(work_pool_name="backstop", worker_name="gha-blue", heartbeat_interval_seconds=30)
-    report = keep_alive(KeepaliveSettings(pool="backstop", runtime_seconds=10, drain_seconds=5, skip_if_online=True))
+        client.send_worker_heartbeat(
+            work_pool_name="backstop", worker_name="gha-blue", heartbeat_interval_seconds=30
+        )
+    report = keep_alive(
+        KeepaliveSettings(pool="backstop", runtime_seconds=10, drain_seconds=5, skip_if_online=True)
+    )
     assert report.worker_starts == 0 and "gha-blue" in report.skipped_because
 
 
@@ -165,8 +196,22 @@ def test_command_line_reads_the_actions_environment(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("GITHUB_REF_NAME", "main")
     monkeypatch.setenv("GITHUB_TOKEN", "ghs_dispatch")
     settings = parse_settings(
-        ["--runtime-seconds", "120", "--drain-seconds", "60", "--successor-workflow", "prefect-worker.yml",
-         "--successor-input", "slot=green"]
+        [
+            "--runtime-seconds",
+            "120",
+            "--drain-seconds",
+            "60",
+            "--successor-workflow",
+            "prefect-worker.yml",
+            "--successor-input",
+            "slot=green",
+        ]
     )
-    assert settings.successor.inputs == {"slot": "green"} and settings.successor.repository == "acme/lmft"
-    assert settings.successor_token.get_secret_value() == "ghs_dispatch" and "ghs_dispatch" not in repr(settings)
+    assert (
+        settings.successor.inputs == {"slot": "green"}
+        and settings.successor.repository == "acme/lmft"
+    )
+    assert (
+        settings.successor_token.get_secret_value() == "ghs_dispatch"
+        and "ghs_dispatch" not in repr(settings)
+    )

@@ -31,7 +31,8 @@ LINTERS = [
     pytest.param(
         linter,
         marks=pytest.mark.skipif(
-            not installed(linter), reason=f"{linter.value} is not installed here (CI's lint job installs it)"
+            not installed(linter),
+            reason=f"{linter.value} is not installed here (CI's lint job installs it)",
         ),
     )
     for linter in Linter
@@ -46,7 +47,9 @@ def workflows_copy(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("linter", LINTERS)
-def test_linter_passes_on_the_workflows_and_fails_on_an_injection(linter: Linter, workflows_copy: Path) -> None:
+def test_linter_passes_on_the_workflows_and_fails_on_an_injection(
+    linter: Linter, workflows_copy: Path
+) -> None:
     clean = run_linter(linter, workflows_copy)
     assert clean.ok, clean.output
 

@@ -58,14 +58,18 @@ def wait_for_post(received: list[dict], count: int, timeout: float = 90) -> None
     assert len(received) >= count, f"the automation posted {len(received)} messages, wanted {count}"
 
 
-def test_failed_run_and_approval_request_are_posted_through_the_block(prefect_server, webhook) -> None:
+def test_failed_run_and_approval_request_are_posted_through_the_block(
+    prefect_server, webhook
+) -> None:
     url, received = webhook
     CustomWebhookNotificationBlock(
         name="test", url=url, json_data={"text": "{{subject}}\n{{body}}"}
     ).save("lmft-test-hook", overwrite=True)
     automations = ensure_notification_automations("custom-webhook/lmft-test-hook")
     assert sorted(a.name for a in automations) == sorted(rule.name for rule in RULES)
-    assert len(ensure_notification_automations("custom-webhook/lmft-test-hook")) == 2  # re-created, not doubled
+    assert (
+        len(ensure_notification_automations("custom-webhook/lmft-test-hook")) == 2
+    )  # re-created, not doubled
     with get_client(sync_client=True) as client:
         assert all(len(client.read_automations_by_name(rule.name)) == 1 for rule in RULES)
 
@@ -77,7 +81,10 @@ def test_failed_run_and_approval_request_are_posted_through_the_block(prefect_se
 
     awaits_approval(return_state=True)  # nobody approves: the pause times out
     wait_for_post(received, 2)
-    assert any("waits for an approval" in post["text"] and "awaits-approval" in post["text"] for post in received)
+    assert any(
+        "waits for an approval" in post["text"] and "awaits-approval" in post["text"]
+        for post in received
+    )
 
 
 def test_no_block_no_automations(prefect_server) -> None:
@@ -87,6 +94,8 @@ def test_no_block_no_automations(prefect_server) -> None:
 def test_slack_block_holds_the_webhook_secret(prefect_server) -> None:
     with pytest.raises(ValueError, match="not a Slack incoming-webhook URL"):
         save_slack_webhook(SecretStr("http://example.com/hook"))
-    save_slack_webhook(SecretStr("https://hooks.slack.com/services/T0/B0/secret"), name="lmft-slack-test")
+    save_slack_webhook(
+        SecretStr("https://hooks.slack.com/services/T0/B0/secret"), name="lmft-slack-test"
+    )
     block = SlackWebhook.load("lmft-slack-test")
     assert "secret" not in repr(block) and block.url.get_secret_value().endswith("/secret")

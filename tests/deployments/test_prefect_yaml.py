@@ -32,7 +32,9 @@ def local_prefect_yaml(target: Path, pool: str) -> tuple[Path, list[str]]:
     """
     config = load_prefect_yaml()
     config["pull"] = [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
-    deployments = [d for d in config["deployments"] if (ROOT / d["entrypoint"].split(":")[0]).exists()]
+    deployments = [
+        d for d in config["deployments"] if (ROOT / d["entrypoint"].split(":")[0]).exists()
+    ]
     for deployment in deployments:
         deployment["work_pool"] = {**deployment["work_pool"], "name": pool}
         for schedule in deployment.get("schedules") or []:
@@ -54,7 +56,9 @@ def test_prefect_yaml_declares_the_service() -> None:
         "prefect.deployments.steps.run_shell_script",
     ]
     install = config["pull"][2]["prefect.deployments.steps.run_shell_script"]
-    assert "torch==2.13.0" in install["script"] and install["env"]["CMAKE_ARGS"] == "-DGGML_NATIVE=OFF"
+    assert (
+        "torch==2.13.0" in install["script"] and install["env"]["CMAKE_ARGS"] == "-DGGML_NATIVE=OFF"
+    )
     deployments = {d["name"]: d for d in config["deployments"]}
     assert set(deployments) == EXPECTED
     for name, deployment in deployments.items():
@@ -66,7 +70,9 @@ def test_prefect_yaml_declares_the_service() -> None:
     assert [s["cron"] for s in deployments["cost_report"]["schedules"]] == ["0 7 * * *"]
 
 
-def test_deployed_finetune_runs_on_a_process_worker(tmp_path: Path, tiny_llama: Path, prefect_server) -> None:
+def test_deployed_finetune_runs_on_a_process_worker(
+    tmp_path: Path, tiny_llama: Path, prefect_server
+) -> None:
     pool = f"gha-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     with get_client(sync_client=True) as client:
@@ -74,18 +80,41 @@ def test_deployed_finetune_runs_on_a_process_worker(tmp_path: Path, tiny_llama: 
 
         client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
     prefect_file, names = local_prefect_yaml(tmp_path, pool)
-    assert {"finetune", "retrain", "health_check"} <= set(names)
+    assert {"finetune", "retrain", "health_check", "deploy", "cost_report"} <= set(names)
     deploy = subprocess.run(
-        [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "--no-prompt",
+            "deploy",
+            "--all",
+            "--prefect-file",
+            str(prefect_file),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
 
     data = tmp_path / "chats.jsonl"
-    data.write_text("".join(
-        json.dumps({"messages": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": f"ahoy {i}"}]}) + "\n"
-        for i in range(4)
-    ))
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"hi {i}"},
+                        {"role": "assistant", "content": f"ahoy {i}"},
+                    ]
+                }
+            )
+            + "\n"
+            for i in range(4)
+        )
+    )
     request = {
         "base_model": str(tiny_llama),
         "dataset": {"path": str(data)},
@@ -101,13 +130,30 @@ def test_deployed_finetune_runs_on_a_process_worker(tmp_path: Path, tiny_llama: 
         run = client.create_flow_run_from_deployment(deployment.id, parameters={"request": request})
 
     worker = subprocess.run(
-        [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process", "--run-once"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "worker",
+            "start",
+            "--pool",
+            pool,
+            "--type",
+            "process",
+            "--run-once",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     with get_client(sync_client=True) as client:
         finished = client.read_flow_run(run.id)
         assert finished.state.is_completed(), worker.stdout[-3000:] + worker.stderr[-3000:]
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+        )
     summary = next(a for a in artifacts if a.key == "finetune-summary")
     assert "tiny-deployed" in summary.data and "| steps | 2 |" in summary.data
 

@@ -13,7 +13,12 @@ from tasks.request import DatasetSource, FineTuneRequest, Hyperparameters
 from tasks.retrain import RetrainOutcome, fingerprint_dataset
 
 ROWS = [
-    {"messages": [{"role": "user", "content": f"Say hello number {i}"}, {"role": "assistant", "content": f"Ahoy {i}!"}]}
+    {
+        "messages": [
+            {"role": "user", "content": f"Say hello number {i}"},
+            {"role": "assistant", "content": f"Ahoy {i}!"},
+        ]
+    }
     for i in range(6)
 ]
 

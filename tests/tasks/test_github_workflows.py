@@ -11,10 +11,16 @@ from tests.github_api import github_api
 
 def test_dispatch_posts_ref_and_inputs_with_the_token() -> None:
     with github_api() as github:
-        target = WorkflowTarget(repository="acme/lmft", ref="main", inputs={"slot": "green"}, api_url=github.url)
+        target = WorkflowTarget(
+            repository="acme/lmft", ref="main", inputs={"slot": "green"}, api_url=github.url
+        )
         dispatch_workflow(target, token=SecretStr("ghs_secret"))
     [call] = github.dispatches
-    assert (call.workflow, call.ref, call.inputs) == ("prefect-worker.yml", "main", {"slot": "green"})
+    assert (call.workflow, call.ref, call.inputs) == (
+        "prefect-worker.yml",
+        "main",
+        {"slot": "green"},
+    )
     assert call.authorization == "token ghs_secret"
 
 
@@ -33,4 +39,8 @@ def test_target_from_actions_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("GITHUB_REPOSITORY", "acme/lmft")
     monkeypatch.setenv("GITHUB_REF_NAME", "release")
     target = WorkflowTarget.from_actions_env(workflow="prefect-worker.yml", inputs={"slot": "blue"})
-    assert (target.repository, target.ref, target.inputs) == ("acme/lmft", "release", {"slot": "blue"})
+    assert (target.repository, target.ref, target.inputs) == (
+        "acme/lmft",
+        "release",
+        {"slot": "blue"},
+    )

@@ -29,7 +29,9 @@ def pool(prefect_server) -> str:
 def test_no_worker_online_dispatches_the_worker_workflow(pool: str) -> None:
     report = check_prefect_health(pool)
     assert report.api_healthy and report.pool_found and not report.healthy
-    assert report.problems == [f"no worker online for work pool {pool!r}; start one (the prefect-worker workflow)"]
+    assert report.problems == [
+        f"no worker online for work pool {pool!r}; start one (the prefect-worker workflow)"
+    ]
     with github_api() as github:
         target = WorkflowTarget(repository="acme/lmft", api_url=github.url)
         assert start_worker_if_missing(report, target, token=SecretStr("ghs_x")).worker_dispatched
@@ -38,12 +40,16 @@ def test_no_worker_online_dispatches_the_worker_workflow(pool: str) -> None:
 
 def test_worker_heartbeat_makes_the_pool_healthy(pool: str) -> None:
     with get_client(sync_client=True) as client:
-        client.send_worker_heartbeat(work_pool_name=pool, worker_name="runner-1", heartbeat_interval_seconds=30)
+        client.send_worker_heartbeat(
+            work_pool_name=pool, worker_name="runner-1", heartbeat_interval_seconds=30
+        )
     report = check_prefect_health(pool)
     assert report.healthy and report.workers_online == ["runner-1"]
     with github_api() as github:
         target = WorkflowTarget(repository="acme/lmft", api_url=github.url)
-        assert not start_worker_if_missing(report, target, token=SecretStr("ghs_x")).worker_dispatched
+        assert not start_worker_if_missing(
+            report, target, token=SecretStr("ghs_x")
+        ).worker_dispatched
     assert github.dispatches == []
     assert health_check(pool).healthy
 
@@ -62,18 +68,31 @@ def test_missing_pool_and_unreachable_api_are_named(prefect_server) -> None:
     assert not down.api_healthy and "is not healthy" in down.problems[0]
 
 
-def test_cli_dispatches_and_exits_zero_when_it_started_a_worker(pool: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_dispatches_and_exits_zero_when_it_started_a_worker(
+    pool: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with github_api() as github:
         monkeypatch.setenv("GITHUB_TOKEN", "ghs_x")
         monkeypatch.setenv("GITHUB_REPOSITORY", "acme/lmft")
         monkeypatch.setenv("GITHUB_REF_NAME", "main")
         monkeypatch.setenv("GITHUB_API_URL", github.url)
         result = CliRunner().invoke(
-            app, ["health-check", "--pool", pool, "--dispatch", "prefect-worker.yml", "--dispatch-input", "slot=blue"]
+            app,
+            [
+                "health-check",
+                "--pool",
+                pool,
+                "--dispatch",
+                "prefect-worker.yml",
+                "--dispatch-input",
+                "slot=blue",
+            ],
         )
     assert result.exit_code == 0, result.output
     assert [d.inputs for d in github.dispatches] == [{"slot": "blue"}]
     assert CliRunner().invoke(app, ["health-check", "--pool", pool]).exit_code == 1
     monkeypatch.delenv("GITHUB_TOKEN")
-    missing = CliRunner().invoke(app, ["health-check", "--pool", pool, "--dispatch", "prefect-worker.yml"])
+    missing = CliRunner().invoke(
+        app, ["health-check", "--pool", pool, "--dispatch", "prefect-worker.yml"]
+    )
     assert missing.exit_code == 2 and "GITHUB_TOKEN" in missing.output

@@ -25,7 +25,10 @@ class HubHandler(BaseHTTPRequestHandler):
         if parts[:2] == ["api", "datasets"] and parts[2:4] == ["org", "chats"]:
             revision = parts[5] if len(parts) > 5 else "main"
             if revision in SHAS:
-                return self._json(200, {"id": "org/chats", "sha": SHAS[revision], "private": False, "siblings": []})
+                return self._json(
+                    200,
+                    {"id": "org/chats", "sha": SHAS[revision], "private": False, "siblings": []},
+                )
             return self._json(404, {"error": "Invalid rev id"}, error_code="RevisionNotFound")
         return self._json(404, {"error": "Repository not found"}, error_code="RepoNotFound")
 
