@@ -48,7 +48,7 @@ class WorkflowTarget(BaseModel):
         ]
         if missing:
             raise ValueError(
-                f"{', '.join(missing)} not set: run inside GitHub Actions or pass the repository and ref explicitly"
+                f"{', '.join(missing)} not set: run inside GitHub Actions, or set GITHUB_REPOSITORY (owner/name) and GITHUB_REF_NAME (branch)"
             )
         return cls(
             repository=os.environ["GITHUB_REPOSITORY"],
