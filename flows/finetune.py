@@ -28,8 +28,10 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
     with timed(timings, "prepare model"):
         model = prepare_base_model(request)
     with timed(timings, "train"):
-        handle = submit_training(request, model, idempotency_key=key, labels={"flow_run_id": str(flow_run.id)})
-        result = monitor_training(handle)
+        handle = submit_training(
+            request, model, idempotency_key=key, labels={"flow_run_id": str(flow_run.id)}, estimate=estimate
+        )
+        result = monitor_training(handle, estimate)
     summary = publish_summary(request, result, estimate, timings)
     logger.info("model saved to %s (loss %s → %s)", result.model_dir, result.first_loss, result.final_loss)
     return summary
