@@ -13,6 +13,7 @@ import logging
 import re
 import time
 import tomllib
+import warnings
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -187,17 +188,19 @@ def submit_hf_job(
         for handle in find_hf_jobs(credentials, {"idempotency_key": key}):
             if hf_job_status(credentials, handle).state in LIVE_OR_DONE:
                 return handle, False
-        job = api.run_uv_job(
-            str(TRAIN_SCRIPT),
-            script_args=script_args,
-            dependencies=pinned_dependencies(),
-            secrets={"HF_TOKEN": credentials.token.get_secret_value()},
-            env={"PYTHONUNBUFFERED": "1"},
-            flavor=flavor,
-            timeout=timeout_seconds,
-            labels=labels,
-            namespace=namespace,
-        )
+        with warnings.catch_warnings():  # run_uv_job is marked experimental; we pin huggingface_hub
+            warnings.filterwarnings("ignore", message=".*is experimental", category=UserWarning)
+            job = api.run_uv_job(
+                str(TRAIN_SCRIPT),
+                script_args=script_args,
+                dependencies=pinned_dependencies(),
+                secrets={"HF_TOKEN": credentials.token.get_secret_value()},
+                env={"PYTHONUNBUFFERED": "1"},
+                flavor=flavor,
+                timeout=timeout_seconds,
+                labels=labels,
+                namespace=namespace,
+            )
         return handle_from_job(job, namespace), True
 
     return call_with_backoff(attach_or_create, what="submit the Hugging Face job")
@@ -237,7 +240,7 @@ def hf_job_logs(credentials: HuggingFaceCredentials, handle: JobHandle, *, follo
             failures += 1
             if not follow or not is_transient(exc) or failures > 8:
                 raise
-            wait = _retry_after(exc) or min(30.0, 2.0**failures)
+            wait = _retry_after(exc) or min(30.0, 2.0 ** (failures - 1))
             logger.warning("log stream of job %s dropped (%s); reconnecting in %.0fs", handle.job_id, _describe(exc), wait)
             time.sleep(wait)
             continue

@@ -96,8 +96,11 @@ def follow_job(
     log_done = False
     last_metrics: GpuMetrics | None = None
 
+    seen = 0
+
     def take(line: str) -> None:
-        nonlocal result, last_line_at, stalled
+        nonlocal result, last_line_at, stalled, seen
+        seen += 1
         last_line_at, stalled = time.monotonic(), False
         tail.append(line)
         if (update := parse_progress_line(line)) is not None:
@@ -153,7 +156,15 @@ def follow_job(
             watcher.on_stalled(quiet)
         if status.is_terminal:
             ended_at = ended_at or now
-            if log_done or now - ended_at >= settings.log_grace_seconds:
+            if log_done:
+                break
+            if now - ended_at >= settings.log_grace_seconds:
+                # The stream did not drain in time: read the finished job's log once, past what we saw.
+                try:
+                    for line in list(job_logs(handle))[seen:]:
+                        take(line)
+                except Exception as exc:
+                    logger.warning("could not read the final log of job %s: %s", handle.job_id, exc)
                 break
             next_poll = now + min(settings.poll_seconds, 1.0)
 

@@ -481,10 +481,11 @@ class _Handler(BaseHTTPRequestHandler):
     # Buckets and the Xet CAS: run_uv_job ships a local script through `{ns}/jobs-artifacts`.
     def create_bucket(self, match, query, body) -> None:
         bucket_id = f"{match['ns']}/{match['name']}"
-        if bucket_id in self.hub.buckets:
-            return self._error(409, "You already created this bucket")
+        answer = {"url": f"{self.hub.url}/buckets/{bucket_id}", "id": bucket_id}
+        if bucket_id in self.hub.buckets:  # the Hub's 409 still names the bucket (create_bucket reads it)
+            return self._send(409, {**answer, "error": "You already created this bucket"})
         self.hub.buckets[bucket_id] = {}
-        self._send(200, {"url": f"{self.hub.url}/buckets/{bucket_id}", "id": bucket_id})
+        self._send(200, answer)
 
     def xet_write_token(self, match, query, body) -> None:
         cas, token, exp = f"{self.hub.url}/cas", "xet-" + secrets.token_hex(8), int(time.time()) + 3600
