@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import httpx2
 from huggingface_hub import JobInfo, JobStage
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from packaging.requirements import Requirement
 from pydantic import BaseModel
 
@@ -65,6 +65,8 @@ def is_transient(exc: BaseException) -> bool:
     """True for failures worth retrying: 429, 5xx, timeouts, dropped connections."""
     if isinstance(exc, HfHubHTTPError) and exc.response is not None:
         return exc.response.status_code in TRANSIENT_STATUS
+    if isinstance(exc, OfflineModeIsEnabled):  # HF_HUB_OFFLINE=1: no retry will cure it
+        return False
     return isinstance(exc, (httpx2.TransportError, TimeoutError, ConnectionError))
 
 

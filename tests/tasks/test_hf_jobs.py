@@ -243,3 +243,50 @@ def test_labels_are_valid_job_labels():
 def test_credentials_block_keeps_the_token_secret():
     credentials = HuggingFaceCredentials(token=SecretStr("hf_very_secret"), namespace="me")
     assert "hf_very_secret" not in repr(credentials) + str(credentials.model_dump()) + credentials.model_dump_json()
+
+
+def test_killing_the_monitoring_process_and_starting_again_reattaches(prefect_server, hf_server, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("HF_HUB_OFFLINE", None)  # the session sets it; the child talks to the local Hub
+    command = [sys.executable, "-m", "tests.tasks.hf_resume_child", "resume-1"]
+
+    def log_streams() -> int:
+        return sum(1 for method, path, _ in hf_server.requests if path.endswith("/logs"))
+
+    def wait_for(condition, timeout=120.0):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.1)
+
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        [job_id] = hf_server.wait_for_jobs(1, timeout=120)
+    except TimeoutError:
+        os.killpg(first.pid, signal.SIGKILL)
+        raise AssertionError(first.communicate()[0].decode()[-3000:]) from None
+    hf_server.set_stage(job_id, "RUNNING")
+    hf_server.append_log(job_id, progress(1))
+    wait_for(lambda: log_streams() >= 1)
+    os.killpg(first.pid, signal.SIGKILL)  # the worker dies mid-run (e.g. the runner hit its time limit)
+    first.wait()
+
+    second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for(lambda: log_streams() >= 2)
+    hf_server.append_log(job_id, progress(2), progress(3), result_line(hf_server.namespace))
+    hf_server.set_stage(job_id, "COMPLETED")
+    output = second.communicate(timeout=120)[0].decode()
+
+    assert second.returncode == 0, output
+    assert f"RESULT {hf_server.namespace}/smol-pirate" in output
+    assert f"attached to existing Hugging Face job {job_id}" in output
+    assert list(hf_server.jobs) == [job_id]
+    assert sum(1 for method, path, _ in hf_server.requests if method == "POST" and path == f"/api/jobs/{hf_server.namespace}") == 1
+    assert hf_server.token not in output
