@@ -160,6 +160,15 @@ def handle_from_job(job: JobInfo, namespace: str) -> JobHandle:
     )
 
 
+def hf_job_handle(credentials: HuggingFaceCredentials, job_id: str) -> JobHandle:
+    """The handle of job `job_id` in the credentials' namespace (404 when there is none)."""
+    api = credentials.api()
+    job = call_with_backoff(
+        lambda: api.inspect_job(job_id=job_id, namespace=credentials.namespace), what=f"inspect job {job_id}"
+    )
+    return handle_from_job(job, credentials.namespace)
+
+
 def find_hf_jobs(credentials: HuggingFaceCredentials, labels: dict[str, str]) -> list[JobHandle]:
     """Jobs of the namespace carrying all of `labels`, newest first."""
     api, namespace = credentials.api(), credentials.namespace

@@ -77,16 +77,6 @@ def play_error(server: HfJobsServer, job_id: str) -> None:
     server.set_stage(job_id, "ERROR", "Job failed with exit code: 1")
 
 
-@pytest.fixture
-def hf_server(monkeypatch):
-    with HfJobsServer() as server:
-        monkeypatch.setenv("LMFT_HF_NAMESPACE", server.namespace)
-        monkeypatch.setenv("HF_TOKEN", server.token)
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setenv("HF_HUB_DISABLE_EXPERIMENTAL_WARNING", "1")
-        yield server
-
-
 @flow(name="train-on-hf", on_cancellation=[cancel_job_of_flow_run])
 def train_on_hf(request: FineTuneRequest, key: str, settings: MonitorSettings = FAST) -> TrainingResult:
     handle = submit_training(
