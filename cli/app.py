@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
-from typing import Annotated
 
 import typer
 import yaml
@@ -17,6 +16,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def main() -> None:
+    """lm-fine-tuning: validate, estimate, train, convert and deploy, as Prefect flows."""
+    # A local ephemeral Prefect server has no network to send telemetry to.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -56,4 +62,5 @@ def load_config(path: Path) -> dict:
 
 
 from cli import commands  # noqa: E402,F401  (registers the commands)
-from cli import jobs  # noqa: E402,F401  (registers lmft cancel)
+from cli import deploy  # noqa: E402,F401  (registers `lmft deploy` and `lmft serve`)
+from cli import jobs  # noqa: E402,F401  (registers `lmft cancel`)

@@ -10,6 +10,7 @@ from tasks.costs import estimate_cost
 from tasks.jobs.hooks import cancel_job_of_flow_run
 from tasks.reporting import FineTuneSummary, publish_summary, timed
 from tasks.request import FineTuneRequest
+from tasks.samples import sample_answers
 from tasks.training import monitor_training, submit_training
 from tasks.validation import raise_on_errors, validate_dataset
 
@@ -32,7 +33,11 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
             request, model, idempotency_key=key, labels={"flow_run_id": str(flow_run.id)}, estimate=estimate
         )
         result = monitor_training(handle, estimate)
-    summary = publish_summary(request, result, estimate, timings)
+    samples = None
+    if result.model_dir:  # the model is on this machine: show what training changed
+        with timed(timings, "sample answers"):
+            samples = sample_answers(model, result.model_dir)
+    summary = publish_summary(request, result, estimate, timings, samples)
     logger.info("model saved to %s (loss %s → %s)", result.model_dir, result.first_loss, result.final_loss)
     return summary
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from tasks.costs import CostEstimate
 from tasks.jobs import TrainingResult
 from tasks.request import FineTuneRequest
+from tasks.samples import SampleAnswer
 
 
 class FineTuneSummary(BaseModel):
@@ -28,6 +29,7 @@ class FineTuneSummary(BaseModel):
     step_seconds: dict[str, float]
     trackio_project: str
     estimate: CostEstimate
+    samples: list[SampleAnswer] = []
 
 
 @contextmanager
@@ -40,13 +42,21 @@ def timed(timings: dict[str, float], step: str) -> Iterator[None]:
         timings[step] = round(time.monotonic() - started, 2)
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
 @task(name="publish-summary")
 def publish_summary(
-    request: FineTuneRequest, result: TrainingResult, estimate: CostEstimate, timings: dict[str, float]
+    request: FineTuneRequest,
+    result: TrainingResult,
+    estimate: CostEstimate,
+    timings: dict[str, float],
+    samples: list[SampleAnswer] | None = None,
 ) -> FineTuneSummary:
     """Build the run's summary and publish it as a markdown artifact."""
     summary = FineTuneSummary(
@@ -60,6 +70,7 @@ def publish_summary(
         step_seconds=timings,
         trackio_project=result.trackio_project,
         estimate=estimate,
+        samples=samples or [],
     )
     rows = "\n".join(f"| {step} | {seconds:.1f} |" for step, seconds in timings.items())
     markdown = f"""# Fine-tune: {summary.output_name}
@@ -68,7 +79,7 @@ def publish_summary(
 |---|---|
 | base model | `{request.base_model}` |
 | dataset | `{request.dataset.path}` |
-| method | {request.method.value} ({"LoRA r=%d" % request.lora.r if request.lora.enabled else "full"}) |
+| method | {request.method.value} ({f"LoRA r={request.lora.r}" if request.lora.enabled else "full"}) |
 | backend | {request.backend.value} (job `{result.handle.job_id}`) |
 | model | `{result.model_dir or result.hub_repo}` |
 | steps | {result.global_step} |
@@ -81,5 +92,8 @@ def publish_summary(
 |---|---|
 {rows}
 """
+    if summary.samples:
+        markdown += "\n## Answers before and after\n| prompt | base model | fine-tuned |\n|---|---|---|\n"
+        markdown += "\n".join(f"| {_cell(a.prompt)} | {_cell(a.base)} | {_cell(a.tuned)} |" for a in summary.samples)
     create_markdown_artifact(markdown, key="finetune-summary", description=f"Fine-tune {summary.output_name}")
     return summary

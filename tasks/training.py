@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.artifacts import (
@@ -36,7 +37,8 @@ def training_script_args(request: FineTuneRequest, model: str, *, run_name: str)
     h, lora, data = request.hyperparameters, request.lora, request.dataset
     args = {
         "model_name_or_path": model,
-        "dataset_path": data.path,
+        # The job runs in its own folder (or on another machine): local paths must be absolute.
+        "dataset_path": str(Path(data.path).expanduser().resolve()) if data.is_local else data.path,
         "dataset_split": data.split,
         "column_map": json.dumps(data.column_map),
         "method": request.method.value,
