@@ -20,8 +20,9 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TypeVar
 
 import httpx2
-from huggingface_hub import JobInfo, JobStage
+from huggingface_hub import JobInfo, JobStage, set_client_factory
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+from huggingface_hub.utils._http import default_client_factory
 from packaging.requirements import Requirement
 from pydantic import BaseModel
 
@@ -46,6 +47,28 @@ _STAGES = {
 _LABEL = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 T = TypeVar("T")
+
+
+def _client_for_many_streams() -> httpx2.Client:
+    """huggingface_hub's HTTP client without its 100-connection cap.
+
+    A worker follows each job's log over its own long-lived SSE connection. With the default
+    pool (100 connections, no pool timeout) the 101st request of the process (a stage check)
+    would wait until some job ends: bench/hf_jobs_monitor.py saw stage changes noticed 20 s
+    late, or never, with 100 jobs. Same hooks, redirects and timeouts as the library's default.
+    """
+    library_default = default_client_factory()
+    hooks = library_default.event_hooks
+    library_default.close()
+    return httpx2.Client(
+        event_hooks=hooks,
+        follow_redirects=True,
+        timeout=None,
+        limits=httpx2.Limits(max_connections=None, max_keepalive_connections=100),
+    )
+
+
+set_client_factory(_client_for_many_streams)
 
 
 class GpuMetrics(BaseModel):
