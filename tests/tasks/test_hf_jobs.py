@@ -280,3 +280,48 @@ def test_killing_the_monitoring_process_and_starting_again_reattaches(prefect_se
     assert list(hf_server.jobs) == [job_id]
     assert sum(1 for method, path, _ in hf_server.requests if method == "POST" and path == f"/api/jobs/{hf_server.namespace}") == 1
     assert hf_server.token not in output
+
+
+class _Notes:
+    def __init__(self) -> None:
+        self.stages, self.progress, self.metrics, self.stalls = [], [], [], []
+
+    def on_stage(self, status, previous) -> None:
+        self.stages.append(status.state.value)
+
+    def on_progress(self, update) -> None:
+        self.progress.append(update.step)
+
+    def on_metrics(self, metrics, cost_usd) -> None:
+        self.metrics.append((metrics, cost_usd))
+
+    def on_stalled(self, quiet_seconds) -> None:
+        self.stalls.append(quiet_seconds)
+
+
+def test_monitor_reports_stages_metrics_cost_and_a_stall(hf_server):
+    from tasks.jobs.monitor import follow_job
+
+    credentials = HuggingFaceCredentials(token=SecretStr(hf_server.token), namespace=hf_server.namespace, endpoint=hf_server.url)
+    job = credentials.api().run_job(image="python:3.12", command=["python"], namespace=hf_server.namespace, labels={"k": "stall"})
+    [handle] = find_hf_jobs(credentials, {"k": "stall"})
+
+    def play():
+        time.sleep(0.3)
+        hf_server.set_stage(job.id, "RUNNING")
+        hf_server.append_log(job.id, progress(1))
+        time.sleep(1.5)  # silence: longer than stall_seconds
+        hf_server.append_log(job.id, progress(2), progress(3), result_line(hf_server.namespace))
+        hf_server.set_stage(job.id, "COMPLETED")
+
+    threading.Thread(target=play).start()
+    notes = _Notes()
+    settings = MonitorSettings(poll_seconds=0.1, metrics_seconds=0.3, stall_seconds=0.8, log_grace_seconds=5)
+    outcome = follow_job(handle, notes, settings, price_per_hour=3.6)
+
+    assert notes.stages == ["scheduling", "running", "completed"]
+    assert notes.progress == [1, 2, 3] and len(notes.stalls) == 1
+    metrics, cost = notes.metrics[0]
+    assert metrics.gpu_count == 1 and metrics.gpu_utilization_pct == 87 and metrics.gpu_memory_total_gb == 24.0
+    assert cost is not None and outcome.cost_usd is not None and outcome.cost_usd >= cost
+    assert outcome.status.state.value == "completed" and outcome.result["hub_repo"] == f"{hf_server.namespace}/smol-pirate"
