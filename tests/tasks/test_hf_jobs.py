@@ -64,7 +64,9 @@ def play_success(server: HfJobsServer, job_id: str) -> None:
         server.append_log(job_id, f"{{'loss': {2.0 / step}}}", progress(step))
         time.sleep(0.2)
     server.append_log(job_id, result_line(server.namespace))
-    time.sleep(0.2)
+    deadline = time.monotonic() + 30  # stay RUNNING until the monitor has sampled the metrics
+    while time.monotonic() < deadline and not any(p.endswith(f"{job_id}/metrics") for _, p, _ in list(server.requests)):
+        time.sleep(0.1)
     server.set_stage(job_id, "COMPLETED")
 
 
