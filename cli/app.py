@@ -61,6 +61,27 @@ def load_config(path: Path) -> dict:
     return data
 
 
-from cli import commands  # noqa: E402,F401  (registers the commands)
-from cli import deploy  # noqa: E402,F401  (registers `lmft deploy` and `lmft serve`)
+def request_from_cli(config: Path | None, dataset: str | None, fields: dict, *, max_steps: int | None = None):
+    """A `FineTuneRequest` from a config file plus command-line options (options win)."""
+    from tasks.request import FineTuneRequest
+
+    data = load_config(config) if config else {}
+    if dataset:
+        data["dataset"] = {**(data.get("dataset") or {}), "path": dataset}
+    if "dataset" not in data:
+        raise fail("give a config file or --dataset")
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        elif value is not None:
+            data[key] = value
+    if max_steps is not None:
+        data.setdefault("hyperparameters", {})["max_steps"] = max_steps
+    try:
+        return FineTuneRequest.model_validate(data)
+    except ValidationError as exc:
+        raise fail(explain_validation_error(exc)) from None
+
+
+from cli import commands, costs, deploy  # noqa: E402,F401  (register run; estimate, costs, budget; deploy, serve)
 from cli import jobs  # noqa: E402,F401  (registers `lmft cancel`)

@@ -11,10 +11,12 @@ import queue
 import threading
 import time
 from collections import deque
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from pydantic import BaseModel, Field
 
+from tasks.costs import cost_so_far
 from tasks.jobs.backends import job_logs, job_metrics, job_status
 from tasks.jobs.hf import GpuMetrics
 from tasks.jobs.models import (
@@ -64,9 +66,11 @@ class FollowOutcome(BaseModel):
     last_metrics: GpuMetrics | None = None
 
 
-def cost_so_far(running_seconds: float, price_per_hour: float | None) -> float | None:
-    """Running time × hourly price, in USD."""
-    return None if price_per_hour is None else round(running_seconds * price_per_hour / 3600.0, 4)
+def running_cost(running_seconds: float, price_per_hour: float | None) -> float | None:
+    """USD billed so far for `running_seconds` of running time (the cost module's billing rule)."""
+    if price_per_hour is None:
+        return None
+    return cost_so_far(price_per_hour, datetime.now(UTC) - timedelta(seconds=running_seconds))
 
 
 def follow_job(
@@ -149,7 +153,7 @@ def follow_job(
             except Exception as exc:
                 logger.warning("could not read the metrics of job %s: %s", handle.job_id, exc)
             if last_metrics is not None:
-                watcher.on_metrics(last_metrics, cost_so_far(reported_running, price_per_hour))
+                watcher.on_metrics(last_metrics, running_cost(reported_running, price_per_hour))
         quiet = now - last_line_at
         if state is JobState.RUNNING and not stalled and quiet >= settings.stall_seconds:
             stalled = True
@@ -173,7 +177,7 @@ def follow_job(
         result=result,
         tail=list(tail),
         running_seconds=round(reported_running, 1),
-        cost_usd=cost_so_far(reported_running, price_per_hour),
+        cost_usd=running_cost(reported_running, price_per_hour),
         last_metrics=last_metrics,
     )
 
