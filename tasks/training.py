@@ -98,6 +98,7 @@ def submit_training(
         handle = submit_local_job(script_args=script_args, idempotency_key=idempotency_key, labels=labels)
         logger.info("training job %s on %s (log: %s)", handle.job_id, handle.backend.value, handle.url)
         return handle
+    check_shippable(request, model)
     credentials = load_hf_credentials()
     flavor, timeout = hf_flavor_and_timeout(request, estimate)
     hub_repo = f"{credentials.namespace}/{request.output_name}"
@@ -119,6 +120,20 @@ def submit_training(
     verb = "submitted" if created else "attached to existing"
     logger.info("%s Hugging Face job %s on %s, pushing to %s: %s", verb, handle.job_id, flavor, hub_repo, handle.url)
     return handle
+
+
+def check_shippable(request: FineTuneRequest, model: str) -> None:
+    """Refuse what a Hugging Face job cannot see: local folders (run_uv_job ships single files only)."""
+    if Path(model).expanduser().is_dir():
+        raise ValueError(
+            f"base_model: {model!r} is a local folder, which a Hugging Face job cannot read; "
+            "push it to the Hub and give its repo id, or use backend 'local'"
+        )
+    if request.dataset.is_local and Path(request.dataset.path).expanduser().is_dir():
+        raise ValueError(
+            f"dataset.path: {request.dataset.path!r} is a local folder, which a Hugging Face job cannot read; "
+            "give a single file (it is uploaded with the job) or a Hub dataset id"
+        )
 
 
 def hf_flavor_and_timeout(request: FineTuneRequest, estimate: CostEstimate | None) -> tuple[str, int | None]:

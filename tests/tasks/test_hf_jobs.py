@@ -34,9 +34,8 @@ MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def hf_request(**overrides) -> FineTuneRequest:
-    return FineTuneRequest(
-        dataset=DatasetSource(path="trl-lib/Capybara"), backend=Backend.HF_JOBS, output_name="smol-pirate", **overrides
-    )
+    fields = {"dataset": DatasetSource(path="trl-lib/Capybara"), "backend": Backend.HF_JOBS, "output_name": "smol-pirate"}
+    return FineTuneRequest(**{**fields, **overrides})
 
 
 ESTIMATE = CostEstimate(
@@ -327,3 +326,13 @@ def test_monitor_reports_stages_metrics_cost_and_a_stall(hf_server):
     assert metrics.gpu_count == 1 and metrics.gpu_utilization_pct == 87 and metrics.gpu_memory_total_gb == 24.0
     assert cost is not None and outcome.cost_usd is not None and outcome.cost_usd >= cost
     assert outcome.status.state.value == "completed" and outcome.result["hub_repo"] == f"{hf_server.namespace}/smol-pirate"
+
+
+def test_local_folders_are_refused_before_anything_is_submitted(tmp_path, tiny_llama):
+    from tasks.training import check_shippable
+
+    with pytest.raises(ValueError, match="base_model: .* local folder"):
+        check_shippable(hf_request(), str(tiny_llama))
+    (tmp_path / "part.jsonl").write_text('{"text": "hi"}\n')
+    with pytest.raises(ValueError, match="dataset.path: .* local folder"):
+        check_shippable(hf_request(dataset=DatasetSource(path=str(tmp_path))), MODEL)
