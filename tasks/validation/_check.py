@@ -227,7 +227,11 @@ def _token_rows(request: FineTuneRequest, files: list[DataFile], dataset: Any) -
 
 def check_dataset(request: FineTuneRequest, *, tokenizer_path: str | None = None,
                   min_rows: int = DEFAULT_MIN_ROWS, token_rows: int = TOKEN_ROWS) -> ValidationReport:
-    """Check the request's dataset for its method; never raises for a bad dataset."""
+    """Check the request's dataset for its method; never raises for a bad dataset.
+
+    `tokenizer_path` names the model whose tokenizer counts tokens (default: the request's
+    base model); `token_rows` rows at most are tokenised, and 0 skips token counting.
+    """
     started = time.perf_counter()
     source = request.dataset
     totals = _Totals()
@@ -258,7 +262,7 @@ def check_dataset(request: FineTuneRequest, *, tokenizer_path: str | None = None
                                     row=row, file=totals.files[file_index]), count=0)
         totals.counts[IssueCode.DUPLICATE_ROW] += repeated
     report.seconds = round(time.perf_counter() - started, 3)
-    if readable and report.format_kind is not None and totals.rows:
+    if readable and report.format_kind is not None and totals.rows and token_rows > 0:
         _add_token_stats(request, report, totals, files, dataset, tokenizer_path, token_rows)
     for issue in totals.issues:
         issue.severity = Severity.WARNING if issue.code in WARNING_CODES else Severity.ERROR

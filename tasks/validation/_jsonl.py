@@ -100,7 +100,10 @@ def _decoder(column_map: dict[str, str], messages_only: bool) -> msgspec.json.De
             _decoders[key] = msgspec.json.Decoder(_MessagesRow)
         else:
             source = {target: name for name, target in column_map.items()}
-            fields = [(col, typ, msgspec.field(default=UNSET, name=source.get(col, col)))
+            # A column renamed away no longer exists under its own name: its field gets a
+            # name no dataset column has.
+            fields = [(col, typ, msgspec.field(default=UNSET, name=source.get(
+                          col, f"lmft: {col} renamed away" if col in column_map else col)))
                       for col, typ in _TYPED_COLUMNS.items()]
             _decoders[key] = msgspec.json.Decoder(msgspec.defstruct("Row", fields))
     return _decoders[key]
@@ -199,7 +202,7 @@ def _slow_line(line: bytes, column_map: dict[str, str], sharegpt: bool):
             # than 64 bits, NaN): such a row is still a JSON object the trainer can read.
             row = json.loads(text)
         except (ValueError, RecursionError):
-            return None, [(IssueCode.NOT_JSON, None, f"not valid JSON: {exc}")], None
+            return None, [(IssueCode.NOT_JSON, None, f"not valid JSON: {exc.msg} at column {exc.colno}")], None
     if column_map and isinstance(row, dict):
         row = {column_map.get(k, k): v for k, v in row.items()}
     fmt, issues = check_row(row, sharegpt_messages=sharegpt)

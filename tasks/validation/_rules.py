@@ -209,7 +209,7 @@ def check_row(row: Any, *, sharegpt_messages: bool = False) -> tuple[tuple[Forma
         return None, [(IssueCode.MISSING_COLUMNS, None,
                        f"no recognised columns (messages, text, prompt/completion, chosen/rejected …); found {present}")]
     main = main_column(kind, columns)
-    conversational = isinstance(row[main], list)
+    conversational = main in ("messages", "conversations") or (main != "text" and isinstance(row[main], list))
     issues: list[RowIssue] = []
     if "weight" in row:
         issues += check_weight(row["weight"])

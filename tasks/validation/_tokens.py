@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -11,28 +12,31 @@ from typing import Any
 from tasks.validation._models import FormatKind, TokenStats
 
 BATCH_ROWS = 1000
+_RENDER_ERRORS: tuple[type[Exception], ...] = (KeyError, TypeError, ValueError, AttributeError)
 TOKEN_ROWS = 100_000
 """Rows tokenised at most; beyond, the totals are extrapolated (and `TokenStats.exact` is false)."""
 
 
+@lru_cache(maxsize=4)
 def load_tokenizer(base_model: str, tokenizer_path: str | None) -> tuple[Any | None, str]:
-    """The tokenizer of the base model when it is on this machine; else (None, why not)."""
+    """The tokenizer of the model (`tokenizer_path` if given, else `base_model`) when it is on
+    this machine; else (None, why not). Nothing is downloaded."""
     from transformers import AutoTokenizer
 
     from tasks.base_model import EMBEDDED_HUB_ID, embedded_gguf_path
     from tasks.request import DEFAULT_BASE_MODEL
 
-    if tokenizer_path and Path(tokenizer_path).is_dir():
-        return AutoTokenizer.from_pretrained(tokenizer_path), tokenizer_path
-    if base_model in (DEFAULT_BASE_MODEL, EMBEDDED_HUB_ID):
+    model = tokenizer_path or base_model
+    if model in (DEFAULT_BASE_MODEL, EMBEDDED_HUB_ID):
         gguf = embedded_gguf_path()
         return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name), f"{DEFAULT_BASE_MODEL} (embedded GGUF)"
-    if Path(base_model).expanduser().is_dir():
-        return AutoTokenizer.from_pretrained(Path(base_model).expanduser()), base_model
+    folder = Path(model).expanduser()
     try:
-        return AutoTokenizer.from_pretrained(base_model, local_files_only=True), base_model
-    except OSError:
-        return None, f"the tokenizer of {base_model} is not on this machine (not in the Hugging Face cache)"
+        if folder.is_dir():
+            return AutoTokenizer.from_pretrained(folder), model
+        return AutoTokenizer.from_pretrained(model, local_files_only=True), model
+    except (OSError, ValueError) as exc:
+        return None, f"the tokenizer of {model} is not on this machine ({str(exc).splitlines()[0]})"
 
 
 def _join(value: Any) -> str:
@@ -66,6 +70,9 @@ def count_tokens(rows: Iterable[tuple[Any, dict]], *, kind: FormatKind, conversa
                  tokenizer_name: str, max_length: int, row_count: int, limit: int = TOKEN_ROWS,
                  ) -> tuple[TokenStats, list[Any]]:
     """Token statistics of the first `limit` rows, and where (the rows' keys) rows exceed `max_length`."""
+    from jinja2 import TemplateError
+
+    render_errors = (*_RENDER_ERRORS, TemplateError)
     templated = conversational and bool(getattr(tokenizer, "chat_template", None))
     lengths: list[int] = []
     too_long: list[Any] = []
@@ -74,7 +81,7 @@ def count_tokens(rows: Iterable[tuple[Any, dict]], *, kind: FormatKind, conversa
     while batch := list(islice(iterator, BATCH_ROWS)):
         try:
             texts = _texts([r for _, r in batch], kind, conversational, tokenizer, templated)
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except render_errors:
             # A malformed row in the batch (already reported by the structural check):
             # count the rows one by one and skip the ones that cannot be rendered.
             texts = []
@@ -83,7 +90,7 @@ def count_tokens(rows: Iterable[tuple[Any, dict]], *, kind: FormatKind, conversa
                 try:
                     texts += _texts([row], kind, conversational, tokenizer, templated)
                     kept.append((number, row))
-                except (KeyError, TypeError, ValueError, AttributeError):
+                except render_errors:
                     continue
             batch = kept
         if not texts:
