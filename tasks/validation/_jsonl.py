@@ -143,14 +143,6 @@ class ChunkResult:
 _CONVERSATION = (FormatKind.LANGUAGE_MODELING, True)
 
 
-def _fast_messages(row: _MessagesRow) -> tuple[FormatId, tuple[RowIssue, ...], Any] | None:
-    """Check a typed `messages` row; None when the reference rules must look at it."""
-    messages = row.messages
-    if not messages or any([m.content.isspace() for m in messages]):
-        return None
-    return _CONVERSATION, sequence_issues(tuple([m.role for m in messages]), "messages", True, False), None
-
-
 def _blank(value: Any) -> bool:
     return value.isspace() if isinstance(value, str) else (not value or any([m.content.isspace() for m in value]))
 
@@ -158,7 +150,10 @@ def _blank(value: Any) -> bool:
 def _fast_row(row: Any) -> tuple[FormatId, tuple[RowIssue, ...], Any] | None:
     """Check a typed row of any shape; None when the reference rules must look at it."""
     if row.messages is not UNSET:
-        return _fast_messages(row)
+        messages = row.messages
+        if not messages or any([m.content.isspace() for m in messages]):
+            return None
+        return _CONVERSATION, sequence_issues(tuple([m.role for m in messages]), "messages", True, False), None
     if row.completions is not UNSET or row.labels is not UNSET or row.conversations is not UNSET:
         return None
     mask = ((row.text is not UNSET) << 1 | (row.prompt is not UNSET) << 2
@@ -213,23 +208,45 @@ def check_lines(lines: Iterable[bytes], column_map: dict[str, str], *, file_star
                 messages_only: bool = False) -> ChunkResult:
     """Check JSONL lines (without their newline); `file_start` when the first is the file's first.
 
-    `messages_only` picks the decoder specialised for `messages` rows (when most rows are).
+    `messages_only` (when most rows have `messages`) runs the loop specialised for them:
+    this loop is the whole cost of validating a big file, so it is written flat.
     """
     result = ChunkResult()
     messages_only = messages_only and not column_map
     decode = _decoder(column_map, messages_only).decode
-    fast = _fast_messages if messages_only else _fast_row
     sharegpt = column_map.get("conversations") == "messages"
     typed_errors = (msgspec.ValidationError, msgspec.DecodeError)
-    hashes, hash_lines, formats, labels = result.hashes, result.hash_lines, result.formats, result.labels
+    hash_line, add_hash, add_hash_line = xxhash.xxh3_64_intdigest, result.hashes.append, result.hash_lines.append
+    formats, labels = result.formats, result.labels
+    sequences: dict[tuple[str, ...], tuple[RowIssue, ...]] = {}
+    conversations = 0
+    first_conversations: list[int] = []
     number = 0
     for number, line in enumerate(lines, start=1):
         if number == 1 and file_start and line.startswith(BOM):
             line = line[len(BOM):]
         checked = None
-        if line:
+        if messages_only and line:
             try:
-                checked = fast(decode(line))
+                messages = decode(line).messages
+            except typed_errors:
+                messages = None
+            if messages and not any([m.content.isspace() for m in messages]):
+                roles = tuple([m.role for m in messages])
+                issues = sequences.get(roles)
+                if issues is None:
+                    issues = sequences[roles] = sequence_issues(roles, "messages", True, False)
+                conversations += 1
+                if conversations <= KEEP_PER_CODE:
+                    first_conversations.append(number)
+                add_hash(hash_line(line))
+                add_hash_line(number)
+                for code, column, message in issues:
+                    result.add_issue(number, code, column, message)
+                continue
+        elif line:
+            try:
+                checked = _fast_row(decode(line))
             except typed_errors:
                 checked = None
         if checked is None:
@@ -245,12 +262,17 @@ def check_lines(lines: Iterable[bytes], column_map: dict[str, str], *, file_star
             formats[fmt] = seen + 1
             if seen < KEEP_PER_CODE:
                 result.first_rows.setdefault(fmt, []).append(number)
-            hashes.append(xxhash.xxh3_64_intdigest(line))
-            hash_lines.append(number)
+            add_hash(hash_line(line))
+            add_hash_line(number)
             if label is not None:
                 labels[0 if label is True else 1 if label is False else 2] += 1
         for code, column, message in issues:
             result.add_issue(number, code, column, message)
+    if conversations:
+        result.rows += conversations
+        formats[_CONVERSATION] = formats.get(_CONVERSATION, 0) + conversations
+        kept = result.first_rows.get(_CONVERSATION, [])
+        result.first_rows[_CONVERSATION] = sorted(kept + first_conversations)[:KEEP_PER_CODE]
     result.lines = number
     return result
 

@@ -221,7 +221,8 @@ def test_token_counting_says_so_when_the_tokenizer_is_not_here(tmp_path):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+    | st.sampled_from(["user", "assistant", "system", " ", "hi"]),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(
         st.sampled_from(["messages", "role", "content", "text", "prompt", "completion", "chosen", "rejected",
                          "label", "weight", "conversations", "from", "value", "x"]), children, max_size=5),
@@ -244,8 +245,17 @@ def test_the_validator_never_raises(tmp_path, lines, method):
         assert issue.row is None or 1 <= issue.row <= max(len(lines), 1)
 
 
-@settings(max_examples=100, deadline=None)
-@given(rows=st.lists(json_values, min_size=1, max_size=6))
+turn = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "system", "tool", "bot"]), "content": st.sampled_from(["hi", " ", ""])},
+    optional={"weight": st.sampled_from([0, 1, 2])},
+)
+chat_rows = st.fixed_dictionaries(
+    {"messages": st.lists(turn, max_size=4)}, optional={"weight": st.sampled_from([1, -1, 0.5]), "text": st.text()}
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(json_values | chat_rows, min_size=1, max_size=6))
 def test_both_paths_agree(rows):
     """The typed fast path and the reference rules give the same codes and formats."""
     from tasks.validation._jsonl import _decoder, _fast_row, _slow_line
@@ -259,6 +269,11 @@ def test_both_paths_agree(rows):
             fast = None
         if fast is not None:
             assert (fast[0], [i[0] for i in fast[1]]) == (slow[0], [i[0] for i in slow[1]])
+    lines = [json.dumps(row).encode() for row in rows]
+    general = _jsonl.check_lines(lines, {}, file_start=True, messages_only=False)
+    specialised = _jsonl.check_lines(lines, {}, file_start=True, messages_only=True)
+    assert (specialised.rows, specialised.issues, specialised.formats, specialised.first_rows) == (
+        general.rows, general.issues, general.formats, general.first_rows)
 
 
 def test_cli_validate_exits_non_zero_on_errors():
