@@ -292,7 +292,8 @@ def test_cli_validate_exits_non_zero_on_errors():
     assert "standard preference (explicit prompt)" in good.stdout
 
 
-def test_task_publishes_grouped_artifacts(prefect_server):
+def test_task_publishes_grouped_artifacts(prefect_server, monkeypatch):
+    """Inside a flow run too, the file is checked by worker processes over small ranges."""
     import asyncio
 
     from prefect import flow
@@ -305,6 +306,8 @@ def test_task_publishes_grouped_artifacts(prefect_server):
     def validate_only(request: FineTuneRequest) -> ValidationReport:
         return validate_dataset(request, tokenizer_path="HuggingFaceTB/not-downloaded-here", min_rows=1)
 
+    monkeypatch.setattr(_jsonl, "CHUNK_BYTES", 512)
+    monkeypatch.setattr(_jsonl, "PARALLEL_MIN_BYTES", 0)
     request = FineTuneRequest(dataset=DatasetSource(path=str(DATA / "bad" / "missing_role.jsonl")))
     assert validate_only(request).error_counts == {"missing_role": 1}
 
