@@ -250,7 +250,7 @@ def check_dataset(request: FineTuneRequest, *, tokenizer_path: str | None = None
     readable = not any(i.code in (IssueCode.HUB_UNREACHABLE, IssueCode.DATASET_NOT_FOUND,
                                   IssueCode.SPLIT_NOT_FOUND, IssueCode.NO_DATA_FILES) for i in totals.issues)
     if readable:
-        if totals.rows == 0 and not totals.counts[IssueCode.EMPTY_FILE]:
+        if totals.rows == 0 and not totals.issues:
             totals.add_issue(_issue(IssueCode.EMPTY_FILE, "the dataset has no rows"))
         elif 0 < totals.rows < min_rows:
             totals.add_issue(_issue(IssueCode.TOO_FEW_ROWS,

@@ -341,7 +341,8 @@ def scan_jsonl(path: str, column_map: dict[str, str], *, messages_only: bool = F
     size = os.path.getsize(path)
     ranges = _ranges(path, size, CHUNK_BYTES)
     tasks = [(path, start, end, column_map, messages_only) for start, end in ranges]
-    workers = workers or min(len(os.sched_getaffinity(0)), len(tasks))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = workers or min(cores, len(tasks))
     if size < PARALLEL_MIN_BYTES or workers < 2:
         yield from map(_check_range, tasks)
         return

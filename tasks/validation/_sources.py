@@ -120,10 +120,8 @@ def _json_array(path: Path) -> list[Any]:
 def _parquet_rows(path: Path) -> Iterator[dict]:
     import pyarrow.parquet as pq
 
-    with _open(path) as handle:
-        parquet = pq.ParquetFile(io.BytesIO(handle.read()) if path.name.endswith(".gz") else path)
-        for batch in parquet.iter_batches(batch_size=ROWS_PER_CHUNK):
-            yield from batch.to_pylist()
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=ROWS_PER_CHUNK):
+        yield from batch.to_pylist()
 
 
 def _csv_rows(path: Path) -> Iterator[dict]:
@@ -146,7 +144,7 @@ def scan_file(data: DataFile, column_map: dict[str, str]) -> tuple[list[str], It
         if data.kind == "parquet":
             import pyarrow.parquet as pq
 
-            columns = pq.read_schema(data.path).names if not data.path.name.endswith(".gz") else []
+            columns = pq.read_schema(data.path).names
             return columns, check_rows(_parquet_rows(data.path), column_map)
         if data.kind == "csv":
             with _open(data.path) as raw:
