@@ -56,12 +56,12 @@ _Role = Literal["system", "user", "assistant", "tool", "developer"]
 _Weight = Annotated[float, msgspec.Meta(ge=0)]
 
 
-class _Message(msgspec.Struct, forbid_unknown_fields=True):
+class _Message(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     role: _Role
     content: _NonEmpty
 
 
-class _MessagesRow(msgspec.Struct):
+class _MessagesRow(msgspec.Struct, gc=False):
     """A row with `messages`: by TRL's precedence its other columns, but `weight`, do not matter."""
 
     messages: list[_Message]
@@ -231,11 +231,13 @@ def check_lines(lines: Iterable[bytes], column_map: dict[str, str], *, file_star
                 messages = decode(line).messages
             except typed_errors:
                 messages = None
-            if messages and not any([m.content.isspace() for m in messages]):
-                roles = tuple([m.role for m in messages])
-                issues = sequences.get(roles)
-                if issues is None:
-                    issues = sequences[roles] = sequence_issues(roles, "messages", True, False)
+            # One pass per message: its role, or None when its content is blank (a rare
+            # row that the reference rules then report).
+            key = tuple([None if m.content.isspace() else m.role for m in messages]) if messages else None
+            issues = sequences.get(key) if key else None
+            if issues is None and key and None not in key:
+                issues = sequences[key] = sequence_issues(key, "messages", True, False)
+            if issues is not None:
                 conversations += 1
                 if conversations <= KEEP_PER_CODE:
                     first_conversations.append(number)

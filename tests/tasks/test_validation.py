@@ -292,37 +292,6 @@ def test_cli_validate_exits_non_zero_on_errors():
     assert "standard preference (explicit prompt)" in good.stdout
 
 
-def test_task_publishes_grouped_artifacts(prefect_server, monkeypatch):
-    """Inside a flow run too, the file is checked by worker processes over small ranges."""
-    import asyncio
-
-    from prefect import flow
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    from tasks.validation import validate_dataset
-
-    @flow
-    def validate_only(request: FineTuneRequest) -> ValidationReport:
-        return validate_dataset(request, tokenizer_path="HuggingFaceTB/not-downloaded-here", min_rows=1)
-
-    monkeypatch.setattr(_jsonl, "CHUNK_BYTES", 512)
-    monkeypatch.setattr(_jsonl, "PARALLEL_MIN_BYTES", 0)
-    request = FineTuneRequest(dataset=DatasetSource(path=str(DATA / "bad" / "missing_role.jsonl")))
-    assert validate_only(request).error_counts == {"missing_role": 1}
-
-    async def read(key: str):
-        async with get_client() as client:
-            artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-            return artifacts[-1].data
-
-    markdown = asyncio.run(read("dataset-validation"))
-    table = asyncio.run(read("dataset-validation-problems"))
-    assert "| error | `missing_role` | 1 | 3 |" in markdown
-    rows = json.loads(table) if isinstance(table, str) else table
-    assert {"severity": "error", "code": "missing_role", "count": 1, "first rows": "3"}.items() <= rows[0].items()
-
-
 @pytest.mark.skipif(os.cpu_count() == 1, reason="needs two cores")
 def test_parallel_and_single_process_results_match(tmp_path, monkeypatch):
     monkeypatch.setattr(_jsonl, "CHUNK_BYTES", 2048)
