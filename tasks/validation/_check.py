@@ -90,22 +90,23 @@ class _Totals:
         self.rows += rows
         return rows
 
-    def duplicates(self) -> tuple[int, list[tuple[int, int, int]]]:
-        """How many rows repeat an earlier row, and the first few as (file, row, first row)."""
+    def duplicates(self) -> tuple[int, list[tuple[int, int, int, int]]]:
+        """How many rows repeat an earlier row, and the first few as (file, row, first file, first row)."""
         if not self.hashes:
             return 0, []
         hashes = np.concatenate(self.hashes)
-        order = np.argsort(hashes, kind="stable")
+        order = np.argsort(hashes, kind="stable")  # stable: the first copy leads its group
         ordered = hashes[order]
         repeat = np.flatnonzero(ordered[1:] == ordered[:-1]) + 1
         if not len(repeat):
             return 0, []
-        group_start = np.maximum.accumulate(np.where(np.r_[True, ordered[1:] != ordered[:-1]], np.arange(len(ordered)), 0))
+        starts = np.r_[True, ordered[1:] != ordered[:-1]]
+        group_start = np.maximum.accumulate(np.where(starts, np.arange(len(ordered)), 0))
         rows, files = np.concatenate(self.hash_rows), np.concatenate(self.hash_files)
-        found = sorted(
-            (int(files[order[i]]), int(rows[order[i]]), int(rows[order[group_start[i]]])) for i in repeat
-        )
-        return len(repeat), found[:KEEP_PER_CODE]
+        copies, originals = order[repeat], order[group_start[repeat]]
+        first = np.lexsort((rows[copies], files[copies]))[:KEEP_PER_CODE]
+        return len(repeat), [(int(files[copies[i]]), int(rows[copies[i]]), int(files[originals[i]]),
+                              int(rows[originals[i]])) for i in first]
 
 
 def _issue(code: IssueCode, message: str, **where: Any) -> ValidationIssue:
@@ -257,8 +258,9 @@ def check_dataset(request: FineTuneRequest, *, tokenizer_path: str | None = None
                                     f"{totals.rows} rows; at least {min_rows} are needed to train"))
         _decide_format(request, report, totals, raw_columns)
         repeated, examples = totals.duplicates()
-        for file_index, row, first in examples:
-            totals.add_issue(_issue(IssueCode.DUPLICATE_ROW, f"the same as row {first}",
+        for file_index, row, first_file, first_row in examples:
+            where = f"row {first_row}" + ("" if first_file == file_index else f" of {totals.files[first_file]}")
+            totals.add_issue(_issue(IssueCode.DUPLICATE_ROW, f"the same as {where}",
                                     row=row, file=totals.files[file_index]), count=0)
         totals.counts[IssueCode.DUPLICATE_ROW] += repeated
     report.seconds = round(time.perf_counter() - started, 3)

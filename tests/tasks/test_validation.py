@@ -304,3 +304,15 @@ def test_parallel_and_single_process_results_match(tmp_path, monkeypatch):
     single = check(path)
     assert parallel.model_dump(exclude={"seconds"}) == single.model_dump(exclude={"seconds"})
     assert parallel.error_counts == {"mixed_formats": 40}
+
+
+def test_duplicates_across_files_name_the_first_copy(tmp_path):
+    part = (DATA / "good" / "folder" / "part-1.jsonl").read_text()
+    (tmp_path / "a.jsonl").write_text(part)
+    (tmp_path / "b.jsonl").write_text(part.splitlines()[4] + "\n" + part.splitlines()[1] + "\n")
+    report = check(tmp_path)
+    assert report.ok
+    assert [(w.file, w.row, w.message) for w in report.warnings] == [
+        ("b.jsonl", 1, "the same as row 5 of a.jsonl"),
+        ("b.jsonl", 2, "the same as row 2 of a.jsonl"),
+    ]
