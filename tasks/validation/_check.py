@@ -35,6 +35,9 @@ from tasks.validation._sources import (
 )
 from tasks.validation._tokens import TOKEN_ROWS, count_tokens, load_tokenizer
 
+DUPLICATE_ROWS_LIMIT = 30_000_000
+"""Rows compared for duplicates (12 bytes each kept): bounds memory on the largest files."""
+
 DEFAULT_MIN_ROWS = 10
 """Fewer rows than this is an error: too little to learn from, and usually a wrong file."""
 
@@ -54,9 +57,10 @@ class _Totals:
         self.formats: Counter[FormatId] = Counter()
         self.first_rows: dict[FormatId | None, list[tuple[str | None, int]]] = {}
         self.labels = [0, 0, 0]
+        # Duplicate detection keeps 12 bytes per row: a 64-bit hash of the row and its row number.
         self.hashes: list[np.ndarray] = []
-        self.hash_rows: list[np.ndarray] = []
-        self.hash_files: list[np.ndarray] = []
+        self.hash_rows: list[tuple[np.ndarray, int]] = []  # (row numbers, file index) per chunk
+        self.hashed = 0
         self.files: list[str | None] = []
 
     def add_issue(self, issue: ValidationIssue, count: int = 1) -> None:
@@ -82,31 +86,48 @@ class _Totals:
                 kept = self.first_rows.setdefault(fmt, [])
                 kept.extend((file, offset + line) for line in lines[: KEEP_PER_CODE - len(kept)])
             self.labels = [a + b for a, b in zip(self.labels, chunk.labels, strict=True)]
-            if len(chunk.hashes):
+            if len(chunk.hashes) and self.hashed < DUPLICATE_ROWS_LIMIT:
                 self.hashes.append(np.frombuffer(chunk.hashes, dtype=np.uint64))
-                self.hash_rows.append(np.frombuffer(chunk.hash_lines, dtype=np.uint64) + offset)
-                self.hash_files.append(np.full(len(chunk.hashes), file_index, dtype=np.uint32))
+                rows_here = np.frombuffer(chunk.hash_lines, dtype=np.uint64) + offset
+                self.hash_rows.append((rows_here.astype(np.uint32 if offset + chunk.lines < 2**32 else np.uint64),
+                                       file_index))
+                self.hashed += len(chunk.hashes)
             offset += chunk.lines
         self.rows += rows
         return rows
 
     def duplicates(self) -> tuple[int, list[tuple[int, int, int, int]]]:
-        """How many rows repeat an earlier row, and the first few as (file, row, first file, first row)."""
+        """How many rows repeat an earlier row, and the first few as (file, row, first file, first row).
+
+        Memory: one sorted copy of the hashes and a mask, about 10 bytes per row, for a moment.
+        """
         if not self.hashes:
             return 0, []
         hashes = np.concatenate(self.hashes)
-        order = np.argsort(hashes, kind="stable")  # stable: the first copy leads its group
-        ordered = hashes[order]
-        repeat = np.flatnonzero(ordered[1:] == ordered[:-1]) + 1
-        if not len(repeat):
+        self.hashes = [hashes]
+        ordered = np.sort(hashes)
+        same = ordered[1:] == ordered[:-1]
+        repeated = int(same.sum())
+        if not repeated:
             return 0, []
-        starts = np.r_[True, ordered[1:] != ordered[:-1]]
-        group_start = np.maximum.accumulate(np.where(starts, np.arange(len(ordered)), 0))
-        rows, files = np.concatenate(self.hash_rows), np.concatenate(self.hash_files)
-        copies, originals = order[repeat], order[group_start[repeat]]
-        first = np.lexsort((rows[copies], files[copies]))[:KEEP_PER_CODE]
-        return len(repeat), [(int(files[copies[i]]), int(rows[copies[i]]), int(files[originals[i]]),
-                              int(rows[originals[i]])) for i in first]
+        values = np.unique(ordered[1:][same])
+        del ordered, same
+        positions = np.flatnonzero(np.isin(hashes, values))
+        starts = np.cumsum([0] + [len(rows) for rows, _ in self.hash_rows])
+        first_seen: dict[int, tuple[int, int]] = {}
+        found: list[tuple[int, int, int, int]] = []
+        for position in positions.tolist():
+            chunk = int(np.searchsorted(starts, position, side="right")) - 1
+            rows, file_index = self.hash_rows[chunk]
+            where = (file_index, int(rows[position - starts[chunk]]))
+            value = int(hashes[position])
+            if value in first_seen:
+                found.append((*where, *first_seen[value]))
+                if len(found) == KEEP_PER_CODE:
+                    break
+            else:
+                first_seen[value] = where
+        return repeated, found
 
 
 def _issue(code: IssueCode, message: str, **where: Any) -> ValidationIssue:

@@ -353,3 +353,5 @@ def scan_jsonl(path: str, column_map: dict[str, str], *, messages_only: bool = F
     context = multiprocessing.get_context("fork")
     with context.Pool(workers) as pool:
         yield from pool.imap(_check_range, tasks)
+        pool.close()
+        pool.join()
