@@ -2,8 +2,8 @@
 
 The file is cut into byte ranges that end at newlines; each worker process reads one
 range, decodes each line straight into typed structs whose constraints (known roles,
-non-blank strings, non-negative weight, no unknown message keys) msgspec checks in C,
-and checks the role sequence through a small cache. A line the typed decode refuses, or
+non-empty strings, non-negative weight, no unknown message keys) msgspec checks in C,
+then checks blank content and the role sequence (through a small cache) in one pass. A line the typed decode refuses, or
 whose shape it does not cover, goes to `check_row` (the reference rules), so the codes
 and messages are the same on both paths. Results carry chunk-local line numbers that the
 parent shifts, so row numbers are the file's exact 1-based line numbers.
@@ -306,7 +306,7 @@ def _ranges(path: str, size: int, chunk: int) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
-def sniff_jsonl(path: str, column_map: dict[str, str], rows: int = 1000) -> tuple[list[str], bool]:
+def sniff_jsonl(path: str, rows: int = 1000) -> tuple[list[str], bool]:
     """The columns of the first `rows` rows, and whether most of them have `messages`."""
     opener = gzip.open if path.endswith(".gz") else open
     columns: dict[str, None] = {}
@@ -319,9 +319,8 @@ def sniff_jsonl(path: str, column_map: dict[str, str], rows: int = 1000) -> tupl
                 continue
             if not isinstance(row, dict):
                 continue
-            names = [column_map.get(k, k) for k in row]
-            columns.update(dict.fromkeys(names))
-            with_messages += "messages" in names
+            columns.update(dict.fromkeys(row))
+            with_messages += "messages" in row
             seen += 1
             if seen >= rows:
                 break

@@ -135,7 +135,7 @@ def scan_file(data: DataFile, column_map: dict[str, str]) -> tuple[list[str], It
     """The file's columns (from its first rows) and its checked chunks."""
     try:
         if data.kind == "jsonl" or (data.kind == "json" and not _json_is_array(data.path)):
-            columns, messages_only = sniff_jsonl(str(data.path), {})
+            columns, messages_only = sniff_jsonl(str(data.path))
             return columns, scan_jsonl(str(data.path), column_map, messages_only=messages_only)
         if data.kind == "json":
             rows = _json_array(data.path)
