@@ -19,8 +19,9 @@ import json
 import multiprocessing
 import os
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -204,49 +205,64 @@ def _slow_line(line: bytes, column_map: dict[str, str], sharegpt: bool):
     return fmt, issues, row.get("label") if isinstance(row, dict) else None
 
 
-def check_lines(lines: Iterable[bytes], column_map: dict[str, str], *, file_start: bool,
+_REFER: tuple[RowIssue, ...] = ((IssueCode.NOT_JSON, None, "refer to the reference rules"),)
+"""Marks, in the role-sequence cache, rows the fast loop leaves to the reference rules."""
+
+
+def _check_conversations(lines: list[bytes], result: ChunkResult, other: Callable[[int, bytes], None]) -> None:
+    """The loop over `messages` rows: it is the whole cost of validating a big file, so it
+    is written flat. Rows it is not sure about go to `other` (the general path)."""
+    decode = _decoder({}, True).decode
+    typed_errors = (msgspec.ValidationError, msgspec.DecodeError)
+    hash_line, add_hash, add_hash_line = xxhash.xxh3_64_intdigest, result.hashes.append, result.hash_lines.append
+    # Role sequence → its issues; None stands for a message with blank content.
+    sequences: dict[tuple[str | None, ...], tuple[RowIssue, ...]] = {(): _REFER}
+    referred_hashed: set[int] = set()  # rows `other` checked and hashed
+    for number, line in enumerate(lines, start=1):
+        try:
+            key = tuple([None if m.content.isspace() else m.role for m in decode(line).messages])
+            issues = sequences[key]
+        except KeyError:
+            issues = sequences[key] = _REFER if None in key else sequence_issues(key, "messages", True, False)
+        except typed_errors:
+            issues = _REFER
+        if issues is _REFER:
+            hashed = len(result.hashes)
+            other(number, line)
+            if len(result.hashes) > hashed:
+                referred_hashed.add(number)
+            continue
+        add_hash(hash_line(line))
+        add_hash_line(number)
+        if issues:
+            for code, column, message in issues:
+                result.add_issue(number, code, column, message)
+    conversations = len(result.hashes) - len(referred_hashed)
+    if conversations:
+        result.rows += conversations
+        result.formats[_CONVERSATION] = result.formats.get(_CONVERSATION, 0) + conversations
+        kept = result.first_rows.get(_CONVERSATION, [])
+        fast_rows = islice((n for n in result.hash_lines if n not in referred_hashed), KEEP_PER_CODE)
+        result.first_rows[_CONVERSATION] = sorted(kept + list(fast_rows))[:KEEP_PER_CODE]
+
+
+def check_lines(lines: list[bytes], column_map: dict[str, str], *, file_start: bool,
                 messages_only: bool = False) -> ChunkResult:
     """Check JSONL lines (without their newline); `file_start` when the first is the file's first.
 
-    `messages_only` (when most rows have `messages`) runs the loop specialised for them:
-    this loop is the whole cost of validating a big file, so it is written flat.
+    `messages_only` (most rows have `messages`) runs the loop specialised for them first.
     """
     result = ChunkResult()
-    messages_only = messages_only and not column_map
-    decode = _decoder(column_map, messages_only).decode
+    if file_start and lines and lines[0].startswith(BOM):
+        lines[0] = lines[0][len(BOM):]
+    decode = _decoder(column_map, False).decode
     sharegpt = column_map.get("conversations") == "messages"
     typed_errors = (msgspec.ValidationError, msgspec.DecodeError)
-    hash_line, add_hash, add_hash_line = xxhash.xxh3_64_intdigest, result.hashes.append, result.hash_lines.append
     formats, labels = result.formats, result.labels
-    sequences: dict[tuple[str, ...], tuple[RowIssue, ...]] = {}
-    conversations = 0
-    first_conversations: list[int] = []
-    number = 0
-    for number, line in enumerate(lines, start=1):
-        if number == 1 and file_start and line.startswith(BOM):
-            line = line[len(BOM):]
+
+    def other(number: int, line: bytes) -> None:
         checked = None
-        if messages_only and line:
-            try:
-                messages = decode(line).messages
-            except typed_errors:
-                messages = None
-            # One pass per message: its role, or None when its content is blank (a rare
-            # row that the reference rules then report).
-            key = tuple([None if m.content.isspace() else m.role for m in messages]) if messages else None
-            issues = sequences.get(key) if key else None
-            if issues is None and key and None not in key:
-                issues = sequences[key] = sequence_issues(key, "messages", True, False)
-            if issues is not None:
-                conversations += 1
-                if conversations <= KEEP_PER_CODE:
-                    first_conversations.append(number)
-                add_hash(hash_line(line))
-                add_hash_line(number)
-                for code, column, message in issues:
-                    result.add_issue(number, code, column, message)
-                continue
-        elif line:
+        if line:
             try:
                 checked = _fast_row(decode(line))
             except typed_errors:
@@ -254,7 +270,7 @@ def check_lines(lines: Iterable[bytes], column_map: dict[str, str], *, file_star
         if checked is None:
             checked = _slow_line(line, column_map, sharegpt)
             if checked is None:
-                continue
+                return
         fmt, issues, label = checked
         result.rows += 1
         if fmt is None:
@@ -264,18 +280,19 @@ def check_lines(lines: Iterable[bytes], column_map: dict[str, str], *, file_star
             formats[fmt] = seen + 1
             if seen < KEEP_PER_CODE:
                 result.first_rows.setdefault(fmt, []).append(number)
-            add_hash(hash_line(line))
-            add_hash_line(number)
+            result.hashes.append(xxhash.xxh3_64_intdigest(line))
+            result.hash_lines.append(number)
             if label is not None:
                 labels[0 if label is True else 1 if label is False else 2] += 1
         for code, column, message in issues:
             result.add_issue(number, code, column, message)
-    if conversations:
-        result.rows += conversations
-        formats[_CONVERSATION] = formats.get(_CONVERSATION, 0) + conversations
-        kept = result.first_rows.get(_CONVERSATION, [])
-        result.first_rows[_CONVERSATION] = sorted(kept + first_conversations)[:KEEP_PER_CODE]
-    result.lines = number
+
+    if messages_only and not column_map:
+        _check_conversations(lines, result, other)
+    else:
+        for number, line in enumerate(lines, start=1):
+            other(number, line)
+    result.lines = len(lines)
     return result
 
 
@@ -335,7 +352,7 @@ def scan_jsonl(path: str, column_map: dict[str, str], *, messages_only: bool = F
         with gzip.open(path, "rb") as handle:
             file_start = True
             while block := handle.readlines(CHUNK_BYTES):
-                lines = (line.rstrip(b"\n") for line in block)
+                lines = [line.rstrip(b"\n") for line in block]
                 yield check_lines(lines, column_map, file_start=file_start, messages_only=messages_only)
                 file_start = False
             return
