@@ -271,6 +271,7 @@ def check_dataset(request: FineTuneRequest, *, tokenizer_path: str | None = None
                               columns=[source.column_map.get(c, c) for c in raw_columns])
     readable = not any(i.code in (IssueCode.HUB_UNREACHABLE, IssueCode.DATASET_NOT_FOUND,
                                   IssueCode.SPLIT_NOT_FOUND, IssueCode.NO_DATA_FILES) for i in totals.issues)
+    complete = readable and not totals.counts[IssueCode.UNREADABLE_FILE]
     if readable:
         if totals.rows == 0 and not totals.issues:
             totals.add_issue(_issue(IssueCode.EMPTY_FILE, "the dataset has no rows"))
@@ -285,7 +286,7 @@ def check_dataset(request: FineTuneRequest, *, tokenizer_path: str | None = None
                                     row=row, file=totals.files[file_index]), count=0)
         totals.counts[IssueCode.DUPLICATE_ROW] += repeated
     report.seconds = round(time.perf_counter() - started, 3)
-    if readable and report.format_kind is not None and totals.rows and token_rows > 0:
+    if complete and report.format_kind is not None and totals.rows and token_rows > 0:
         _add_token_stats(request, report, totals, files, dataset, tokenizer_path, token_rows)
     for issue in totals.issues:
         issue.severity = Severity.WARNING if issue.code in WARNING_CODES else Severity.ERROR

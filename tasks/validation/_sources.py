@@ -117,6 +117,14 @@ def _json_array(path: Path) -> list[Any]:
     return rows
 
 
+def _reading(rows: Iterator[Any], name: str) -> Iterator[Any]:
+    """`rows`, with a read error part-way through the file turned into a SourceError."""
+    try:
+        yield from rows
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError, EOFError) as exc:
+        raise SourceError(IssueCode.UNREADABLE_FILE, f"cannot read {name}: {exc}", name) from None
+
+
 def _parquet_rows(path: Path) -> Iterator[dict]:
     import pyarrow.parquet as pq
 
@@ -136,7 +144,7 @@ def scan_file(data: DataFile, column_map: dict[str, str]) -> tuple[list[str], It
     try:
         if data.kind == "jsonl" or (data.kind == "json" and not _json_is_array(data.path)):
             columns, messages_only = sniff_jsonl(str(data.path))
-            return columns, scan_jsonl(str(data.path), column_map, messages_only=messages_only)
+            return columns, _reading(scan_jsonl(str(data.path), column_map, messages_only=messages_only), data.name)
         if data.kind == "json":
             rows = _json_array(data.path)
             columns = list(dict.fromkeys(k for row in rows[:1000] if isinstance(row, dict) for k in row))
@@ -145,12 +153,12 @@ def scan_file(data: DataFile, column_map: dict[str, str]) -> tuple[list[str], It
             import pyarrow.parquet as pq
 
             columns = pq.read_schema(data.path).names
-            return columns, check_rows(_parquet_rows(data.path), column_map)
+            return columns, check_rows(_reading(_parquet_rows(data.path), data.name), column_map)
         if data.kind == "csv":
             with _open(data.path) as raw:
                 header = next(csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")), [])
-            return header, check_rows(_csv_rows(data.path), column_map)
-    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
+            return header, check_rows(_reading(_csv_rows(data.path), data.name), column_map)
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError, EOFError) as exc:
         raise SourceError(IssueCode.UNREADABLE_FILE, f"cannot read {data.name}: {exc}", data.name) from None
     raise SourceError(IssueCode.UNREADABLE_FILE, f"{data.name}: unsupported file type", data.name)
 
@@ -172,7 +180,7 @@ def iter_file_rows(data: DataFile, column_map: dict[str, str]) -> Iterator[tuple
         rows = enumerate(_parquet_rows(data.path), start=1)
     else:
         rows = enumerate(_csv_rows(data.path), start=1)
-    for number, row in rows:
+    for number, row in _reading(rows, data.name):
         if isinstance(row, dict):
             yield number, {column_map.get(k, k): v for k, v in row.items()} if column_map else row
 

@@ -3,6 +3,7 @@ token statistics, the property that the validator never raises, the CLI, the art
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -316,3 +317,23 @@ def test_duplicates_across_files_name_the_first_copy(tmp_path):
         ("b.jsonl", 1, "the same as row 5 of a.jsonl"),
         ("b.jsonl", 2, "the same as row 2 of a.jsonl"),
     ]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.one_of(st.binary(max_size=60), st.lists(json_values | chat_rows, max_size=5).map(
+    lambda rows: json.dumps(rows).encode())), suffix=st.sampled_from([".json", ".csv", ".jsonl.gz", ".parquet"]))
+def test_the_validator_never_raises_on_other_formats(tmp_path, content, suffix):
+    path = tmp_path / f"random{suffix}"
+    path.write_bytes(gzip.compress(content) if suffix.endswith(".gz") else content)
+    report = check(path)
+    assert report.errors or report.row_count > 0
+
+
+def test_a_file_that_breaks_part_way_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken.csv"
+    path.write_bytes(b"prompt,completion\n" + b"Q,A\n" * 20_000 + b"Q,\xff\xfe broken\n")
+    report = check(path)
+    assert [(e.code, e.file) for e in report.errors] == [(IssueCode.UNREADABLE_FILE, "broken.csv")]
+    truncated = tmp_path / "truncated.jsonl.gz"
+    truncated.write_bytes(gzip.compress((DATA / "good" / "messages.jsonl").read_bytes())[:-20])
+    assert [e.code for e in check(truncated).errors] == [IssueCode.UNREADABLE_FILE]
