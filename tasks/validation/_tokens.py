@@ -21,14 +21,20 @@ TOKEN_ROWS = 100_000
 def load_tokenizer(base_model: str, tokenizer_path: str | None) -> tuple[Any | None, str]:
     """The tokenizer of the model (`tokenizer_path` if given, else `base_model`) when it is on
     this machine; else (None, why not). Nothing is downloaded."""
-    from transformers import AutoTokenizer
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        return None, "transformers is not installed (pip install 'lm-fine-tuning[training]')"
 
     from tasks.base_model import EMBEDDED_HUB_ID, embedded_gguf_path
     from tasks.request import DEFAULT_BASE_MODEL
 
     model = tokenizer_path or base_model
     if model in (DEFAULT_BASE_MODEL, EMBEDDED_HUB_ID):
-        gguf = embedded_gguf_path()
+        try:
+            gguf = embedded_gguf_path()
+        except RuntimeError as exc:
+            return None, str(exc)
         return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name), f"{DEFAULT_BASE_MODEL} (embedded GGUF)"
     folder = Path(model).expanduser()
     try:
