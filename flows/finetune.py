@@ -28,15 +28,15 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
     logger = get_run_logger()
     key = idempotency_key or f"flow-run-{flow_run.id}"
     timings: dict[str, float] = {}
+    with timed(timings, "prepare model"):
+        model = prepare_base_model(request)
     with timed(timings, "validate"):
-        report = validate_dataset(request)
+        report = validate_dataset(request, tokenizer_path=model)
         raise_on_errors(report)
     with timed(timings, "estimate"):
         estimate = estimate_cost(request, report)
     with timed(timings, "budget"):
         reservation = gate_budget(estimate, run_key=key)
-    with timed(timings, "prepare model"):
-        model = prepare_base_model(request)
     with timed(timings, "train"):
         handle = submit_training(
             request, model, idempotency_key=key, labels={"flow_run_id": str(flow_run.id)}, estimate=estimate

@@ -122,6 +122,17 @@ def _local_format(path: str) -> str:
     return {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}[ext]
 
 
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "function_call": "assistant", "observation": "tool"}
+
+
+def _sharegpt_turn(turn: dict) -> dict:
+    """A ShareGPT turn ({from, value}) as a chat message ({role, content}); others unchanged."""
+    if "from" not in turn and "value" not in turn:
+        return turn
+    role = turn.get("from") or turn.get("role")
+    return {"role": SHAREGPT_ROLES.get(role, role), "content": turn.get("value", turn.get("content"))}
+
+
 def load_training_dataset(args: ScriptArguments):
     """Load the dataset (local files or the Hub) and apply the column map."""
     from datasets import load_dataset
@@ -145,6 +156,8 @@ def load_training_dataset(args: ScriptArguments):
     column_map = json.loads(args.column_map or "{}")
     if column_map:
         dataset = dataset.rename_columns({k: v for k, v in column_map.items() if k in dataset.column_names})
+    if column_map.get("conversations") == "messages":
+        dataset = dataset.map(lambda row: {"messages": [_sharegpt_turn(t) for t in row["messages"]]})
     if args.method == "kto" and "label" in dataset.column_names:
         dataset = dataset.map(lambda row: {"label": bool(row["label"])})
     return dataset

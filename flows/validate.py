@@ -1,0 +1,25 @@
+"""The `validate` flow: check a dataset for a training method; nothing is trained or spent."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from tasks.request import FineTuneRequest
+from tasks.validation import DEFAULT_MIN_ROWS, ValidationReport, validate_dataset
+
+
+@flow(name="validate", log_prints=True)
+def validate(request: FineTuneRequest, min_rows: int = DEFAULT_MIN_ROWS) -> ValidationReport:
+    """Validate `request.dataset` for `request.method` and publish the report as artifacts."""
+    report = validate_dataset(request, min_rows=min_rows)
+    print(f"{report.row_count} rows, {report.detected_format or 'no recognised format'}: "
+          f"{len(report.errors)} errors, {len(report.warnings)} warnings")
+    return report
+
+
+if __name__ == "__main__":
+    import sys
+
+    from tasks.request import DatasetSource
+
+    validate(FineTuneRequest(dataset=DatasetSource(path=sys.argv[1])))

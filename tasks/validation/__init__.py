@@ -1,0 +1,61 @@
+"""Check a dataset for a training method before anything is spent.
+
+`validate_dataset` (the Prefect task) reads the dataset wherever it is (local JSONL,
+JSON, Parquet, CSV, gzipped or not, a folder of them, or a Hub dataset streamed), checks
+every row against TRL's dataset formats and the method's rules, counts tokens with the
+base model's tokenizer and chat template, and publishes the report as artifacts.
+`raise_on_errors` stops the flow when the report has errors; warnings let it go on.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+
+from tasks.request import FineTuneRequest
+from tasks.validation._artifact import publish_report, render_markdown
+from tasks.validation._check import DEFAULT_MIN_ROWS, check_dataset
+from tasks.validation._models import (
+    DatasetInvalid,
+    FormatKind,
+    IssueCode,
+    Severity,
+    TokenStats,
+    ValidationIssue,
+    ValidationReport,
+)
+
+__all__ = [
+    "DEFAULT_MIN_ROWS",
+    "DatasetInvalid",
+    "FormatKind",
+    "IssueCode",
+    "Severity",
+    "TokenStats",
+    "ValidationIssue",
+    "ValidationReport",
+    "check_dataset",
+    "raise_on_errors",
+    "render_markdown",
+    "validate_dataset",
+]
+
+
+@task(name="validate-dataset")
+def validate_dataset(request: FineTuneRequest, tokenizer_path: str | None = None,
+                     min_rows: int = DEFAULT_MIN_ROWS) -> ValidationReport:
+    """Validate the request's dataset for its method and publish the report."""
+    report = check_dataset(request, tokenizer_path=tokenizer_path, min_rows=min_rows)
+    publish_report(report)
+    return report
+
+
+def raise_on_errors(report: ValidationReport) -> None:
+    """Stop the pipeline when the report has errors."""
+    if report.errors:
+        counts = ", ".join(f"{code} ×{n}" for code, n in report.error_counts.items())
+        lines = [f"- {issue.describe()}" for issue in report.errors[:20]]
+        more = len(report.errors) - len(lines)
+        raise DatasetInvalid(
+            f"dataset {report.dataset!r} is not valid for {report.method.value} ({counts}):\n" + "\n".join(lines)
+            + (f"\n… and {more} more listed in the report" if more > 0 else "")
+        )
