@@ -12,17 +12,17 @@ from tasks.request import FineTuneRequest
 
 USER = {"role": "user", "content": "Say hello to the crew."}
 DATASETS = {
-    "sft": [{"messages": [USER, {"role": "assistant", "content": f"Ahoy crew number {i}!"}]} for i in range(8)],
+    "sft": [{"messages": [USER, {"role": "assistant", "content": f"Ahoy crew number {i}!"}]} for i in range(12)],
     "dpo": [
         {"prompt": [USER], "chosen": [{"role": "assistant", "content": f"Ahoy {i}!"}],
          "rejected": [{"role": "assistant", "content": f"Hello {i}."}]}
-        for i in range(8)
+        for i in range(12)
     ],
-    "grpo": [{"prompt": [{"role": "user", "content": f"Tell me about ship {i}."}]} for i in range(8)],
+    "grpo": [{"prompt": [{"role": "user", "content": f"Tell me about ship {i}."}]} for i in range(12)],
     "kto": [
         {"prompt": [USER], "completion": [{"role": "assistant", "content": f"Ahoy {i}!" if i % 2 else f"Hi {i}."}],
          "label": bool(i % 2)}
-        for i in range(8)
+        for i in range(12)
     ],
 }
 
