@@ -8,7 +8,7 @@ from prefect.runtime import flow_run
 from tasks.base_model import prepare_base_model
 from tasks.costs import estimate_cost
 from tasks.jobs.hooks import cancel_job_of_flow_run
-from tasks.reporting import FineTuneSummary, publish_summary, timed
+from tasks.reporting import FineTuneSummary, publish_estimate, publish_summary, timed
 from tasks.request import FineTuneRequest
 from tasks.training import monitor_training, submit_training
 from tasks.validation import raise_on_errors, validate_dataset
@@ -25,6 +25,7 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
         raise_on_errors(report)
     with timed(timings, "estimate"):
         estimate = estimate_cost(request, report)
+        publish_estimate(estimate)
     with timed(timings, "prepare model"):
         model = prepare_base_model(request)
     with timed(timings, "train"):

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
 from tasks.costs import CostEstimate
@@ -28,6 +28,18 @@ class FineTuneSummary(BaseModel):
     step_seconds: dict[str, float]
     trackio_project: str
     estimate: CostEstimate
+
+
+ESTIMATE_ARTIFACT_KEY = "cost-estimate"
+
+
+@task(name="publish-estimate")
+def publish_estimate(estimate: CostEstimate) -> None:
+    """Publish the cost estimate as a one-row table artifact (the UI and the MCP adapter read it)."""
+    create_table_artifact(
+        [estimate.model_dump(mode="json")], key=ESTIMATE_ARTIFACT_KEY,
+        description=f"Expected ${estimate.expected_usd:.2f} on {estimate.hardware} ({estimate.source})",
+    )
 
 
 @contextmanager
