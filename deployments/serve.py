@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
 
 from deployments.names import DeploymentName
 from flows.estimate import estimate
@@ -25,10 +26,10 @@ SERVED_FLOWS = {
 }
 
 
-def serve_flows(*, limit: int | None = None) -> None:
-    """Register every served flow as a deployment and execute its runs until interrupted."""
+def serve_flows(*extra: RunnerDeployment, limit: int | None = None) -> None:
+    """Register every pipeline flow (and `extra`) as deployments; execute their runs until interrupted."""
     deployments = [flow.to_deployment(name=name.deployment_name) for name, flow in SERVED_FLOWS.items()]
-    serve(*deployments, limit=limit, print_starting_message=True)
+    serve(*deployments, *extra, limit=limit, print_starting_message=True)
 
 
 if __name__ == "__main__":

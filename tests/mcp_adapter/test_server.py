@@ -1,0 +1,230 @@
+"""Every tool through an in-memory `fastmcp.Client`, against real flow runs on the test server."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import anyio
+import pytest
+from fastmcp import Client
+from fastmcp.exceptions import ToolError
+
+from mcp_adapter.server import server
+from tasks.jobs.backends import find_jobs, job_status
+from tasks.jobs.models import JobState
+from tasks.request import Backend
+
+pytestmark = pytest.mark.anyio
+
+FINAL = {"completed", "failed", "cancelled", "crashed"}
+
+
+async def call(name: str, arguments: dict | None = None, **kwargs) -> dict:
+    async with Client(server) as client:
+        result = await client.call_tool(name, arguments or {}, **kwargs)
+    return result.structured_content
+
+
+async def wait_until(run_id: str, done, timeout: float = 300) -> dict:
+    """Poll get_job_status until `done(status)` holds; return the last status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = await call("get_job_status", {"run_id": run_id})
+        assert status["error"] is None, status["error"]
+        if done(status) or time.monotonic() > deadline:
+            return status
+        await anyio.sleep(1)
+
+
+def request_for(dataset: Path, **overrides) -> dict:
+    return {"dataset": {"path": str(dataset)}, **overrides}
+
+
+async def test_tools_are_typed_and_annotated():
+    async with Client(server) as client:
+        tools = {tool.name: tool for tool in await client.list_tools()}
+    assert set(tools) == {
+        "validate_dataset", "estimate_cost", "create_job", "get_job_status", "list_jobs", "approve_job",
+        "reject_job", "cancel_job", "get_job_logs", "convert_to_gguf", "deploy_model", "get_costs",
+    }
+    for tool in tools.values():
+        assert tool.output_schema["properties"]["error"], tool.name
+        assert tool.description
+    assert tools["get_job_status"].annotations.read_only_hint is True
+    for spender in ("create_job", "approve_job"):
+        assert tools[spender].annotations.destructive_hint is True
+        assert tools[spender].meta["spends_money"] is True
+    request_schema = tools["create_job"].input_schema["properties"]["request"]
+    assert "dataset" in request_schema["required"]
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "message"),
+    [
+        ("get_job_status", {"run_id": "not-a-run"}, "run_id"),
+        ("create_job", {}, "request"),
+        ("create_job", {"request": {"dataset": {"path": "/no/such/file.jsonl"}}}, "does not exist"),
+        ("create_job", {"request": {"dataset": {"path": "x.jsonl"}, "colour": "red"}}, "colour"),
+        ("validate_dataset", {"request": {"dataset": {"path": "a/b"}}, "wait_seconds": 9999}, "wait_seconds"),
+        ("create_job", {"request": {"dataset": {"path": "a/b"}}, "idempotency_key": "no spaces"}, "idempotency_key"),
+        ("list_jobs", {"states": ["sleeping"]}, "states"),
+        ("get_job_logs", {"run_id": str(uuid.uuid4()), "lines": 0}, "lines"),
+        ("deploy_model", {"gguf": "m.gguf", "name": "Bad Name; rm -rf"}, "name"),
+    ],
+)
+async def test_bad_arguments_are_tool_errors(tool: str, arguments: dict, message: str):
+    with pytest.raises(ToolError, match=message):
+        await call(tool, arguments)
+
+
+async def test_unknown_run_is_an_error_result(prefect_server):
+    missing = str(uuid.uuid4())
+    for tool in ("get_job_status", "get_job_logs", "cancel_job", "approve_job", "reject_job"):
+        result = await call(tool, {"run_id": missing})
+        assert result["error"].startswith(f"no flow run with id {missing}"), tool
+
+
+async def test_missing_deployment_says_how_to_create_it(prefect_server):
+    cases = {
+        "convert_to_gguf": ({"model": "me/model"}, "convert/convert"),
+        "deploy_model": ({"gguf": "/tmp/m.gguf", "name": "pirate"}, "deploy/deploy"),
+        "get_costs": ({}, "cost_report/cost_report"),
+    }
+    for tool, (arguments, deployment) in cases.items():
+        result = await call(tool, arguments)
+        assert f"deployment '{deployment}' not found" in result["error"]
+        assert "prefect deploy --all" in result["error"]
+
+
+async def test_validate_dataset_returns_the_report(flow_worker, chat_dataset: Path):
+    progress: list[float] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    good = await call("validate_dataset", {"request": request_for(chat_dataset)}, progress_handler=on_progress)
+    assert good["error"] is None
+    assert good["valid"] is True and good["finished"] is True
+    assert good["report"]["row_count"] == 8 and good["report"]["columns"] == ["messages"]
+    assert good["run"]["state"] == "completed" and good["run"]["ui_url"].endswith(good["run"]["id"])
+    assert progress, "the tool reports progress while the run executes"
+
+    again = await call("validate_dataset", {"request": request_for(chat_dataset), "idempotency_key": good["idempotency_key"]})
+    assert again["run"]["id"] == good["run"]["id"]
+
+    bad = await call("validate_dataset", {"request": request_for(chat_dataset, method="dpo")})
+    assert bad["valid"] is False
+    assert [e["code"] for e in bad["report"]["errors"]] == ["missing_column"]
+
+
+async def test_estimate_cost_validates_then_estimates(flow_worker, chat_dataset: Path):
+    result = await call("estimate_cost", {"request": request_for(chat_dataset)})
+    assert result["error"] is None
+    assert result["estimate"]["backend"] == "local" and result["estimate"]["expected_usd"] == 0.0
+
+    invalid = await call("estimate_cost", {"request": request_for(chat_dataset, method="kto")})
+    assert invalid["estimate"] is None
+    assert "missing_column" in invalid["error"] and invalid["run"]["state"] == "failed"
+
+
+async def test_quick_tool_returns_at_its_wait_bound(flow_worker, chat_dataset: Path):
+    result = await call("validate_dataset", {"request": request_for(chat_dataset), "wait_seconds": 0})
+    assert result["finished"] is False
+    assert f"idempotency_key={result['idempotency_key']!r}" in result["error"]
+    picked_up = await call(
+        "validate_dataset", {"request": request_for(chat_dataset), "idempotency_key": result["idempotency_key"]}
+    )
+    assert picked_up["run"]["id"] == result["run"]["id"] and picked_up["valid"] is True
+
+
+async def test_approve_and_reject_resume_the_paused_run(flow_worker):
+    from prefect.deployments import arun_deployment
+
+    from tests.mcp_adapter.flow_worker import APPROVAL_PROBE
+
+    runs = [await arun_deployment(APPROVAL_PROBE, timeout=0, as_subflow=False) for _ in range(2)]
+    for run in runs:
+        status = await wait_until(str(run.id), lambda s: s["gate"] != "not_reached", timeout=120)
+        assert status["gate"] == "awaiting_approval" and status["run"]["state"] == "paused"
+
+    approved = await call("approve_job", {"run_id": str(runs[0].id), "note": "fits the budget", "approver": "ana"})
+    rejected = await call("reject_job", {"run_id": str(runs[1].id), "note": "too dear"})
+    assert approved["error"] is None and approved["approved"] is True
+    assert rejected["error"] is None and rejected["approved"] is False
+
+    again = await call("approve_job", {"run_id": str(runs[0].id)})
+    assert "is not waiting for approval" in again["error"]
+
+    from prefect import get_client
+
+    decisions = []
+    for run in runs:
+        await wait_until(str(run.id), lambda s: s["run"]["state"] in FINAL, timeout=120)
+        async with get_client() as client:
+            finished = await client.read_flow_run(run.id)
+        decisions.append(await finished.state.aresult())
+    assert (decisions[0].approve, decisions[0].note, decisions[0].approver) == (True, "fits the budget", "ana")
+    assert (decisions[1].approve, decisions[1].note) == (False, "too dear")
+
+
+async def test_create_job_runs_to_completion(flow_worker, chat_dataset: Path, tiny_llama: Path):
+    request = request_for(
+        chat_dataset, base_model=str(tiny_llama), output_name="tiny-pirate",
+        hyperparameters={"max_steps": 3, "batch_size": 2, "max_length": 64},
+    )
+    created = await call("create_job", {"request": request, "idempotency_key": "e2e-tiny-pirate", "wait_seconds": 60})
+    assert created["error"] is None
+    run_id = created["run"]["id"]
+    assert created["idempotency_key"] == "e2e-tiny-pirate"
+
+    repeated = await call("create_job", {"request": request, "idempotency_key": "e2e-tiny-pirate", "wait_seconds": 0})
+    assert repeated["run"]["id"] == run_id
+    other = dict(request, output_name="another-name")
+    clash = await call("create_job", {"request": other, "idempotency_key": "e2e-tiny-pirate", "wait_seconds": 0})
+    assert "different request" in clash["error"]
+
+    status = await wait_until(run_id, lambda s: s["gate"] != "not_reached")
+    if status["gate"] == "awaiting_approval":  # the budget gate asks for approval above its threshold
+        assert (await call("approve_job", {"run_id": run_id, "note": "e2e"}))["error"] is None
+    status = await wait_until(run_id, lambda s: s["run"]["state"] in FINAL)
+    assert status["run"]["state"] == "completed", status["run"]["state_message"]
+    assert status["gate"] == "passed"
+    assert status["progress"]["percent"] == 100.0
+    assert status["progress"]["step"] == status["progress"]["total_steps"] == 3
+    assert status["progress"]["loss"] > 0
+    assert status["estimate"]["backend"] == "local"
+    assert status["cost_so_far_usd"] == 0.0
+    assert "tiny-pirate" in status["summary_markdown"]
+
+    logs = await call("get_job_logs", {"run_id": run_id, "lines": 200})
+    assert any("step 3/3" in line["message"] for line in logs["lines"])
+
+    listed = await call("list_jobs", {"states": ["completed"]})
+    assert run_id in [job["id"] for job in listed["jobs"]]
+    assert run_id not in [job["id"] for job in (await call("list_jobs", {"states": ["running"]}))["jobs"]]
+
+
+async def test_cancel_job_stops_the_training_job(flow_worker, chat_dataset: Path, tiny_llama: Path):
+    request = request_for(
+        chat_dataset, base_model=str(tiny_llama), output_name="tiny-cancelled",
+        hyperparameters={"max_steps": 1_000_000, "batch_size": 2, "max_length": 64},
+    )
+    created = await call("create_job", {"request": request, "wait_seconds": 0})
+    run_id = created["run"]["id"]
+    status = await wait_until(run_id, lambda s: (s["progress"] or {}).get("step") or s["run"]["state"] in FINAL)
+    assert status["run"]["state"] == "running" and status["progress"]["step"] >= 1
+
+    cancelled = await call("cancel_job", {"run_id": run_id, "wait_seconds": 60})
+    assert cancelled["error"] is None and cancelled["cancelled"] is True
+    assert cancelled["run"]["state"] == "cancelled"
+
+    (handle,) = find_jobs(Backend.LOCAL, {"flow_run_id": run_id})
+    deadline = time.monotonic() + 60
+    while job_status(handle).state is not JobState.CANCELLED and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert job_status(handle).state is JobState.CANCELLED
+
+    again = await call("cancel_job", {"run_id": run_id})
+    assert "already ended" in again["error"]
