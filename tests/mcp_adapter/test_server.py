@@ -38,6 +38,19 @@ async def wait_until(run_id: str, done, timeout: float = 300) -> dict:
         await anyio.sleep(1)
 
 
+async def gather(*calls) -> list:
+    """Await the calls concurrently (each starts its own flow run), results in order."""
+    results: list = [None] * len(calls)
+
+    async def one(index: int, awaitable) -> None:
+        results[index] = await awaitable
+
+    async with anyio.create_task_group() as group:
+        for index, awaitable in enumerate(calls):
+            group.start_soon(one, index, awaitable)
+    return results
+
+
 def request_for(dataset: Path, **overrides) -> dict:
     return {"dataset": {"path": str(dataset)}, **overrides}
 
@@ -104,39 +117,42 @@ async def test_validate_dataset_returns_the_report(flow_worker, chat_dataset: Pa
     async def on_progress(value: float, total: float | None, message: str | None) -> None:
         progress.append(value)
 
-    good = await call("validate_dataset", {"request": request_for(chat_dataset)}, progress_handler=on_progress)
+    async def validate_good() -> tuple[dict, dict]:
+        """Return at the wait bound, then pick the same run up again by its key."""
+        started = await call("validate_dataset", {"request": request_for(chat_dataset), "wait_seconds": 0})
+        finished = await call(
+            "validate_dataset",
+            {"request": request_for(chat_dataset), "idempotency_key": started["idempotency_key"]},
+            progress_handler=on_progress,
+        )
+        return started, finished
+
+    (started, good), bad = await gather(
+        validate_good(), call("validate_dataset", {"request": request_for(chat_dataset, method="dpo")})
+    )
+    assert started["finished"] is False
+    assert f"idempotency_key={started['idempotency_key']!r}" in started["error"]
+
     assert good["error"] is None
+    assert good["run"]["id"] == started["run"]["id"]
     assert good["valid"] is True and good["finished"] is True
     assert good["report"]["row_count"] == 8 and good["report"]["columns"] == ["messages"]
     assert good["run"]["state"] == "completed" and good["run"]["ui_url"].endswith(good["run"]["id"])
     assert progress, "the tool reports progress while the run executes"
 
-    again = await call("validate_dataset", {"request": request_for(chat_dataset), "idempotency_key": good["idempotency_key"]})
-    assert again["run"]["id"] == good["run"]["id"]
-
-    bad = await call("validate_dataset", {"request": request_for(chat_dataset, method="dpo")})
     assert bad["valid"] is False
     assert [e["code"] for e in bad["report"]["errors"]] == ["missing_column"]
 
 
 async def test_estimate_cost_validates_then_estimates(flow_worker, chat_dataset: Path):
-    result = await call("estimate_cost", {"request": request_for(chat_dataset)})
+    result, invalid = await gather(
+        call("estimate_cost", {"request": request_for(chat_dataset)}),
+        call("estimate_cost", {"request": request_for(chat_dataset, method="kto")}),
+    )
     assert result["error"] is None
     assert result["estimate"]["backend"] == "local" and result["estimate"]["expected_usd"] == 0.0
-
-    invalid = await call("estimate_cost", {"request": request_for(chat_dataset, method="kto")})
     assert invalid["estimate"] is None
     assert "missing_column" in invalid["error"] and invalid["run"]["state"] == "failed"
-
-
-async def test_quick_tool_returns_at_its_wait_bound(flow_worker, chat_dataset: Path):
-    result = await call("validate_dataset", {"request": request_for(chat_dataset), "wait_seconds": 0})
-    assert result["finished"] is False
-    assert f"idempotency_key={result['idempotency_key']!r}" in result["error"]
-    picked_up = await call(
-        "validate_dataset", {"request": request_for(chat_dataset), "idempotency_key": result["idempotency_key"]}
-    )
-    assert picked_up["run"]["id"] == result["run"]["id"] and picked_up["valid"] is True
 
 
 async def test_approve_and_reject_resume_the_paused_run(flow_worker):
@@ -169,7 +185,12 @@ async def test_approve_and_reject_resume_the_paused_run(flow_worker):
     assert (decisions[1].approve, decisions[1].note) == (False, "too dear")
 
 
-async def test_create_job_runs_to_completion(flow_worker, chat_dataset: Path, tiny_llama: Path):
+async def test_jobs_complete_and_cancel(flow_worker, chat_dataset: Path, tiny_llama: Path):
+    """Two fine-tuning jobs of the tiny model at once: one runs to completion, one is cancelled."""
+    await gather(complete_a_job(chat_dataset, tiny_llama), cancel_a_running_job(chat_dataset, tiny_llama))
+
+
+async def complete_a_job(chat_dataset: Path, tiny_llama: Path) -> None:
     request = request_for(
         chat_dataset, base_model=str(tiny_llama), output_name="tiny-pirate",
         hyperparameters={"max_steps": 3, "batch_size": 2, "max_length": 64},
@@ -206,7 +227,7 @@ async def test_create_job_runs_to_completion(flow_worker, chat_dataset: Path, ti
     assert run_id not in [job["id"] for job in (await call("list_jobs", {"states": ["running"]}))["jobs"]]
 
 
-async def test_cancel_job_stops_the_training_job(flow_worker, chat_dataset: Path, tiny_llama: Path):
+async def cancel_a_running_job(chat_dataset: Path, tiny_llama: Path) -> None:
     request = request_for(
         chat_dataset, base_model=str(tiny_llama), output_name="tiny-cancelled",
         hyperparameters={"max_steps": 1_000_000, "batch_size": 2, "max_length": 64},
@@ -223,7 +244,7 @@ async def test_cancel_job_stops_the_training_job(flow_worker, chat_dataset: Path
     (handle,) = find_jobs(Backend.LOCAL, {"flow_run_id": run_id})
     deadline = time.monotonic() + 60
     while job_status(handle).state is not JobState.CANCELLED and time.monotonic() < deadline:
-        time.sleep(0.5)
+        await anyio.sleep(0.5)
     assert job_status(handle).state is JobState.CANCELLED
 
     again = await call("cancel_job", {"run_id": run_id})
