@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
 import anyio
@@ -259,31 +259,41 @@ def new_key(idempotency_key: str | None) -> str:
     return idempotency_key or uuid.uuid4().hex
 
 
+class QuickRun(NamedTuple):
+    """A quick flow run as its tool reports it: finished or not, its result or the error."""
+
+    ref: FlowRunRef
+    key: str
+    finished: bool
+    value: Any = None
+    error: str | None = None
+
+
 async def run_quick_flow(
     deployment: DeploymentName,
     parameters: dict[str, Any],
+    returns: type[BaseModel] | None,
     *,
     idempotency_key: str | None,
     wait_seconds: float,
     report_progress: ReportProgress | None,
-) -> tuple[FlowRun, str]:
-    """Start a run of a quick flow and wait for it, at most `wait_seconds`."""
+) -> QuickRun:
+    """Start a run of a quick flow, wait at most `wait_seconds`, read its `returns` result."""
     key = new_key(idempotency_key)
     run = await start_run(deployment, parameters, idempotency_key=key)
     async with get_client() as client:
         run = await wait_for_run(client, run, seconds=wait_seconds, report_progress=report_progress)
-    return run, key
-
-
-def _ended(ref: FlowRunRef) -> str:
-    return f"flow run {ref.name} ended {ref.state_name}: {ref.state_message or 'no message'} (see {ref.ui_url})"
-
-
-def _still_running(run: FlowRun, key: str, wait_seconds: float) -> str:
-    return (
-        f"flow run {run.name} was still {run.state.name if run.state else 'Pending'} after {wait_seconds:g} s; "
-        f"call again with idempotency_key={key!r} to pick up the same run"
-    )
+    ref = run_ref(run, deployment.flow_name)
+    if not ref.is_final:
+        still = (
+            f"flow run {ref.name} was still {ref.state_name} after {wait_seconds:g} s; "
+            f"call again with idempotency_key={key!r} to pick up the same run"
+        )
+        return QuickRun(ref, key, finished=False, error=still)
+    if ref.state is not RunState.COMPLETED:
+        ended = f"flow run {ref.name} ended {ref.state_name}: {ref.state_message or 'no message'} (see {ref.ui_url})"
+        return QuickRun(ref, key, finished=True, error=ended)
+    return QuickRun(ref, key, finished=True, value=await run_result(run, returns) if returns else None)
 
 
 @returns_error(ValidationResult)
@@ -291,17 +301,15 @@ async def validate_dataset(
     request: FineTuneRequest, *, idempotency_key: str | None, wait_seconds: float, report_progress: ReportProgress | None
 ) -> ValidationResult:
     """Run the `validate` deployment and return its report, waiting at most `wait_seconds`."""
-    run, key = await run_quick_flow(
-        DeploymentName.VALIDATE, {"request": request.model_dump(mode="json")},
+    outcome = await run_quick_flow(
+        DeploymentName.VALIDATE, {"request": request.model_dump(mode="json")}, ValidationReport,
         idempotency_key=idempotency_key, wait_seconds=wait_seconds, report_progress=report_progress,
     )
-    ref = run_ref(run, DeploymentName.VALIDATE.flow_name)
-    if not ref.is_final:
-        return ValidationResult(run=ref, idempotency_key=key, error=_still_running(run, key, wait_seconds))
-    if ref.state is not RunState.COMPLETED:
-        return ValidationResult(run=ref, idempotency_key=key, finished=True, error=_ended(ref))
-    report = await run_result(run, ValidationReport)
-    return ValidationResult(run=ref, idempotency_key=key, finished=True, report=report, valid=report.ok)
+    report: ValidationReport | None = outcome.value
+    return ValidationResult(
+        run=outcome.ref, idempotency_key=outcome.key, finished=outcome.finished, error=outcome.error,
+        report=report, valid=report.ok if report else None,
+    )
 
 
 @returns_error(EstimateResult)
@@ -309,17 +317,14 @@ async def estimate_cost(
     request: FineTuneRequest, *, idempotency_key: str | None, wait_seconds: float, report_progress: ReportProgress | None
 ) -> EstimateResult:
     """Run the `estimate` deployment (validate, then estimate) and return the estimate."""
-    run, key = await run_quick_flow(
-        DeploymentName.ESTIMATE, {"request": request.model_dump(mode="json")},
+    outcome = await run_quick_flow(
+        DeploymentName.ESTIMATE, {"request": request.model_dump(mode="json")}, CostEstimate,
         idempotency_key=idempotency_key, wait_seconds=wait_seconds, report_progress=report_progress,
     )
-    ref = run_ref(run, DeploymentName.ESTIMATE.flow_name)
-    if not ref.is_final:
-        return EstimateResult(run=ref, idempotency_key=key, error=_still_running(run, key, wait_seconds))
-    if ref.state is not RunState.COMPLETED:
-        return EstimateResult(run=ref, idempotency_key=key, finished=True, error=_ended(ref))
-    estimate = await run_result(run, CostEstimate)
-    return EstimateResult(run=ref, idempotency_key=key, finished=True, estimate=estimate)
+    return EstimateResult(
+        run=outcome.ref, idempotency_key=outcome.key, finished=outcome.finished, error=outcome.error,
+        estimate=outcome.value,
+    )
 
 
 @returns_error(JobCreated)
@@ -485,20 +490,20 @@ async def start_long_run(deployment: DeploymentName, parameters: dict[str, Any],
 
 
 @returns_error(CostReport)
-async def cost_report(*, wait_seconds: float, report_progress: ReportProgress | None) -> CostReport:
+async def cost_report(
+    *, idempotency_key: str | None, wait_seconds: float, report_progress: ReportProgress | None
+) -> CostReport:
     """Run the `cost_report` deployment and return the artifacts it published."""
-    run, _ = await run_quick_flow(
-        DeploymentName.COST_REPORT, {}, idempotency_key=None, wait_seconds=wait_seconds, report_progress=report_progress
+    outcome = await run_quick_flow(
+        DeploymentName.COST_REPORT, {}, None,
+        idempotency_key=idempotency_key, wait_seconds=wait_seconds, report_progress=report_progress,
     )
-    ref = run_ref(run, DeploymentName.COST_REPORT.flow_name)
-    if not ref.is_final:
-        return CostReport(run=ref, error=f"the cost report was still {ref.state_name} after {wait_seconds:g} s; see {ref.ui_url}")
-    if ref.state is not RunState.COMPLETED:
-        return CostReport(run=ref, finished=True, error=_ended(ref))
+    if outcome.error:
+        return CostReport(run=outcome.ref, finished=outcome.finished, error=outcome.error)
     async with get_client() as client:
-        artifacts = await run_artifacts(client, run.id)
+        artifacts = await run_artifacts(client, UUID(outcome.ref.id))
     views = [ArtifactView(key=a.key, type=a.type, description=a.description, data=artifact_rows(a)) for a in artifacts]
-    return CostReport(run=ref, finished=True, artifacts=views)
+    return CostReport(run=outcome.ref, finished=True, artifacts=views)
 
 
 def _level_name(level: int) -> str:

@@ -229,7 +229,9 @@ async def deploy_model(
 
 
 @server.tool(annotations=READ_ONLY)
-async def get_costs(ctx: Context, wait_seconds: QuickWait = 120) -> CostReport:
+async def get_costs(ctx: Context, idempotency_key: IdempotencyKey = None, wait_seconds: QuickWait = 120) -> CostReport:
     """Month-to-date spend, open reservations, each job's estimate beside its cost, budget left
     (a `cost_report` flow run)."""
-    return await flow_runs.cost_report(wait_seconds=wait_seconds, report_progress=ctx.report_progress)
+    return await flow_runs.cost_report(
+        idempotency_key=idempotency_key, wait_seconds=wait_seconds, report_progress=ctx.report_progress
+    )
