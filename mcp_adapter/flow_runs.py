@@ -414,7 +414,9 @@ async def list_jobs(*, states: list[RunState] | None, since: datetime | None, li
         state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(s.value.upper()) for s in states]))
         if states
         else None,
-        expected_start_time=FlowRunFilterExpectedStartTime(after_=since) if since else None,
+        expected_start_time=FlowRunFilterExpectedStartTime(after_=since if since.tzinfo else since.replace(tzinfo=UTC))
+        if since
+        else None,
     )
     async with get_client() as client:
         runs = await client.read_flow_runs(
