@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -155,6 +156,19 @@ async def test_estimate_cost_validates_then_estimates(flow_worker, chat_dataset:
     assert "missing_column" in invalid["error"] and invalid["run"]["state"] == "failed"
 
 
+async def test_cancel_job_on_a_run_not_started(flow_worker):
+    from prefect.deployments import arun_deployment
+
+    from tests.mcp_adapter.flow_worker import APPROVAL_PROBE
+
+    run = await arun_deployment(
+        APPROVAL_PROBE, timeout=0, as_subflow=False, scheduled_time=datetime.now(UTC) + timedelta(hours=1)
+    )
+    result = await call("cancel_job", {"run_id": str(run.id), "wait_seconds": 0})
+    assert result["error"] is None
+    assert result["cancelled"] is True and result["run"]["state"] == "cancelled"
+
+
 async def test_approve_and_reject_resume_the_paused_run(flow_worker):
     from prefect.deployments import arun_deployment
 
@@ -225,6 +239,8 @@ async def complete_a_job(chat_dataset: Path, tiny_llama: Path) -> None:
     listed = await call("list_jobs", {"states": ["completed"]})
     assert run_id in [job["id"] for job in listed["jobs"]]
     assert run_id not in [job["id"] for job in (await call("list_jobs", {"states": ["running"]}))["jobs"]]
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    assert (await call("list_jobs", {"since": later}))["jobs"] == []
 
 
 async def cancel_a_running_job(chat_dataset: Path, tiny_llama: Path) -> None:
