@@ -19,19 +19,27 @@ def mcp(
     burst: Annotated[int, typer.Option(help="HTTP: requests a client may send at once.")] = 20,
 ) -> None:
     """Serve the MCP tools: stdio by default; `--http` needs the token in $LMFT_MCP_TOKEN."""
+    from prefect.settings import PREFECT_API_URL
     from pydantic import ValidationError
 
     from mcp_adapter.transports import TOKEN_ENV, HttpSettings, run_http, run_stdio
 
-    if not http:
+    settings = None
+    if http:
+        token = os.environ.get(TOKEN_ENV, "")
+        if not token:
+            raise fail(f"--http needs a bearer token: set {TOKEN_ENV} (e.g. `export {TOKEN_ENV}=$(openssl rand -hex 32)`)")
+        try:
+            settings = HttpSettings(host=host, port=port, token=token, requests_per_second=rate_limit, burst=burst)
+        except ValidationError as exc:
+            refused = "; ".join(f"{e['loc'][0]}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+            raise fail(f"cannot serve HTTP: {refused}") from None
+    if not PREFECT_API_URL.value():
+        raise fail(
+            "PREFECT_API_URL is not set: point it at the Prefect server whose deployments the tools start, "
+            "e.g. `prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api` after `prefect server start`"
+        )
+    if settings is None:
         run_stdio()
-        return
-    token = os.environ.get(TOKEN_ENV, "")
-    if not token:
-        raise fail(f"--http needs a bearer token: set {TOKEN_ENV} (e.g. `export {TOKEN_ENV}=$(openssl rand -hex 32)`)")
-    try:
-        settings = HttpSettings(host=host, port=port, token=token, requests_per_second=rate_limit, burst=burst)
-    except ValidationError as exc:
-        refused = "; ".join(f"{e['loc'][0]}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
-        raise fail(f"cannot serve HTTP: {refused}") from None
-    run_http(settings)
+    else:
+        run_http(settings)

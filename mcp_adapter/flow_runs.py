@@ -108,7 +108,7 @@ def returns_error(result: type[Result]) -> Callable[[Callable[..., Awaitable[Res
                 return await operation(*args, **kwargs)
             except ExpectedFailure as exc:
                 return result(error=str(exc))
-            except httpx.ConnectError:
+            except httpx.TransportError:
                 return result(
                     error=f"the Prefect API at {PREFECT_API_URL.value()} is unreachable: start it "
                     "(`prefect server start`) or point PREFECT_API_URL at a running server"

@@ -94,3 +94,12 @@ def test_http_refuses_to_start_without_a_token(monkeypatch: pytest.MonkeyPatch):
     assert result.exit_code == 2
     assert "at least 16 characters" in result.output
     assert "tok-xyz123" not in result.output
+
+
+def test_refuses_to_start_without_a_prefect_api():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        result = CliRunner().invoke(app, ["mcp"])
+    assert result.exit_code == 2
+    assert "PREFECT_API_URL is not set" in result.output
