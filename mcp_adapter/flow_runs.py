@@ -218,12 +218,17 @@ def estimate_of(artifacts: list[Artifact]) -> CostEstimate | None:
     return CostEstimate.model_validate(rows[0]) if rows else None
 
 
-def gate_status(run: FlowRun, artifacts: list[Artifact]) -> GateStatus:
-    """Read the approval gate from the run's state (a pause waiting for input) and artifacts."""
+def gate_status(run: FlowRun, artifacts: list[Artifact], flow: str) -> GateStatus | None:
+    """Read the approval gate from the run's state (a pause waiting for input) and artifacts.
+
+    Any run paused for input awaits a decision; the other stages only exist in `finetune` runs.
+    """
     state = run.state
     if state and state.is_paused() and state.state_details.run_input_keyset:
         return GateStatus.AWAITING_APPROVAL
-    if latest(artifacts, PROGRESS_ARTIFACT_PREFIX) is not None or (state and state.is_completed()):
+    if flow != DeploymentName.FINETUNE.flow_name:
+        return None
+    if latest(artifacts, PROGRESS_ARTIFACT_PREFIX) is not None:  # the training monitor has started
         return GateStatus.PASSED
     if state and state.is_final():
         return GateStatus.STOPPED
@@ -346,11 +351,11 @@ async def create_job(
         async def at_gate(current: FlowRun) -> bool:
             nonlocal artifacts
             artifacts = await run_artifacts(client, current.id)
-            return gate_status(current, artifacts) is not GateStatus.NOT_REACHED
+            return gate_status(current, artifacts, DeploymentName.FINETUNE.flow_name) is not GateStatus.NOT_REACHED
 
         run = await wait_for_run(client, run, seconds=wait_seconds, report_progress=report_progress, until=at_gate)
         artifacts = await run_artifacts(client, run.id)
-    gate = gate_status(run, artifacts)
+    gate = gate_status(run, artifacts, DeploymentName.FINETUNE.flow_name)
     return JobCreated(
         run=run_ref(run, DeploymentName.FINETUNE.flow_name),
         idempotency_key=key,
@@ -397,9 +402,10 @@ async def job_status(run_id: UUID) -> JobStatus:
         artifacts = await run_artifacts(client, run.id)
         estimate = estimate_of(artifacts)
         summary = latest(artifacts, SUMMARY_ARTIFACT_KEY)
+        flow = await flow_name(client, run)
         return JobStatus(
-            run=run_ref(run, await flow_name(client, run)),
-            gate=gate_status(run, artifacts),
+            run=run_ref(run, flow),
+            gate=gate_status(run, artifacts, flow),
             progress=await training_progress(client, run, artifacts),
             estimate=estimate,
             cost_so_far_usd=cost_so_far(run, artifacts, estimate),

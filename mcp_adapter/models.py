@@ -115,10 +115,12 @@ class TrainingProgress(BaseModel):
 
 
 class JobStatus(ToolResult):
-    """A fine-tuning run's state, progress, cost so far and links."""
+    """A fine-tuning run's state, progress, cost so far and links (any flow run's state)."""
 
     run: FlowRunRef | None = None
-    gate: GateStatus | None = None
+    gate: GateStatus | None = Field(
+        default=None, description="The approval gate (runs of other flows: only awaiting_approval, else null)."
+    )
     progress: TrainingProgress | None = None
     estimate: CostEstimate | None = None
     cost_so_far_usd: float | None = Field(

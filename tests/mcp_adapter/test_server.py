@@ -176,7 +176,7 @@ async def test_approve_and_reject_resume_the_paused_run(flow_worker):
 
     runs = [await arun_deployment(APPROVAL_PROBE, timeout=0, as_subflow=False) for _ in range(2)]
     for run in runs:
-        status = await wait_until(str(run.id), lambda s: s["gate"] != "not_reached", timeout=120)
+        status = await wait_until(str(run.id), lambda s: s["gate"] is not None, timeout=120)
         assert status["gate"] == "awaiting_approval" and status["run"]["state"] == "paused"
 
     approved = await call("approve_job", {"run_id": str(runs[0].id), "note": "fits the budget", "approver": "ana"})
