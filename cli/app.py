@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
-from typing import Annotated
 
 import typer
 import yaml
@@ -17,6 +16,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def main() -> None:
+    """lm-fine-tuning: validate, estimate, train, convert and deploy, as Prefect flows."""
+    # A local ephemeral Prefect server has no network to send telemetry to.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -55,5 +61,26 @@ def load_config(path: Path) -> dict:
     return data
 
 
-from cli import commands  # noqa: E402,F401  (registers the commands)
-from cli import mcp  # noqa: E402,F401  (registers `lmft mcp`)
+def request_from_cli(config: Path | None, dataset: str | None, fields: dict, *, max_steps: int | None = None):
+    """A `FineTuneRequest` from a config file plus command-line options (options win)."""
+    from tasks.request import FineTuneRequest
+
+    data = load_config(config) if config else {}
+    if dataset:
+        data["dataset"] = {**(data.get("dataset") or {}), "path": dataset}
+    if "dataset" not in data:
+        raise fail("give a config file or --dataset")
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        elif value is not None:
+            data[key] = value
+    if max_steps is not None:
+        data.setdefault("hyperparameters", {})["max_steps"] = max_steps
+    try:
+        return FineTuneRequest.model_validate(data)
+    except ValidationError as exc:
+        raise fail(explain_validation_error(exc)) from None
+
+
+from cli import commands, costs, deploy, mcp  # noqa: E402,F401  (register run; estimate, costs, budget; deploy, serve; mcp)

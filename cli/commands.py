@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
-from cli.app import app, explain_validation_error, fail, load_config
+from cli.app import app, fail, request_from_cli
 
 
 @app.command()
@@ -22,22 +21,10 @@ def run(
     output_name: Annotated[str | None, typer.Option(help="Name of the trained model.")] = None,
 ) -> None:
     """Run the `finetune` flow and print where the trained model is."""
-    from tasks.request import FineTuneRequest
-
-    data = load_config(config) if config else {}
-    if dataset:
-        data["dataset"] = {**(data.get("dataset") or {}), "path": dataset}
-    if "dataset" not in data:
-        raise fail("give a config file or --dataset")
-    for key, value in (("base_model", model), ("method", method), ("backend", backend), ("output_name", output_name)):
-        if value is not None:
-            data[key] = value
-    if max_steps is not None:
-        data.setdefault("hyperparameters", {})["max_steps"] = max_steps
-    try:
-        request = FineTuneRequest.model_validate(data)
-    except ValidationError as exc:
-        raise fail(explain_validation_error(exc)) from None
+    request = request_from_cli(
+        config, dataset, {"base_model": model, "method": method, "backend": backend, "output_name": output_name},
+        max_steps=max_steps,
+    )
 
     from flows.finetune import finetune
 

@@ -15,6 +15,8 @@ from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 
 from deployments.names import DeploymentName
+from flows.cost_report import cost_report
+from flows.deploy import deploy
 from flows.estimate import estimate
 from flows.finetune import finetune
 from flows.validate import validate
@@ -23,6 +25,8 @@ SERVED_FLOWS = {
     DeploymentName.FINETUNE: finetune,
     DeploymentName.VALIDATE: validate,
     DeploymentName.ESTIMATE: estimate,
+    DeploymentName.DEPLOY: deploy,
+    DeploymentName.COST_REPORT: cost_report,
 }
 
 

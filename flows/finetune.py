@@ -6,15 +6,23 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from tasks.base_model import prepare_base_model
+from tasks.budget import gate_budget, record_job_start, release_budget_of_flow_run, settle_budget
 from tasks.costs import estimate_cost
 from tasks.jobs.hooks import cancel_job_of_flow_run
 from tasks.reporting import FineTuneSummary, publish_estimate, publish_summary, timed
 from tasks.request import FineTuneRequest
+from tasks.samples import sample_answers
 from tasks.training import monitor_training, submit_training
 from tasks.validation import raise_on_errors, validate_dataset
 
 
-@flow(name="finetune", on_cancellation=[cancel_job_of_flow_run], log_prints=True)
+@flow(
+    name="finetune",
+    on_cancellation=[cancel_job_of_flow_run, release_budget_of_flow_run],
+    on_failure=[release_budget_of_flow_run],
+    on_crashed=[release_budget_of_flow_run],
+    log_prints=True,
+)
 def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> FineTuneSummary:
     """Fine-tune `request.base_model` on `request.dataset`; one training job per idempotency key."""
     logger = get_run_logger()
@@ -26,12 +34,20 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
     with timed(timings, "estimate"):
         estimate = estimate_cost(request, report)
         publish_estimate(estimate)
+    with timed(timings, "budget"):
+        reservation = gate_budget(estimate, run_key=key)
     with timed(timings, "prepare model"):
         model = prepare_base_model(request)
     with timed(timings, "train"):
         handle = submit_training(request, model, idempotency_key=key, labels={"flow_run_id": str(flow_run.id)})
+        record_job_start(reservation, handle)
         result = monitor_training(handle)
-    summary = publish_summary(request, result, estimate, timings)
+        settle_budget(reservation, result)
+    samples = None
+    if result.model_dir:  # the model is on this machine: show what training changed
+        with timed(timings, "sample answers"):
+            samples = sample_answers(model, result.model_dir)
+    summary = publish_summary(request, result, estimate, timings, samples)
     logger.info("model saved to %s (loss %s → %s)", result.model_dir, result.first_loss, result.final_loss)
     return summary
 

@@ -55,7 +55,7 @@ from mcp_adapter.models import (
     ApprovalResult,
     ArtifactView,
     CancelResult,
-    CostReport,
+    CostsResult,
     EstimateResult,
     FlowRunRef,
     GateStatus,
@@ -71,8 +71,8 @@ from mcp_adapter.models import (
     ValidationResult,
 )
 from tasks.approval import ApprovalDecision
-from tasks.costs import CostEstimate
-from tasks.reporting import ESTIMATE_ARTIFACT_KEY
+from tasks.costs import CostEstimate, cost_so_far
+from tasks.reporting import ESTIMATE_FIGURES_KEY
 from tasks.request import FineTuneRequest
 from tasks.validation import ValidationReport
 
@@ -213,7 +213,7 @@ def artifact_rows(artifact: Artifact) -> Any:
 
 
 def estimate_of(artifacts: list[Artifact]) -> CostEstimate | None:
-    found = latest(artifacts, ESTIMATE_ARTIFACT_KEY)
+    found = next((a for a in artifacts if a.key == ESTIMATE_FIGURES_KEY), None)
     rows = artifact_rows(found) if found else None
     return CostEstimate.model_validate(rows[0]) if rows else None
 
@@ -384,14 +384,12 @@ async def training_progress(client: PrefectClient, run: FlowRun, artifacts: list
     return progress
 
 
-def cost_so_far(run: FlowRun, artifacts: list[Artifact], estimate: CostEstimate | None) -> float | None:
-    """The hardware's hourly price × the time since training started (until the run ended)."""
+def training_cost(run: FlowRun, artifacts: list[Artifact], estimate: CostEstimate | None) -> float | None:
+    """What the training has cost so far: the hardware's price × the time since it started."""
     started = latest(artifacts, PROGRESS_ARTIFACT_PREFIX)
     if estimate is None or started is None or started.created is None:
         return None
-    until = run.end_time or datetime.now(UTC)
-    hours = max(0.0, (until - started.created).total_seconds()) / 3600
-    return round(estimate.price_per_hour * hours, 4)
+    return cost_so_far(estimate, started.created, run.end_time)
 
 
 @returns_error(JobStatus)
@@ -408,7 +406,7 @@ async def job_status(run_id: UUID) -> JobStatus:
             gate=gate_status(run, artifacts, flow),
             progress=await training_progress(client, run, artifacts),
             estimate=estimate,
-            cost_so_far_usd=cost_so_far(run, artifacts, estimate),
+            cost_so_far_usd=training_cost(run, artifacts, estimate),
             summary_markdown=summary.data if summary else None,
         )
 
@@ -497,21 +495,21 @@ async def start_long_run(deployment: DeploymentName, parameters: dict[str, Any],
     return RunStarted(run=run_ref(run, deployment.flow_name), idempotency_key=key)
 
 
-@returns_error(CostReport)
+@returns_error(CostsResult)
 async def cost_report(
-    *, idempotency_key: str | None, wait_seconds: float, report_progress: ReportProgress | None
-) -> CostReport:
-    """Run the `cost_report` deployment and return the artifacts it published."""
+    month: str | None, *, idempotency_key: str | None, wait_seconds: float, report_progress: ReportProgress | None
+) -> CostsResult:
+    """Run the `cost_report` deployment for `month` and return the artifacts it published."""
     outcome = await run_quick_flow(
-        DeploymentName.COST_REPORT, {}, None,
+        DeploymentName.COST_REPORT, {"month": month} if month else {}, None,
         idempotency_key=idempotency_key, wait_seconds=wait_seconds, report_progress=report_progress,
     )
     if outcome.error:
-        return CostReport(run=outcome.ref, finished=outcome.finished, error=outcome.error)
+        return CostsResult(run=outcome.ref, finished=outcome.finished, error=outcome.error)
     async with get_client() as client:
         artifacts = await run_artifacts(client, UUID(outcome.ref.id))
     views = [ArtifactView(key=a.key, type=a.type, description=a.description, data=artifact_rows(a)) for a in artifacts]
-    return CostReport(run=outcome.ref, finished=True, artifacts=views)
+    return CostsResult(run=outcome.ref, finished=True, artifacts=views)
 
 
 def _level_name(level: int) -> str:

@@ -180,7 +180,7 @@ class ArtifactView(BaseModel):
     data: Any = None
 
 
-class CostReport(ToolResult):
+class CostsResult(ToolResult):
     """The outcome of a `cost_report` flow run: its artifacts (spend, reservations, budget left)."""
 
     run: FlowRunRef | None = None

@@ -19,7 +19,7 @@ from mcp_adapter import flow_runs
 from mcp_adapter.models import (
     ApprovalResult,
     CancelResult,
-    CostReport,
+    CostsResult,
     EstimateResult,
     JobCreated,
     JobList,
@@ -31,6 +31,7 @@ from mcp_adapter.models import (
 )
 from tasks.approval import ApprovalDecision
 from tasks.request import FineTuneRequest
+from tasks.serverless_llm.names import MODEL_NAME_PATTERN
 
 INSTRUCTIONS = """\
 Fine-tune language models with Prefect flows. Typical order: validate_dataset → estimate_cost →
@@ -215,23 +216,49 @@ async def convert_to_gguf(
     ),
 )
 async def deploy_model(
-    gguf: Annotated[str, Field(min_length=1, description="GGUF file on the worker, or 'repo_id/file.gguf' on the Hub.")],
+    gguf_path: Annotated[
+        str,
+        Field(
+            min_length=1, description="A .gguf file on the worker, or hf://owner/repo/file.gguf already on the Hub.",
+            examples=["hf://me/smollm2-pirate-GGUF/smollm2-pirate.Q8_0.gguf"],
+        ),
+    ],
     name: Annotated[
         str,
-        Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Model name to serve it under.", examples=["smollm2-pirate"]),
+        Field(
+            pattern=MODEL_NAME_PATTERN.pattern, examples=["smollm2pirate"],
+            description="Model name users ask for: 2-40 lowercase letters/digits, starting with a letter.",
+        ),
     ],
+    target: Annotated[
+        str,
+        Field(
+            pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+            description="'local' (a llama.cpp server on the worker) or the name of a saved ServerlessLLMTarget block.",
+        ),
+    ] = "local",
     idempotency_key: IdempotencyKey = None,
 ) -> RunStarted:
-    """Deploy a GGUF to serverless-llm or a local server (a `deploy` flow run); returns at once."""
+    """Deploy a GGUF to serverless-llm or a local server (a `deploy` flow run); returns at once.
+
+    The run checks the model answers a chat request before it reports success."""
     return await flow_runs.start_long_run(
-        DeploymentName.DEPLOY, {"gguf": gguf, "name": name}, idempotency_key=idempotency_key
+        DeploymentName.DEPLOY, {"gguf_path": gguf_path, "name": name, "target": target}, idempotency_key=idempotency_key
     )
 
 
 @server.tool(annotations=READ_ONLY)
-async def get_costs(ctx: Context, idempotency_key: IdempotencyKey = None, wait_seconds: QuickWait = 120) -> CostReport:
-    """Month-to-date spend, open reservations, each job's estimate beside its cost, budget left
-    (a `cost_report` flow run)."""
+async def get_costs(
+    ctx: Context,
+    month: Annotated[
+        str | None,
+        Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM (UTC); default this month.", examples=["2026-11"]),
+    ] = None,
+    idempotency_key: IdempotencyKey = None,
+    wait_seconds: QuickWait = 120,
+) -> CostsResult:
+    """Month-to-date spend, open budget holds, each job's estimate beside its actual cost, budget
+    left (a `cost_report` flow run)."""
     return await flow_runs.cost_report(
-        idempotency_key=idempotency_key, wait_seconds=wait_seconds, report_progress=ctx.report_progress
+        month, idempotency_key=idempotency_key, wait_seconds=wait_seconds, report_progress=ctx.report_progress
     )

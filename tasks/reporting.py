@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from tasks.costs import CostEstimate
 from tasks.jobs import TrainingResult
 from tasks.request import FineTuneRequest
+from tasks.samples import SampleAnswer
 
 
 class FineTuneSummary(BaseModel):
@@ -28,16 +29,18 @@ class FineTuneSummary(BaseModel):
     step_seconds: dict[str, float]
     trackio_project: str
     estimate: CostEstimate
+    samples: list[SampleAnswer] = []
 
 
-ESTIMATE_ARTIFACT_KEY = "cost-estimate"
+ESTIMATE_FIGURES_KEY = "cost-estimate-figures"
+"""Table artifact holding the estimate's fields (the markdown `cost-estimate` is for people)."""
 
 
 @task(name="publish-estimate")
 def publish_estimate(estimate: CostEstimate) -> None:
-    """Publish the cost estimate as a one-row table artifact (the UI and the MCP adapter read it)."""
+    """Publish the estimate's fields as a one-row table artifact, read back by the MCP adapter."""
     create_table_artifact(
-        [estimate.model_dump(mode="json")], key=ESTIMATE_ARTIFACT_KEY,
+        [estimate.model_dump(mode="json")], key=ESTIMATE_FIGURES_KEY,
         description=f"Expected ${estimate.expected_usd:.2f} on {estimate.hardware} ({estimate.source})",
     )
 
@@ -52,13 +55,21 @@ def timed(timings: dict[str, float], step: str) -> Iterator[None]:
         timings[step] = round(time.monotonic() - started, 2)
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
 @task(name="publish-summary")
 def publish_summary(
-    request: FineTuneRequest, result: TrainingResult, estimate: CostEstimate, timings: dict[str, float]
+    request: FineTuneRequest,
+    result: TrainingResult,
+    estimate: CostEstimate,
+    timings: dict[str, float],
+    samples: list[SampleAnswer] | None = None,
 ) -> FineTuneSummary:
     """Build the run's summary and publish it as a markdown artifact."""
     summary = FineTuneSummary(
@@ -72,6 +83,7 @@ def publish_summary(
         step_seconds=timings,
         trackio_project=result.trackio_project,
         estimate=estimate,
+        samples=samples or [],
     )
     rows = "\n".join(f"| {step} | {seconds:.1f} |" for step, seconds in timings.items())
     markdown = f"""# Fine-tune: {summary.output_name}
@@ -80,7 +92,7 @@ def publish_summary(
 |---|---|
 | base model | `{request.base_model}` |
 | dataset | `{request.dataset.path}` |
-| method | {request.method.value} ({"LoRA r=%d" % request.lora.r if request.lora.enabled else "full"}) |
+| method | {request.method.value} ({f"LoRA r={request.lora.r}" if request.lora.enabled else "full"}) |
 | backend | {request.backend.value} (job `{result.handle.job_id}`) |
 | model | `{result.model_dir or result.hub_repo}` |
 | steps | {result.global_step} |
@@ -93,5 +105,8 @@ def publish_summary(
 |---|---|
 {rows}
 """
+    if summary.samples:
+        markdown += "\n## Answers before and after\n| prompt | base model | fine-tuned |\n|---|---|---|\n"
+        markdown += "\n".join(f"| {_cell(a.prompt)} | {_cell(a.base)} | {_cell(a.tuned)} |" for a in summary.samples)
     create_markdown_artifact(markdown, key="finetune-summary", description=f"Fine-tune {summary.output_name}")
     return summary

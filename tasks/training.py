@@ -5,11 +5,19 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from tasks.jobs import JobHandle, JobState, TrainingFailed, TrainingResult, parse_progress_line, parse_result_line
+from tasks.jobs import (
+    JobHandle,
+    JobState,
+    TrainingFailed,
+    TrainingResult,
+    parse_progress_line,
+    parse_result_line,
+)
 from tasks.jobs.backends import job_logs, job_status
 from tasks.jobs.local import submit_local_job
 from tasks.request import Backend, FineTuneRequest
@@ -22,7 +30,8 @@ def training_script_args(request: FineTuneRequest, model: str, *, run_name: str)
     h, lora, data = request.hyperparameters, request.lora, request.dataset
     args = {
         "model_name_or_path": model,
-        "dataset_path": data.path,
+        # The job runs in its own folder (or on another machine): local paths must be absolute.
+        "dataset_path": str(Path(data.path).expanduser().resolve()) if data.is_local else data.path,
         "dataset_split": data.split,
         "column_map": json.dumps(data.column_map),
         "method": request.method.value,

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from deployments.names import DeploymentName
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_START_TIMEOUT = 180
@@ -64,7 +63,9 @@ def flow_worker(prefect_server, lmft_home: Path, tmp_path_factory: pytest.TempPa
         cwd=ROOT, env=prefect_env(), stdout=log, stderr=subprocess.STDOUT,
     )
     try:
-        names = [DeploymentName.FINETUNE.value, DeploymentName.VALIDATE.value, DeploymentName.ESTIMATE.value, APPROVAL_PROBE]
+        from deployments.serve import SERVED_FLOWS
+
+        names = [name.value for name in SERVED_FLOWS] + [APPROVAL_PROBE]
         wait_for_deployments(names, process, WORKER_START_TIMEOUT)
         yield process
     finally:

@@ -85,7 +85,8 @@ async def test_tools_are_typed_and_annotated():
         ("create_job", {"request": {"dataset": {"path": "a/b"}}, "idempotency_key": "no spaces"}, "idempotency_key"),
         ("list_jobs", {"states": ["sleeping"]}, "states"),
         ("get_job_logs", {"run_id": str(uuid.uuid4()), "lines": 0}, "lines"),
-        ("deploy_model", {"gguf": "m.gguf", "name": "Bad Name; rm -rf"}, "name"),
+        ("deploy_model", {"gguf_path": "m.gguf", "name": "Bad Name; rm -rf"}, "name"),
+        ("get_costs", {"month": "2026-13"}, "month"),
     ],
 )
 async def test_bad_arguments_are_tool_errors(tool: str, arguments: dict, message: str):
@@ -101,15 +102,26 @@ async def test_unknown_run_is_an_error_result(prefect_server):
 
 
 async def test_missing_deployment_says_how_to_create_it(prefect_server):
-    cases = {
-        "convert_to_gguf": ({"model": "me/model"}, "convert/convert"),
-        "deploy_model": ({"gguf": "/tmp/m.gguf", "name": "pirate"}, "deploy/deploy"),
-        "get_costs": ({}, "cost_report/cost_report"),
-    }
-    for tool, (arguments, deployment) in cases.items():
-        result = await call(tool, arguments)
-        assert f"deployment '{deployment}' not found" in result["error"]
-        assert "prefect deploy --all" in result["error"]
+    result = await call("convert_to_gguf", {"model": "me/model"})
+    assert "deployment 'convert/convert' not found" in result["error"]
+    assert "prefect deploy --all" in result["error"]
+    assert result["run"] is None
+
+
+async def test_get_costs_and_deploy_model_start_their_flows(flow_worker):
+    costs, started = await gather(
+        call("get_costs", {"month": "2026-11"}),
+        call("deploy_model", {"gguf_path": "/no/such/model.gguf", "name": "ghost"}),
+    )
+    assert costs["error"] is None and costs["run"]["state"] == "completed"
+    (report,) = [a for a in costs["artifacts"] if a["key"] == "cost-report"]
+    assert report["type"] == "table" and isinstance(report["data"], list)
+
+    assert started["error"] is None and started["run"]["flow"] == "deploy"
+    status = await wait_until(started["run"]["id"], lambda s: s["run"]["state"] in FINAL, timeout=180)
+    assert status["run"]["state"] == "failed"
+    assert "/no/such/model.gguf" in status["run"]["state_message"]
+    assert status["gate"] is None
 
 
 async def test_validate_dataset_returns_the_report(flow_worker, chat_dataset: Path):

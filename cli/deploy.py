@@ -1,0 +1,78 @@
+"""`lmft deploy` and `lmft serve`: put a GGUF in front of users, list and stop local servers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.app import app, fail
+
+serve_app = typer.Typer(help="Local model servers started by `lmft deploy`.", no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
+
+
+@app.command()
+def deploy(
+    gguf: Annotated[str | None, typer.Argument(help="A .gguf file or hf://owner/repo/file.gguf. Default: the embedded SmolLM2.")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name. Default: derived from the file name.")] = None,
+    target: Annotated[str, typer.Option(help="'local' or a saved ServerlessLLMTarget block name.")] = "local",
+    quality_report: Annotated[Path | None, typer.Option(help="Markdown file to put in the pull request.")] = None,
+    hf_repo: Annotated[str | None, typer.Option(help="Hub repo to upload a local GGUF to (serverless-llm).")] = None,
+) -> None:
+    """Run the `deploy` flow and print where the model answers."""
+    from tasks.base_model import embedded_gguf_path
+    from tasks.serving.local import local_name_for
+
+    gguf = gguf or str(embedded_gguf_path())
+    if not gguf.startswith("hf://") and not Path(gguf).expanduser().is_file():
+        raise fail(f"GGUF file {gguf} does not exist")
+    if quality_report is not None and not quality_report.is_file():
+        raise fail(f"quality report {quality_report} does not exist")
+    name = name or local_name_for(Path(gguf).stem.split(".")[0])
+
+    from flows.deploy import deploy as deploy_flow
+
+    state = deploy_flow(
+        gguf, name, target, quality_report_md=quality_report.read_text() if quality_report else None,
+        hf_repo=hf_repo, return_state=True,
+    )
+    if not state.is_completed():
+        raise fail(f"the deploy flow ended {state.name}: {state.message}", code=1)
+    deployment = state.result()
+    typer.echo("")
+    typer.secho(f"{deployment.name}: {deployment.status.value}", fg=typer.colors.GREEN, bold=True)
+    for label, value in (("url", deployment.url), ("pull request", deployment.pull_request_url),
+                         ("inference run", deployment.inference_run_url)):
+        if value:
+            typer.echo(f"  {label:<14}{value}")
+    if deployment.smoke:
+        typer.echo(f"  smoke reply   {deployment.smoke.reply!r}")
+    if deployment.target == "local":
+        typer.echo(f"  try it        curl {deployment.url}/v1/chat/completions -H 'Content-Type: application/json' "
+                   f"-d '{{\"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
+        typer.echo(f"  stop it       lmft serve stop {deployment.name}")
+
+
+@serve_app.command("list")
+def serve_list() -> None:
+    """List the local model servers that are running."""
+    from tasks.serving.local import list_local_servers
+
+    servers = list_local_servers()
+    if not servers:
+        typer.echo("no local model server is running")
+    for server in servers:
+        typer.echo(json.dumps({"name": server.name, "url": server.url, "pid": server.pid, "gguf": server.gguf_path}))
+
+
+@serve_app.command("stop")
+def serve_stop(name: Annotated[str, typer.Argument(help="Model name, as `lmft serve list` shows it.")]) -> None:
+    """Stop a local model server."""
+    from tasks.serving.local import local_name_for, stop_local_server
+
+    if not stop_local_server(local_name_for(name)):
+        raise fail(f"no local server named {name!r} is running (see `lmft serve list`)", code=1)
+    typer.echo(f"stopped {name}")

@@ -1,0 +1,316 @@
+"""What a training run will cost, before it starts: hardware, time and money, with a range."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel, Field
+
+from tasks.costs.catalog import Flavor, HardwareCatalog, load_catalog
+from tasks.costs.model_size import ModelShape, read_model_shape
+from tasks.costs.workload import (
+    MemoryBreakdown,
+    TrainingMode,
+    Workload,
+    memory_needed,
+    trainable_parameters,
+    training_flops,
+)
+from tasks.request import Backend, FineTuneRequest, Method
+from tasks.validation import ValidationReport
+
+SAFETY_MARGIN = 0.15
+"""Fraction of device memory left free when deciding that a workload fits."""
+COMPUTE_RANGE = (0.7, 1.0, 1.8)
+"""Low / expected / high multipliers of the compute time (utilisation and padding uncertainty)."""
+START_SECONDS = (90, 180, 420)
+"""Job start: scheduling, pulling the image, `uv` installing the script's dependencies."""
+DOWNLOAD_MB_PER_S = (400, 150, 40)
+"""Model download from the Hub into the job."""
+SAVE_PUSH_MB_PER_S = (200, 80, 25)
+"""Merging the adapter, saving, and pushing the model to the Hub."""
+CONVERT_MB_PER_S = (300, 100, 30)
+"""GGUF conversion and quantization, when it runs inside the job."""
+TIMEOUT_FACTOR = 1.2
+"""The job timeout is the high estimate × this, rounded up to 5 minutes."""
+
+
+class FlavorQuote(BaseModel):
+    """The expected cost of the run on one flavor that fits."""
+
+    hardware: str
+    price_per_hour: float
+    expected_usd: float
+    expected_seconds: float
+
+
+class CostEstimate(BaseModel):
+    """Time and money a run is expected to take, with a range."""
+
+    backend: Backend
+    hardware: str = Field(description="The flavor the job runs on ('local' for this machine).")
+    price_per_hour: float = Field(ge=0, description="USD per hour of the hardware.")
+    low_usd: float = Field(ge=0)
+    expected_usd: float = Field(ge=0)
+    high_usd: float = Field(ge=0)
+    low_seconds: float | None = None
+    expected_seconds: float | None = None
+    high_seconds: float | None = None
+    timeout_seconds: int | None = Field(default=None, description="Job timeout, from the high estimate.")
+    source: str = Field(description="Where the prices came from, and their date.")
+    catalog_as_of: datetime | None = None
+    model: str | None = None
+    parameters: int | None = None
+    parameters_source: str | None = None
+    trainable_parameters: int | None = None
+    tokens: int | None = Field(default=None, description="Tokens processed, all epochs.")
+    memory: MemoryBreakdown | None = None
+    memory_available_gb: float | None = Field(default=None, description="Usable memory of one device of the flavor.")
+    alternatives: list[FlavorQuote] = Field(default=[], description="Other flavors that fit, cheapest first.")
+    assumptions: list[str] = []
+
+    def markdown(self) -> str:
+        """The estimate as a markdown table (artifact, approval form description)."""
+        rows = [
+            ("hardware", f"{self.hardware} at ${self.price_per_hour:.2f}/h ({self.backend.value})"),
+            ("cost", f"${self.low_usd:.2f} – **${self.expected_usd:.2f}** – ${self.high_usd:.2f}"),
+        ]
+        if self.expected_seconds is not None:
+            rows.append(("time", f"{_hours(self.low_seconds)} – **{_hours(self.expected_seconds)}** – {_hours(self.high_seconds)}"))
+            rows.append(("job timeout", _hours(self.timeout_seconds)))
+        if self.parameters:
+            rows.append(("model", f"{self.model}: {self.parameters / 1e9:.2f} B parameters ({self.parameters_source})"))
+            rows.append(("trained", f"{(self.trainable_parameters or 0) / 1e6:.1f} M parameters, {self.tokens or 0:,} tokens"))
+        if self.memory:
+            rows.append(("memory", f"{self.memory.total_gb:.1f} GB needed of {self.memory_available_gb or 0:.0f} GB usable"))
+        rows.append(("prices", self.source))
+        table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+        if self.alternatives:
+            table += "\n\n| also fits | $/h | expected |\n|---|---|---|\n" + "\n".join(
+                f"| {q.hardware} | {q.price_per_hour:.2f} | ${q.expected_usd:.2f} |" for q in self.alternatives[:5]
+            )
+        if self.assumptions:
+            table += "\n\n" + "\n".join(f"- {a}" for a in self.assumptions)
+        return table
+
+
+class HardwareDoesNotFit(ValueError):
+    """No flavor (or not the requested one) has the memory the run needs; the message says which would."""
+
+
+class EstimateRefused(ValueError):
+    """The request cannot be estimated as given; the message names the field and what to do."""
+
+
+def _hours(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def cost_so_far(estimate_or_price: CostEstimate | float, started_at: datetime, now: datetime | None = None) -> float:
+    """USD spent by a job running since `started_at` (billed per started minute) at the estimate's price.
+
+    Example:
+        >>> cost_so_far(2.5, datetime(2026, 1, 1, 12, 0, tzinfo=UTC), datetime(2026, 1, 1, 12, 30, tzinfo=UTC))
+        1.25
+    """
+    price = estimate_or_price.price_per_hour if isinstance(estimate_or_price, CostEstimate) else float(estimate_or_price)
+    now = now or datetime.now(UTC)
+    if started_at.tzinfo is None:
+        started_at = started_at.replace(tzinfo=UTC)
+    minutes = math.ceil(max(0.0, (now - started_at).total_seconds()) / 60)
+    return round(minutes / 60 * price, 4)
+
+
+def _timeline(workload: Workload, flavor: Flavor, *, convert_on_job: bool) -> tuple[float, float, float]:
+    compute = training_flops(workload) / (flavor.effective_tflops * 1e12)
+    model_mb = workload.shape.parameters * 2 / 1e6
+    out = []
+    for i in range(3):
+        seconds = compute * COMPUTE_RANGE[i] + START_SECONDS[i]
+        seconds += model_mb / DOWNLOAD_MB_PER_S[i] + model_mb / SAVE_PUSH_MB_PER_S[i]
+        if convert_on_job:
+            seconds += model_mb / CONVERT_MB_PER_S[i]
+        out.append(seconds)
+    return out[0], out[1], out[2]
+
+
+def _usd(seconds: float, price: float) -> float:
+    # HF Jobs bill by the minute.
+    return round(math.ceil(seconds / 60) / 60 * price, 2)
+
+
+def estimate_workload(
+    workload: Workload,
+    catalog: HardwareCatalog,
+    *,
+    hardware: str = "auto",
+    convert_on_job: bool = False,
+    assumptions: list[str] | None = None,
+) -> CostEstimate:
+    """Pick the hardware (or check the requested flavor) and estimate time and cost on HF Jobs.
+
+    Raises:
+        UnknownFlavor: `hardware` is not in the catalog.
+        HardwareDoesNotFit: the run needs more memory than the flavor (or any flavor) has.
+    """
+    memory = memory_needed(workload)
+    needed = memory.total_gb
+
+    def fits(flavor: Flavor) -> bool:
+        return needed <= flavor.memory_per_device_gb * (1 - SAFETY_MARGIN)
+
+    def quote(flavor: Flavor) -> FlavorQuote:
+        _, expected, _ = _timeline(workload, flavor, convert_on_job=convert_on_job)
+        return FlavorQuote(
+            hardware=flavor.name, price_per_hour=flavor.price_per_hour or 0.0,
+            expected_usd=_usd(expected, flavor.price_per_hour or 0.0), expected_seconds=round(expected),
+        )
+
+    priced_gpus = [f for f in catalog.flavors if f.is_gpu and f.price_per_hour is not None]
+    quotes = sorted((quote(f) for f in priced_gpus if fits(f)), key=lambda q: (q.expected_usd, q.price_per_hour))
+    if hardware == "auto":
+        if not quotes:
+            biggest = max(priced_gpus, key=lambda f: f.memory_per_device_gb)
+            raise HardwareDoesNotFit(
+                f"hardware: the run needs {needed:.1f} GB per GPU ({_memory_parts(memory)}); the largest "
+                f"flavor, {biggest.name}, has {biggest.memory_per_device_gb:.0f} GB per GPU (with a "
+                f"{SAFETY_MARGIN:.0%} margin). Use LoRA, enable gradient_checkpointing, or lower batch_size / max_length"
+            )
+        flavor = catalog.get(quotes[0].hardware)
+    else:
+        flavor = catalog.get(hardware)
+        if flavor.price_per_hour is None:
+            raise EstimateRefused(
+                f"hardware: {flavor.name} has no known price in {catalog.source}; pick another flavor or "
+                "retry when the Hub's live catalog is reachable"
+            )
+        if not fits(flavor):
+            would = ", ".join(f"{q.hardware} (${q.expected_usd:.2f})" for q in quotes[:6]) or "none"
+            raise HardwareDoesNotFit(
+                f"hardware: {flavor.name} has {flavor.memory_per_device_gb:.0f} GB per device; the run needs "
+                f"{needed:.1f} GB ({_memory_parts(memory)}) plus a {SAFETY_MARGIN:.0%} margin. Flavors that fit: {would}"
+            )
+    price = flavor.price_per_hour or 0.0
+    low, expected, high = _timeline(workload, flavor, convert_on_job=convert_on_job)
+    timeout = int(math.ceil(high * TIMEOUT_FACTOR / 300) * 300)
+    notes = list(assumptions or [])
+    if flavor.gpu_count > 1:
+        notes.append(
+            f"{flavor.gpu_count} GPUs: the training script runs one process (data parallel), so each GPU "
+            "holds the whole model; throughput counted at 80% per extra GPU"
+        )
+    return CostEstimate(
+        backend=Backend.HF_JOBS,
+        hardware=flavor.name,
+        price_per_hour=price,
+        low_usd=_usd(low, price),
+        expected_usd=_usd(expected, price),
+        high_usd=_usd(high, price),
+        low_seconds=round(low),
+        expected_seconds=round(expected),
+        high_seconds=round(high),
+        timeout_seconds=timeout,
+        source=catalog.describe(),
+        catalog_as_of=catalog.as_of,
+        model=workload.shape.model,
+        parameters=workload.shape.parameters,
+        parameters_source=workload.shape.source,
+        trainable_parameters=trainable_parameters(workload),
+        tokens=workload.tokens,
+        memory=memory,
+        memory_available_gb=round(flavor.memory_per_device_gb * (1 - SAFETY_MARGIN), 1),
+        alternatives=[q for q in quotes if q.hardware != flavor.name][:5],
+        assumptions=notes,
+    )
+
+
+def _memory_parts(memory: MemoryBreakdown) -> str:
+    parts = {
+        "weights": memory.weights_gb, "optimizer+grads": memory.trainable_state_gb,
+        "reference": memory.reference_model_gb, "activations": memory.activations_gb,
+        "logits": memory.logits_gb, "kv cache": memory.kv_cache_gb, "overhead": memory.overhead_gb,
+    }
+    return ", ".join(f"{k} {v:.1f}" for k, v in parts.items() if v)
+
+
+def workload_from_request(request: FineTuneRequest, report: ValidationReport, shape: ModelShape) -> tuple[Workload, list[str]]:
+    """The request's training run as a `Workload`, and the assumptions made to get there."""
+    h = request.hyperparameters
+    notes: list[str] = []
+    limit = shape.max_position_embeddings
+    if limit and h.max_length > limit:
+        raise EstimateRefused(
+            f"hyperparameters.max_length: {h.max_length} is longer than {shape.model}'s context "
+            f"({limit} tokens); set it to {limit} or less"
+        )
+    stats = report.token_stats
+    if stats is not None and stats.rows:
+        mean = min(stats.mean_tokens, h.max_length)
+        rows = stats.rows
+    else:
+        mean, rows = float(h.max_length), report.row_count
+        notes.append(f"no token statistics in the validation report: every row counted as max_length ({h.max_length}) tokens")
+    if h.max_steps:
+        rows_trained = h.max_steps * h.batch_size * h.gradient_accumulation_steps
+    elif rows:
+        rows_trained = math.ceil(rows * h.epochs)
+    else:
+        raise EstimateRefused(
+            f"dataset: the row count of {report.dataset!r} is unknown (a streamed Hub dataset); set "
+            "hyperparameters.max_steps so the estimate can bound the run"
+        )
+    mode = TrainingMode.LORA if request.lora.enabled else TrainingMode.FULL
+    workload = Workload(
+        shape=shape,
+        method=request.method,
+        mode=mode,
+        lora_r=request.lora.r,
+        seq_len=h.max_length,
+        batch_size=h.batch_size,
+        gradient_checkpointing=h.gradient_checkpointing,
+        rows=max(1, rows_trained),
+        tokens=max(1, math.ceil(rows_trained * mean)),
+        num_generations=h.num_generations,
+        max_completion_length=h.max_completion_length,
+        uses_reference_model=request.method in (Method.DPO, Method.KTO) or h.beta > 0,
+    )
+    return workload, notes
+
+
+def free_estimate(hardware: str = "local") -> CostEstimate:
+    """The estimate of a run on this machine: no charge."""
+    return CostEstimate(
+        backend=Backend.LOCAL, hardware=hardware, price_per_hour=0.0,
+        low_usd=0.0, expected_usd=0.0, high_usd=0.0, source="local backend: no charge",
+    )
+
+
+def estimate_request(request: FineTuneRequest, report: ValidationReport, *, catalog: HardwareCatalog | None = None) -> CostEstimate:
+    """Estimate `request` on its backend (plain function behind the `estimate_cost` task)."""
+    if request.backend is Backend.LOCAL:
+        if request.hardware != "auto":
+            load_catalog(live=False).get(request.hardware)  # refuses unknown names, with the list
+        return free_estimate()
+    catalog = catalog or load_catalog()
+    if request.hardware != "auto":
+        catalog.get(request.hardware)  # unknown flavors are refused before the model is read
+    shape = read_model_shape(request.base_model)
+    workload, notes = workload_from_request(request, report, shape)
+    return estimate_workload(workload, catalog, hardware=request.hardware, assumptions=notes)
+
+
+@task(name="estimate-cost")
+def estimate_cost(request: FineTuneRequest, report: ValidationReport) -> CostEstimate:
+    """Estimate the run's hardware, time and cost, and publish the estimate as an artifact."""
+    estimate = estimate_request(request, report)
+    create_markdown_artifact(
+        f"# Cost estimate\n\n{estimate.markdown()}\n", key="cost-estimate",
+        description=f"{estimate.hardware}: ${estimate.expected_usd:.2f} expected",
+    )
+    return estimate
+

@@ -1,0 +1,108 @@
+"""The `finetune` flow trains a tiny llama with every method and leaves a model that generates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flows.finetune import finetune
+from tasks.request import FineTuneRequest
+
+USER = {"role": "user", "content": "Say hello to the crew."}
+DATASETS = {
+    "sft": [{"messages": [USER, {"role": "assistant", "content": f"Ahoy crew number {i}!"}]} for i in range(8)],
+    "dpo": [
+        {"prompt": [USER], "chosen": [{"role": "assistant", "content": f"Ahoy {i}!"}],
+         "rejected": [{"role": "assistant", "content": f"Hello {i}."}]}
+        for i in range(8)
+    ],
+    "grpo": [{"prompt": [{"role": "user", "content": f"Tell me about ship {i}."}]} for i in range(8)],
+    "kto": [
+        {"prompt": [USER], "completion": [{"role": "assistant", "content": f"Ahoy {i}!" if i % 2 else f"Hi {i}."}],
+         "label": bool(i % 2)}
+        for i in range(8)
+    ],
+}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("method", ["sft", "dpo", "grpo", "kto"])
+def test_each_method_trains_and_the_checkpoint_generates(prefect_server, tiny_llama, tmp_path, method):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    data = write_jsonl(tmp_path / f"{method}.jsonl", DATASETS[method])
+    request = FineTuneRequest.model_validate(
+        {
+            "base_model": str(tiny_llama),
+            "dataset": {"path": str(data)},
+            "method": method,
+            "output_name": f"tiny-{method}",
+            "hyperparameters": {"max_steps": 2, "batch_size": 2, "num_generations": 2,
+                                "max_length": 64, "max_completion_length": 8},
+        }
+    )
+
+    summary = finetune(request)
+
+    assert summary.steps == 2 and summary.final_loss is not None
+    assert set(summary.step_seconds) >= {"validate", "estimate", "train"}
+    model_dir = Path(summary.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert tokenizer.chat_template, "the chat template must travel with the model"
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    prompt = tokenizer.apply_chat_template([USER], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**prompt, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == prompt["input_ids"].shape[1] + 4
+    assert not any("lora" in k for k in model.state_dict()), "the adapter must be merged"
+
+
+def test_progress_and_summary_artifacts_are_published(prefect_server, tiny_llama, tmp_path):
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    data = write_jsonl(tmp_path / "sft.jsonl", DATASETS["sft"])
+    request = FineTuneRequest.model_validate(
+        {"base_model": str(tiny_llama), "dataset": {"path": str(data)}, "output_name": "tiny-artifacts",
+         "hyperparameters": {"max_steps": 2, "batch_size": 2, "max_length": 64}}
+    )
+    state = finetune(request, return_state=True)
+    summary = state.result()
+
+    import anyio
+
+    async def read():
+        async with get_client() as client:
+            progress = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=f"training-progress-{summary.job_id[:14]}"))
+            )
+            run_artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["finetune-summary"]))
+            )
+            return progress, run_artifacts
+
+    progress, summaries = anyio.run(read)
+    assert progress and progress[0].type == "progress" and float(progress[0].data) == 100.0
+    assert any("tiny-artifacts" in a.data and "Wall time per step" in a.data for a in summaries)
+
+
+def test_bad_dataset_columns_stop_the_flow_before_training(prefect_server, tiny_llama, tmp_path, lmft_home):
+    data = write_jsonl(tmp_path / "wrong.jsonl", [{"question": "q", "answer": "a"}] * 4)
+    request = FineTuneRequest.model_validate(
+        {"base_model": str(tiny_llama), "dataset": {"path": str(data)}, "method": "dpo"}
+    )
+    jobs_before = set((lmft_home / "jobs").glob("*")) if (lmft_home / "jobs").exists() else set()
+
+    state = finetune(request, return_state=True)
+
+    assert state.is_failed()
+    assert "chosen" in state.message or "chosen" in str(state.result(raise_on_failure=False))
+    jobs_after = set((lmft_home / "jobs").glob("*")) if (lmft_home / "jobs").exists() else set()
+    assert jobs_after == jobs_before

@@ -1,0 +1,46 @@
+"""The `finetune` flow refuses a paid run over the budget before anything is submitted."""
+
+from __future__ import annotations
+
+import json
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from blocks.budget import BudgetPolicy
+from flows.finetune import finetune
+from tasks.ledger import Ledger
+from tasks.request import Backend, DatasetSource, FineTuneRequest
+
+QWEN25_05B_SHAPE = {
+    "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+    "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
+    "max_position_embeddings": 32768,
+}
+
+
+def test_paid_run_over_the_per_job_maximum_fails_before_submission(prefect_server, tmp_path):
+    model = tmp_path / "qwen"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(QWEN25_05B_SHAPE))
+    rows = tmp_path / "chat.jsonl"
+    rows.write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}) + "\n"
+        for i in range(50)
+    ))
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    BudgetPolicy(monthly_limit_usd=1, approval_threshold_usd=0.5, per_job_max_usd=0.001, ledger_url=url).save(
+        "default", overwrite=True
+    )
+    request = FineTuneRequest(base_model=str(model), dataset=DatasetSource(path=str(rows)), backend=Backend.HF_JOBS)
+
+    state = finetune(request, idempotency_key="over-budget", return_state=True)
+
+    assert state.is_failed() and "per-job maximum of $0.00" in state.message
+    assert Ledger(url).entries() == []
+    with get_client(sync_client=True) as client:
+        ran = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    names = {run.name.rsplit("-", 1)[0] for run in ran}
+    assert "estimate-cost" in names and "submit-training" not in names
