@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -209,6 +210,42 @@ async def test_approve_and_reject_resume_the_paused_run(flow_worker):
         decisions.append(await finished.state.aresult())
     assert (decisions[0].approve, decisions[0].note, decisions[0].approver) == (True, "fits the budget", "ana")
     assert (decisions[1].approve, decisions[1].note) == (False, "too dear")
+
+
+QWEN25_05B_CONFIG = {
+    "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+    "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
+    "max_position_embeddings": 32768,
+}
+
+
+async def test_paid_job_waits_at_the_budget_gate_and_is_rejected(flow_worker, chat_dataset: Path, tmp_path: Path):
+    """The real gate of the finetune flow: a paid estimate above the threshold pauses the run."""
+    from blocks.budget import BudgetPolicy
+    from tasks.ledger import Decision, Ledger
+
+    model = tmp_path / "qwen"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(QWEN25_05B_CONFIG))
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    await BudgetPolicy(
+        monthly_limit_usd=1000, approval_threshold_usd=0, per_job_max_usd=1000, ledger_url=ledger
+    ).save("default", overwrite=True)
+    request = request_for(chat_dataset, base_model=str(model), backend="hf-jobs")
+
+    created = await call("create_job", {"request": request, "wait_seconds": 120})
+    assert created["error"] is None
+    assert created["gate"] == "awaiting_approval" and created["approval_required"] is True
+    assert created["estimate"]["backend"] == "hf-jobs" and created["estimate"]["high_usd"] > 0
+    run_id = created["run"]["id"]
+
+    rejected = await call("reject_job", {"run_id": run_id, "note": "not this month", "approver": "ana"})
+    assert rejected["error"] is None
+    status = await wait_until(run_id, lambda s: s["run"]["state"] in FINAL, timeout=120)
+    assert status["run"]["state"] == "failed" and "rejected" in status["run"]["state_message"]
+    assert status["gate"] == "stopped"
+    (entry,) = Ledger(ledger).entries(flow_run_id=run_id)
+    assert (entry.decision, entry.approver, entry.note) == (Decision.REJECTED, "ana", "not this month")
 
 
 async def test_jobs_complete_and_cancel(flow_worker, chat_dataset: Path, tiny_llama: Path):
