@@ -83,4 +83,5 @@ def request_from_cli(config: Path | None, dataset: str | None, fields: dict, *, 
         raise fail(explain_validation_error(exc)) from None
 
 
-from cli import commands, costs, deploy, mcp  # noqa: E402,F401  (register run; estimate, costs, budget; deploy, serve; mcp)
+# Register the commands: run; estimate, costs, budget; deploy, serve; health-check; cancel; mcp.
+from cli import commands, costs, deploy, jobs, mcp, operations  # noqa: E402,F401

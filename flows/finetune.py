@@ -39,9 +39,11 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
     with timed(timings, "prepare model"):
         model = prepare_base_model(request)
     with timed(timings, "train"):
-        handle = submit_training(request, model, idempotency_key=key, labels={"flow_run_id": str(flow_run.id)})
+        handle = submit_training(
+            request, model, idempotency_key=key, labels={"flow_run_id": str(flow_run.id)}, estimate=estimate
+        )
         record_job_start(reservation, handle)
-        result = monitor_training(handle)
+        result = monitor_training(handle, estimate)
         settle_budget(reservation, result)
     samples = None
     if result.model_dir:  # the model is on this machine: show what training changed

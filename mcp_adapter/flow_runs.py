@@ -185,7 +185,7 @@ async def run_result(run: FlowRun, model: type[BaseModel]) -> Any:
     """The return value of a completed run, read from its persisted result."""
     try:
         value = await run.state.aresult(raise_on_failure=False)
-    except MissingResult:
+    except (MissingResult, OSError):  # not persisted, or persisted where this machine cannot read
         raise ExpectedFailure(
             f"flow run {run.id} completed but its result is not readable from here: the worker and "
             "this server must share result storage (set PREFECT_DEFAULT_RESULT_STORAGE_BLOCK on both)"
@@ -407,6 +407,7 @@ async def job_status(run_id: UUID) -> JobStatus:
             progress=await training_progress(client, run, artifacts),
             estimate=estimate,
             cost_so_far_usd=training_cost(run, artifacts, estimate),
+            links=[a.data for a in artifacts if a.type == "link" and isinstance(a.data, str)],
             summary_markdown=summary.data if summary else None,
         )
 

@@ -126,6 +126,9 @@ class JobStatus(ToolResult):
     cost_so_far_usd: float | None = Field(
         default=None, description="Hardware price × time the training has run (0 on the local backend)."
     )
+    links: list[str] = Field(
+        default=[], description="Markdown links the run published: the Hugging Face job page, Trackio dashboard."
+    )
     summary_markdown: str | None = Field(default=None, description="The run's summary, once it has finished.")
 
 

@@ -40,3 +40,19 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
     """A random 2-layer llama with SmolLM2's tokenizer and chat template."""
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer_dir)
+
+
+@pytest.fixture
+def hf_server(monkeypatch: pytest.MonkeyPatch):
+    """A local Hugging Face Jobs server; the worker's credentials (env) point at it."""
+    from tests.doubles.hf_jobs_server import HfJobsServer
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the session is offline; this Hub is local
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with HfJobsServer() as server:
+        monkeypatch.setenv("LMFT_HF_NAMESPACE", server.namespace)
+        monkeypatch.setenv("HF_TOKEN", server.token)
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        yield server

@@ -1,10 +1,19 @@
-"""One interface over the job backends: find, status, logs, cancel, by the handle's backend."""
+"""One interface over the job backends: find, status, logs, metrics, cancel, by the handle's backend."""
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
 
+from blocks.huggingface import load_hf_credentials
+from tasks.jobs.hf import (
+    GpuMetrics,
+    cancel_hf_job,
+    find_hf_jobs,
+    hf_job_logs,
+    hf_job_metrics,
+    hf_job_status,
+)
 from tasks.jobs.local import (
     cancel_local_job,
     find_local_jobs,
@@ -15,24 +24,25 @@ from tasks.jobs.models import JobHandle, JobStatus
 from tasks.request import Backend
 
 
-def _unsupported(backend: Backend) -> RuntimeError:
-    return RuntimeError(
-        f"backend {backend.value!r} is not available in this installation; use backend 'local'"
-    )
-
-
 def job_status(handle: JobHandle) -> JobStatus:
     """The job's current state, read from its backend."""
     if handle.backend is Backend.LOCAL:
         return local_job_status(handle)
-    raise _unsupported(handle.backend)
+    return hf_job_status(load_hf_credentials(), handle)
 
 
 def job_logs(handle: JobHandle, *, follow: bool = False) -> Iterator[str]:
     """The job's log lines; with `follow`, until the job ends."""
     if handle.backend is Backend.LOCAL:
         return local_job_logs(handle, follow=follow)
-    raise _unsupported(handle.backend)
+    return hf_job_logs(load_hf_credentials(), handle, follow=follow)
+
+
+def job_metrics(handle: JobHandle) -> GpuMetrics | None:
+    """A resource sample of the running job (None where the backend has no metrics)."""
+    if handle.backend is Backend.LOCAL:
+        return None
+    return hf_job_metrics(load_hf_credentials(), handle)
 
 
 def tail_job_logs(handle: JobHandle, lines: int = 20) -> list[str]:
@@ -44,11 +54,11 @@ def cancel_job(handle: JobHandle) -> JobStatus:
     """Cancel the job (a no-op when it has already ended); return its state afterwards."""
     if handle.backend is Backend.LOCAL:
         return cancel_local_job(handle)
-    raise _unsupported(handle.backend)
+    return cancel_hf_job(load_hf_credentials(), handle)
 
 
 def find_jobs(backend: Backend, labels: dict[str, str]) -> list[JobHandle]:
     """Jobs carrying all of `labels`, newest first."""
     if backend is Backend.LOCAL:
         return find_local_jobs(labels)
-    raise _unsupported(backend)
+    return find_hf_jobs(load_hf_credentials(), labels)

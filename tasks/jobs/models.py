@@ -46,6 +46,7 @@ class JobStatus(BaseModel):
     state: JobState
     exit_code: int | None = None
     message: str | None = None
+    running_seconds: float | None = Field(default=None, description="Billed running time, when the backend reports it.")
 
     @property
     def is_terminal(self) -> bool:
