@@ -9,7 +9,7 @@ from tasks.base_model import prepare_base_model
 from tasks.budget import gate_budget, record_job_start, release_budget_of_flow_run, settle_budget
 from tasks.costs import estimate_cost
 from tasks.jobs.hooks import cancel_job_of_flow_run
-from tasks.reporting import FineTuneSummary, publish_summary, timed
+from tasks.reporting import FineTuneSummary, publish_estimate, publish_summary, timed
 from tasks.request import FineTuneRequest
 from tasks.samples import sample_answers
 from tasks.training import monitor_training, submit_training
@@ -35,6 +35,7 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
         raise_on_errors(report)
     with timed(timings, "estimate"):
         estimate = estimate_cost(request, report)
+        publish_estimate(estimate)
     with timed(timings, "budget"):
         reservation = gate_budget(estimate, run_key=key)
     with timed(timings, "train"):

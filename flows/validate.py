@@ -1,4 +1,7 @@
-"""The `validate` flow: check a dataset for a training method; nothing is trained or spent."""
+"""The `validate` flow: check a request's dataset for its method; nothing is trained or spent.
+
+Run it alone: `python -m flows.validate examples/pirate_chat.jsonl`
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,14 @@ from tasks.request import FineTuneRequest
 from tasks.validation import DEFAULT_MIN_ROWS, ValidationReport, validate_dataset
 
 
-@flow(name="validate", log_prints=True)
+@flow(name="validate", persist_result=True, result_serializer="json", log_prints=True)
 def validate(request: FineTuneRequest, min_rows: int = DEFAULT_MIN_ROWS) -> ValidationReport:
-    """Validate `request.dataset` for `request.method` and publish the report as artifacts."""
+    """Validate `request.dataset` for `request.method`; the report lists errors instead of raising."""
     report = validate_dataset(request, min_rows=min_rows)
-    print(f"{report.row_count} rows, {report.detected_format or 'no recognised format'}: "
-          f"{len(report.errors)} errors, {len(report.warnings)} warnings")
+    print(
+        f"{report.row_count} rows, {report.detected_format or 'no recognised format'}: "
+        f"{len(report.errors)} errors, {len(report.warnings)} warnings"
+    )
     return report
 
 
@@ -22,4 +27,4 @@ if __name__ == "__main__":
 
     from tasks.request import DatasetSource
 
-    validate(FineTuneRequest(dataset=DatasetSource(path=sys.argv[1])))
+    print(validate(FineTuneRequest(dataset=DatasetSource(path=sys.argv[1]))).model_dump_json(indent=2))

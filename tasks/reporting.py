@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
 from tasks.costs import CostEstimate
@@ -30,6 +30,19 @@ class FineTuneSummary(BaseModel):
     trackio_project: str
     estimate: CostEstimate
     samples: list[SampleAnswer] = []
+
+
+ESTIMATE_FIGURES_KEY = "cost-estimate-figures"
+"""Table artifact holding the estimate's fields (the markdown `cost-estimate` is for people)."""
+
+
+@task(name="publish-estimate")
+def publish_estimate(estimate: CostEstimate) -> None:
+    """Publish the estimate's fields as a one-row table artifact, read back by the MCP adapter."""
+    create_table_artifact(
+        [estimate.model_dump(mode="json")], key=ESTIMATE_FIGURES_KEY,
+        description=f"Expected ${estimate.expected_usd:.2f} on {estimate.hardware} ({estimate.source})",
+    )
 
 
 @contextmanager
