@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class QuantType(str, Enum):  # noqa: UP042  (STYLE.md: fixed sets are (str, Enum))
@@ -183,10 +183,22 @@ class HubTarget(_Strict):
 
     namespace: Annotated[str, Field(min_length=1, description="User or organisation on the Hub.")]
     name: Annotated[str, Field(min_length=1, description="Model name; the repo is '{name}-GGUF'.")]
-    token: SecretStr
     endpoint: Annotated[str | None, Field(description="Hub endpoint (default https://huggingface.co).")] = None
     private: bool = True
 
     @property
     def repo_id(self) -> str:
         return f"{self.namespace}/{self.name}-GGUF"
+
+
+class ConversionResult(_Strict):
+    """What the `convert` flow returns: the files, the gate's verdict, and where they were uploaded."""
+
+    artifacts: GGUFArtifacts
+    quality: QualityReport
+    hub_url: str | None = None
+
+    @property
+    def chosen(self) -> str:
+        """Path of the GGUF to deploy (the smallest variant that passed, else the reference)."""
+        return self.quality.chosen

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import time
 from pathlib import Path
 
@@ -41,6 +42,8 @@ def quantize_file(
     """Write `target` from `source` as `quant_type` (or as an exact copy) with `metadata` keys added."""
     import llama_cpp
 
+    # llama.cpp logs one line per tensor through llama-cpp-python's logger; keep errors only.
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_ftype(quant_type)
     params.nthread = threads
