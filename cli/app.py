@@ -56,3 +56,4 @@ def load_config(path: Path) -> dict:
 
 
 from cli import commands  # noqa: E402,F401  (registers the commands)
+from cli import gguf  # noqa: E402,F401,I001  (registers `lmft convert`)
