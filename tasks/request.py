@@ -147,10 +147,6 @@ class Hyperparameters(_Strict):
         Field(min_length=1, description="GRPO reward functions, by name."),
     ] = ["length"]
 
-    @model_validator(mode="after")
-    def _check_grpo_batch(self) -> Hyperparameters:
-        return self
-
 
 class FineTuneRequest(_Strict):
     """Fine-tune `base_model` on `dataset` with `method`, on `backend`."""
@@ -203,6 +199,17 @@ class FineTuneRequest(_Strict):
                 "no '--' or '..'; must start and end with a letter or digit; at most 96 characters)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _check_grpo_batch(self) -> FineTuneRequest:
+        h = self.hyperparameters
+        if self.method is Method.GRPO and (h.batch_size * h.gradient_accumulation_steps) % h.num_generations:
+            raise ValueError(
+                "hyperparameters: for grpo, batch_size × gradient_accumulation_steps "
+                f"({h.batch_size} × {h.gradient_accumulation_steps}) must be a multiple of "
+                f"num_generations ({h.num_generations})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _default_output_name(self) -> FineTuneRequest:

@@ -98,7 +98,10 @@ def local_job_status(handle: JobHandle) -> JobStatus:
     cancelled = (directory / "cancelled").exists()
     child = _children.get(handle.job_id)
     if child is not None:
-        child.poll()
+        if child.poll() is None and not _pid_alive(child.pid):
+            child.wait(timeout=5)  # the exit thread is reaping it at this very moment
+        if child.returncode is not None:
+            _write_exit_code(directory, child.returncode)
     exit_path = directory / "exit_code"
     if exit_path.exists():
         code = int(exit_path.read_text().strip() or 1)
@@ -163,10 +166,14 @@ def cancel_local_job(handle: JobHandle, *, grace_seconds: float = CANCEL_GRACE_S
 
 
 def _record_exit(process: subprocess.Popen, directory: Path) -> None:
-    code = process.wait()
-    tmp = directory / "exit_code.tmp"
-    tmp.write_text(str(code))
-    tmp.replace(directory / "exit_code")
+    _write_exit_code(directory, process.wait())
+
+
+def _write_exit_code(directory: Path, code: int) -> None:
+    if not (directory / "exit_code").exists():
+        tmp = directory / f"exit_code.{threading.get_ident()}.tmp"
+        tmp.write_text(str(code))
+        tmp.replace(directory / "exit_code")
 
 
 def _reap(job_id: str, wait: bool = False) -> None:
