@@ -1,12 +1,14 @@
-"""The `finetune` flow: validate → estimate → train → monitor → summarise."""
+"""The `finetune` flow: validate → estimate → train → monitor → GGUF + quality gate → summarise."""
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from flows.convert import convert
 from tasks.base_model import prepare_base_model
 from tasks.costs import estimate_cost
+from tasks.gguf import lineage_for_request
 from tasks.jobs.hooks import cancel_job_of_flow_run
 from tasks.reporting import FineTuneSummary, publish_summary, timed
 from tasks.request import FineTuneRequest
@@ -30,7 +32,10 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
     with timed(timings, "train"):
         handle = submit_training(request, model, idempotency_key=key, labels={"flow_run_id": str(flow_run.id)})
         result = monitor_training(handle)
+    with timed(timings, "gguf"):
+        gguf = convert(result.model_dir or result.hub_repo, lineage=lineage_for_request(request, str(flow_run.id)), dataset=request.dataset)
     summary = publish_summary(request, result, estimate, timings)
+    logger.info("GGUF to deploy: %s (%s)", gguf.chosen, gguf.quality.decision)
     logger.info("model saved to %s (loss %s → %s)", result.model_dir, result.first_loss, result.final_loss)
     return summary
 

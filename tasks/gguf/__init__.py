@@ -3,7 +3,7 @@
 from tasks.gguf.convert import ConversionPlan, convert_to_gguf, preflight_gguf, quantize_gguf
 from tasks.gguf.converter import Converter, ConverterError, fetch_converter
 from tasks.gguf.held_out import select_held_out
-from tasks.gguf.lineage import hash_dataset, read_metadata
+from tasks.gguf.lineage import hash_dataset, lineage_for_request, read_metadata
 from tasks.gguf.models import (
     ConversionResult,
     GGUFArtifacts,
@@ -22,6 +22,6 @@ from tasks.gguf.quantize import QuantizationError
 __all__ = [
     "ConversionPlan", "ConversionResult", "Converter", "ConverterError", "GGUFArtifacts", "GGUFLineage",
     "GGUFSettings", "GGUFVariant", "HubCredentialsMissing", "HubTarget", "PreflightError", "QualityReport",
-    "QuantType", "QuantizationError", "check_gguf_quality", "convert_to_gguf", "fetch_converter", "hash_dataset",
+    "QuantType", "QuantizationError", "check_gguf_quality", "convert_to_gguf", "fetch_converter", "hash_dataset", "lineage_for_request",
     "preflight_gguf", "quantize_gguf", "read_metadata", "resolve_token", "select_held_out", "upload_gguf",
 ]

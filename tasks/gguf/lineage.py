@@ -13,7 +13,7 @@ import hashlib
 from pathlib import Path
 
 from tasks.gguf.models import GGUFLineage, QuantType
-from tasks.request import DatasetSource, looks_like_local_path
+from tasks.request import DEFAULT_BASE_MODEL, DatasetSource, FineTuneRequest, looks_like_local_path
 
 KV_STRING_LIMIT = 127
 """llama.cpp's `llama_model_kv_override.val_str` holds 128 bytes including the terminating NUL."""
@@ -80,3 +80,14 @@ def read_metadata(path: Path) -> dict[str, object]:
             continue
         values[name] = field.contents()
     return values
+
+
+def lineage_for_request(request: FineTuneRequest, pipeline_run_id: str | None) -> GGUFLineage:
+    """The lineage of the model a `finetune` run trains."""
+    from tasks.base_model import EMBEDDED_HUB_ID
+
+    base = EMBEDDED_HUB_ID if request.base_model == DEFAULT_BASE_MODEL else request.base_model
+    return GGUFLineage(
+        base_model=base, dataset=request.dataset.path, dataset_sha256=hash_dataset(request.dataset),
+        method=request.method.value, pipeline_run_id=pipeline_run_id, name=request.output_name,
+    )
