@@ -11,6 +11,7 @@ from tasks.gguf import (
     GGUFSettings,
     HubTarget,
     check_gguf_quality,
+    compute_imatrix,
     convert_to_gguf,
     preflight_gguf,
     quantize_gguf,
@@ -37,12 +38,16 @@ def convert(
     lineage = lineage or GGUFLineage(base_model=model)
     settings = settings or GGUFSettings()
     token = resolve_token(None) if hub else None  # refuse before converting, not after
-    plan = preflight_gguf(model, lineage, settings, adapter=adapter, output_dir=output_dir)
-    reference = convert_to_gguf(plan, lineage, settings)
-    variants = [quantize_gguf(plan, reference, q, lineage, settings) for q in settings.quant_types]
     texts = list(held_out or [])
+    plan = preflight_gguf(
+        model, lineage, settings, adapter=adapter, output_dir=output_dir, has_training_text=bool(texts or dataset)
+    )
     if dataset is not None and not texts:
         texts = select_held_out(dataset, plan.model_dir)
+    reference = convert_to_gguf(plan, lineage, settings)
+    needs_imatrix = any(q.needs_importance_matrix for q in settings.quant_types)
+    imatrix = compute_imatrix(plan, reference, texts) if needs_imatrix else None
+    variants = [quantize_gguf(plan, reference, q, lineage, settings, imatrix) for q in settings.quant_types]
     quality = check_gguf_quality(reference, variants, texts, settings)
     artifacts = GGUFArtifacts(
         model=model, output_dir=plan.output_dir, reference=reference, variants=variants,

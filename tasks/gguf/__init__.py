@@ -1,6 +1,12 @@
 """GGUF conversion with llama.cpp's own converter, quantization, and a quality gate."""
 
-from tasks.gguf.convert import ConversionPlan, convert_to_gguf, preflight_gguf, quantize_gguf
+from tasks.gguf.convert import (
+    ConversionPlan,
+    compute_imatrix,
+    convert_to_gguf,
+    preflight_gguf,
+    quantize_gguf,
+)
 from tasks.gguf.converter import Converter, ConverterError, fetch_converter
 from tasks.gguf.held_out import select_held_out
 from tasks.gguf.lineage import hash_dataset, lineage_for_request, read_metadata
@@ -22,6 +28,6 @@ from tasks.gguf.quantize import QuantizationError
 __all__ = [
     "ConversionPlan", "ConversionResult", "Converter", "ConverterError", "GGUFArtifacts", "GGUFLineage",
     "GGUFSettings", "GGUFVariant", "HubCredentialsMissing", "HubTarget", "PreflightError", "QualityReport",
-    "QuantType", "QuantizationError", "check_gguf_quality", "convert_to_gguf", "fetch_converter", "hash_dataset", "lineage_for_request",
+    "QuantType", "QuantizationError", "check_gguf_quality", "compute_imatrix", "convert_to_gguf", "fetch_converter", "hash_dataset", "lineage_for_request",
     "preflight_gguf", "quantize_gguf", "read_metadata", "resolve_token", "select_held_out", "upload_gguf",
 ]

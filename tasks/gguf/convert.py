@@ -8,10 +8,12 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 from prefect import task
 from pydantic import BaseModel
 
 from tasks.gguf.converter import Converter, fetch_converter, run_converter
+from tasks.gguf.imatrix import compute_importance_matrix
 from tasks.gguf.lineage import converter_metadata, lineage_overrides
 from tasks.gguf.models import GGUFLineage, GGUFSettings, GGUFVariant, QuantType
 from tasks.gguf.preflight import PreflightError, PreflightReport, check_model
@@ -74,7 +76,7 @@ def _model_name(model: str, lineage: GGUFLineage) -> str:
 @task(name="preflight-gguf", retries=1, retry_delay_seconds=10)
 def preflight_gguf(
     model: str, lineage: GGUFLineage, settings: GGUFSettings, *, adapter: str | None = None,
-    output_dir: str | None = None, token: str | None = None, endpoint: str | None = None,
+    output_dir: str | None = None, token: str | None = None, endpoint: str | None = None, has_training_text: bool = False,
 ) -> ConversionPlan:
     """Fetch the converter, resolve the model (Hub, local, + LoRA), refuse what cannot be converted."""
     converter = fetch_converter()
@@ -90,7 +92,7 @@ def preflight_gguf(
         merged = out / "merged-model"
         shutil.rmtree(merged, ignore_errors=True)
         model_dir = merge_adapter(model_dir, Path(adapter).expanduser(), merged)
-    report = check_model(model_dir, converter, settings, out)
+    report = check_model(model_dir, converter, settings, out, has_training_text=has_training_text)
     return ConversionPlan(
         model=model, model_dir=str(model_dir), output_dir=str(out), name=name, converter=converter, preflight=report
     )
@@ -120,12 +122,23 @@ def convert_to_gguf(plan: ConversionPlan, lineage: GGUFLineage, settings: GGUFSe
     return variant.model_copy(update={"seconds": round(time.monotonic() - started, 3)})
 
 
+@task(name="compute-importance-matrix")
+def compute_imatrix(plan: ConversionPlan, reference: GGUFVariant, texts: list[str]) -> str:
+    """Importance matrix (mean squared activations per weight column) from training text, saved as .npz; its path."""
+    values = compute_importance_matrix(Path(plan.model_dir), Path(reference.path), texts)
+    path = Path(plan.output_dir) / f"{plan.name}.imatrix.npz"
+    np.savez(path, **values)
+    return str(path)
+
+
 @task(name="quantize-gguf")
 def quantize_gguf(
-    plan: ConversionPlan, reference: GGUFVariant, quant_type: QuantType, lineage: GGUFLineage, settings: GGUFSettings
+    plan: ConversionPlan, reference: GGUFVariant, quant_type: QuantType, lineage: GGUFLineage, settings: GGUFSettings,
+    imatrix: str | None = None,
 ) -> GGUFVariant:
     """Quantize the reference GGUF to `quant_type` with llama.cpp, lineage included."""
     return quantize_file(
         Path(reference.path), plan.file_for(quant_type), quant_type,
         metadata=lineage_overrides(lineage, quant_type), threads=settings.threads,
+        imatrix=dict(np.load(imatrix)) if imatrix else None,
     )

@@ -75,7 +75,9 @@ def estimate_output_bytes(parameters: int, settings: GGUFSettings) -> int:
     return int(2 * reference + variants)
 
 
-def check_model(model_dir: Path, converter: Converter, settings: GGUFSettings, output_dir: Path) -> PreflightReport:
+def check_model(
+    model_dir: Path, converter: Converter, settings: GGUFSettings, output_dir: Path, *, has_training_text: bool = False
+) -> PreflightReport:
     """Refuse, with a clear error, a model the converter cannot handle or a disk too small for it."""
     architecture = read_architecture(model_dir)
     if architecture not in converter.architectures:
@@ -91,10 +93,10 @@ def check_model(model_dir: Path, converter: Converter, settings: GGUFSettings, o
             "tokenizer.chat_template and save the tokenizer into the model folder, then convert again."
         )
     for quant in settings.quant_types:
-        if quant.needs_importance_matrix:
+        if quant.needs_importance_matrix and not has_training_text:
             raise PreflightError(
-                f"quant_types: {quant.value} needs an importance matrix, which this pipeline does not compute yet; "
-                "without one llama.cpp's i-quants lose most of their quality. Use a K-quant such as Q4_K_M or Q5_K_M."
+                f"quant_types: {quant.value} needs an importance matrix, computed from training text: give the "
+                "dataset (or held-out texts), or use a K-quant such as Q4_K_M or Q5_K_M"
             )
     if settings.reference_type not in (QuantType.F16, QuantType.BF16):
         raise PreflightError(f"reference_type: {settings.reference_type.value} is quantized; the reference must be F16 or BF16")

@@ -7,6 +7,8 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+
 from tasks.gguf.models import GGUFVariant, QuantType
 
 
@@ -36,8 +38,22 @@ def _kv_overrides(values: dict[str, str]):
     return array
 
 
+def _imatrix(values: dict[str, np.ndarray]):
+    """A NULL-name-terminated `llama_model_imatrix_data` array (and the buffers it points into)."""
+    import llama_cpp
+
+    buffers = [np.ascontiguousarray(v, dtype=np.float32) for v in values.values()]
+    array = (llama_cpp.llama_model_imatrix_data * (len(values) + 1))()
+    for slot, name, buffer in zip(array, values, buffers, strict=False):
+        slot.name = name.encode()
+        slot.data = buffer.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        slot.size = buffer.size
+    return array, buffers
+
+
 def quantize_file(
-    source: Path, target: Path, quant_type: QuantType, *, metadata: dict[str, str], threads: int = 0, only_copy: bool = False
+    source: Path, target: Path, quant_type: QuantType, *, metadata: dict[str, str], threads: int = 0,
+    only_copy: bool = False, imatrix: dict[str, np.ndarray] | None = None,
 ) -> GGUFVariant:
     """Write `target` from `source` as `quant_type` (or as an exact copy) with `metadata` keys added."""
     import llama_cpp
@@ -50,6 +66,11 @@ def quantize_file(
     params.only_copy = only_copy
     overrides = _kv_overrides(metadata)  # kept alive until the call returns
     params.kv_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_kv_override))
+    if quant_type.needs_importance_matrix and not only_copy:
+        if not imatrix:
+            raise QuantizationError(f"{quant_type.value} needs an importance matrix (compute one from training text)")
+        importance, _buffers = _imatrix(imatrix)  # both kept alive until the call returns
+        params.imatrix = ctypes.cast(importance, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     partial = target.with_name(target.name + ".partial")
     started = time.monotonic()
     code = llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), ctypes.byref(params))
