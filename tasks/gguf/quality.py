@@ -66,8 +66,8 @@ def render_chat(llm, messages: list[dict[str, str]]) -> str:
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
         raise ValueError("the GGUF has no tokenizer.chat_template; convert a model whose tokenizer has one")
-    eos = llm._model.token_get_text(llm.token_eos())
-    bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() >= 0 else ""
+    eos = llm.detokenize([llm.token_eos()], special=True).decode()
+    bos = llm.detokenize([llm.token_bos()], special=True).decode() if llm.token_bos() >= 0 else ""
     return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos, add_generation_prompt=False)(
         messages=messages
     ).prompt
