@@ -67,16 +67,13 @@ def materialize_embedded_model(target: Path | None = None) -> Path:
 
 @task(name="prepare-base-model", retries=1, retry_delay_seconds=5)
 def prepare_base_model(request: FineTuneRequest) -> str:
-    """Return what the training job loads: a local folder, or a Hub id for remote backends."""
+    """Return what the training job loads: a local folder, or a Hub id (the embedded alias on remote backends)."""
     if request.base_model == DEFAULT_BASE_MODEL:
         if request.backend is Backend.LOCAL:
             return str(materialize_embedded_model())
         return EMBEDDED_HUB_ID
     if looks_like_local_path(request.base_model):
-        if request.backend is not Backend.LOCAL:
-            raise ValueError(
-                f"base_model: {request.base_model!r} is a local folder, which a remote backend cannot "
-                "read; push it to the Hub and pass its repo id"
-            )
+        # Validation and the estimate read the folder here; a remote backend refuses it at
+        # submission (a Hugging Face job cannot see this machine's folders).
         return str(Path(request.base_model).expanduser().resolve())
     return request.base_model

@@ -112,7 +112,7 @@ def test_deployed_finetune_runs_on_a_process_worker(
                 }
             )
             + "\n"
-            for i in range(4)
+            for i in range(12)
         )
     )
     request = {

@@ -19,7 +19,7 @@ ROWS = [
             {"role": "assistant", "content": f"Ahoy {i}!"},
         ]
     }
-    for i in range(6)
+    for i in range(12)
 ]
 
 

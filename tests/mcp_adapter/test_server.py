@@ -150,12 +150,12 @@ async def test_validate_dataset_returns_the_report(flow_worker, chat_dataset: Pa
     assert good["error"] is None
     assert good["run"]["id"] == started["run"]["id"]
     assert good["valid"] is True and good["finished"] is True
-    assert good["report"]["row_count"] == 8 and good["report"]["columns"] == ["messages"]
+    assert good["report"]["row_count"] == 12 and good["report"]["columns"] == ["messages"]
     assert good["run"]["state"] == "completed" and good["run"]["ui_url"].endswith(good["run"]["id"])
     assert progress, "the tool reports progress while the run executes"
 
     assert bad["valid"] is False
-    assert [e["code"] for e in bad["report"]["errors"]] == ["missing_column"]
+    assert [e["code"] for e in bad["report"]["errors"]] == ["unsuitable_format"]
 
 
 async def test_estimate_cost_validates_then_estimates(flow_worker, chat_dataset: Path):
@@ -166,7 +166,7 @@ async def test_estimate_cost_validates_then_estimates(flow_worker, chat_dataset:
     assert result["error"] is None
     assert result["estimate"]["backend"] == "local" and result["estimate"]["expected_usd"] == 0.0
     assert invalid["estimate"] is None
-    assert "missing_column" in invalid["error"] and invalid["run"]["state"] == "failed"
+    assert "DatasetInvalid" in invalid["error"] and invalid["run"]["state"] == "failed"
 
 
 async def test_cancel_job_on_a_run_not_started(flow_worker):

@@ -218,7 +218,8 @@ def qwen_dir(tmp_path):
 
 def report_for(request: FineTuneRequest, rows: int = 1000) -> ValidationReport:
     stats = TokenStats(rows=rows, total_tokens=rows * 300, mean_tokens=300, max_tokens=900, p95_tokens=600,
-                       over_max_length=0, tokenizer="t")
+                       over_max_length=0, max_length=1024, exact=True, tokenizer="t", chat_template=True,
+                       rows_per_second=1000.0)
     return ValidationReport(dataset=request.dataset.path, method=request.method, row_count=rows, columns=["text"],
                             token_stats=stats)
 
