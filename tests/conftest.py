@@ -45,9 +45,9 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) ->
 @pytest.fixture
 def hf_server(monkeypatch: pytest.MonkeyPatch):
     """A local Hugging Face Jobs server; the worker's credentials (env) point at it."""
-    from tests.doubles.hf_jobs_server import HfJobsServer
-
     from huggingface_hub import constants
+
+    from tests.doubles.hf_jobs_server import HfJobsServer
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the session is offline; this Hub is local
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

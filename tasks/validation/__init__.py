@@ -14,7 +14,6 @@ from prefect import task
 from tasks.request import FineTuneRequest
 from tasks.validation._artifact import publish_report, render_markdown
 from tasks.validation._check import DEFAULT_MIN_ROWS, check_dataset
-from tasks.validation._sources import load_rows
 from tasks.validation._models import (
     DatasetInvalid,
     FormatKind,
@@ -24,6 +23,7 @@ from tasks.validation._models import (
     ValidationIssue,
     ValidationReport,
 )
+from tasks.validation._sources import load_rows
 
 __all__ = [
     "DEFAULT_MIN_ROWS",
