@@ -83,5 +83,6 @@ def request_from_cli(config: Path | None, dataset: str | None, fields: dict, *, 
         raise fail(explain_validation_error(exc)) from None
 
 
-# Register the commands: run; estimate, costs, budget; deploy, serve; health-check; cancel; mcp; validate.
-from cli import commands, costs, deploy, jobs, mcp, operations, validation  # noqa: E402,F401
+# Register the commands: run; estimate, costs, budget; convert; deploy, serve; health-check; cancel; mcp; validate.
+from cli import commands, costs, deploy, gguf, jobs, mcp, operations, validation  # noqa: E402,F401
+

@@ -36,6 +36,11 @@ def run(
     typer.secho(f"Fine-tuned {summary.output_name} in {summary.steps} steps", fg=typer.colors.GREEN, bold=True)
     typer.echo(f"  loss          {summary.first_loss:.4f} -> {summary.final_loss:.4f}")
     typer.echo("  wall time     " + ", ".join(f"{k} {v:.0f}s" for k, v in summary.step_seconds.items()))
-    typer.echo(f"  model         {summary.model_dir}")
+    typer.echo(f"  model         {summary.model_dir or summary.hub_repo}")
+    if summary.gguf:
+        typer.echo(f"  GGUF          {summary.gguf}")
+        typer.echo(f"                {summary.gguf_decision}")
+    if summary.deployment_url:
+        typer.echo(f"  serving       {summary.deployment_url} ({summary.deployment_status}); `lmft serve list`, `lmft serve stop`")
     typer.echo(f"  Trackio       trackio show --project {summary.trackio_project}")
     typer.echo("  Prefect UI    prefect server start, then open http://127.0.0.1:4200 (set PREFECT_API_URL to keep runs)")

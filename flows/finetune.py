@@ -1,13 +1,17 @@
-"""The `finetune` flow: validate → estimate → train → monitor → summarise."""
+"""The `finetune` flow: validate → estimate → gate → train → monitor → GGUF + quality gate → deploy."""
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from flows.convert import convert
 from tasks.base_model import prepare_base_model
 from tasks.budget import gate_budget, record_job_start, release_budget_of_flow_run, settle_budget
 from tasks.costs import estimate_cost
+from tasks.deployment import deploy_gguf
+from tasks.gguf import lineage_for_request
+from tasks.gguf.quality import quality_markdown
 from tasks.jobs.hooks import cancel_job_of_flow_run
 from tasks.reporting import FineTuneSummary, publish_estimate, publish_summary, timed
 from tasks.request import FineTuneRequest
@@ -45,11 +49,21 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
         record_job_start(reservation, handle)
         result = monitor_training(handle, estimate)
         settle_budget(reservation, result)
-    samples = None
+    samples = gguf = deployment = None
     if result.model_dir:  # the model is on this machine: show what training changed
         with timed(timings, "sample answers"):
             samples = sample_answers(model, result.model_dir)
-    summary = publish_summary(request, result, estimate, timings, samples)
+    if request.gguf is not None:
+        with timed(timings, "gguf"):
+            lineage = lineage_for_request(request, str(flow_run.id))
+            gguf = convert(result.model_dir or result.hub_repo, lineage=lineage, settings=request.gguf, dataset=request.dataset)
+        if request.deploy is not None:
+            with timed(timings, "deploy"):
+                deployment = deploy_gguf(
+                    gguf.chosen, request.deploy.name or request.output_name, request.deploy.target,
+                    quality_report_md=quality_markdown(gguf.quality), lineage=lineage.model_dump(mode="json"),
+                )
+    summary = publish_summary(request, result, estimate, timings, samples, gguf=gguf, deployment=deployment)
     logger.info("model saved to %s (loss %s → %s)", result.model_dir, result.first_loss, result.final_loss)
     return summary
 

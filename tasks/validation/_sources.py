@@ -227,3 +227,21 @@ def iter_hub_rows(dataset: Any, column_map: dict[str, str]) -> Iterator[tuple[in
     """(row number, row) of a streaming Hub dataset, with the column map applied."""
     for number, row in enumerate(hub_rows(dataset), start=1):
         yield number, {column_map.get(k, k): v for k, v in row.items()} if column_map else row
+
+
+def load_rows(source: DatasetSource):
+    """The dataset through `datasets`: a `Dataset` for local files, a streaming `IterableDataset` for the Hub.
+
+    Column renames of `source.column_map` are applied. Used where the rows themselves are
+    needed (the GGUF quality gate's held-out slice), not for validation.
+    """
+    from datasets import load_dataset
+
+    if source.is_local:
+        files = local_files(source)
+        builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}[files[0].kind]
+        dataset = load_dataset(builder, data_files=[str(f.path) for f in files], split="train")
+    else:
+        dataset = load_dataset(source.path, source.config, split=source.split, revision=source.revision, streaming=True)
+    renames = {k: v for k, v in source.column_map.items() if k in (dataset.column_names or [])}
+    return dataset.rename_columns(renames) if renames else dataset

@@ -120,6 +120,8 @@ def test_deployed_finetune_runs_on_a_process_worker(
         "dataset": {"path": str(data)},
         "hyperparameters": {"max_steps": 2, "batch_size": 2, "max_length": 64},
         "output_name": "tiny-deployed",
+        "gguf": None,
+        "deploy": None,
     }
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("finetune/finetune")

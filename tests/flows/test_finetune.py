@@ -44,6 +44,8 @@ def test_each_method_trains_and_the_checkpoint_generates(prefect_server, tiny_ll
             "dataset": {"path": str(data)},
             "method": method,
             "output_name": f"tiny-{method}",
+            "gguf": None,
+            "deploy": None,
             "hyperparameters": {"max_steps": 2, "batch_size": 2, "num_generations": 2,
                                 "max_length": 64, "max_completion_length": 8},
         }
@@ -64,19 +66,32 @@ def test_each_method_trains_and_the_checkpoint_generates(prefect_server, tiny_ll
     assert not any("lora" in k for k in model.state_dict()), "the adapter must be merged"
 
 
-def test_progress_and_summary_artifacts_are_published(prefect_server, tiny_llama, tmp_path):
+def test_whole_pipeline_publishes_artifacts_converts_and_serves(prefect_server, tiny_llama, tmp_path):
+    """validate → … → GGUF + quality gate → local server that answers; progress and summary artifacts."""
+    import anyio
+    import httpx
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tasks.serving.local import stop_local_server
 
     data = write_jsonl(tmp_path / "sft.jsonl", DATASETS["sft"])
     request = FineTuneRequest.model_validate(
         {"base_model": str(tiny_llama), "dataset": {"path": str(data)}, "output_name": "tiny-artifacts",
-         "hyperparameters": {"max_steps": 2, "batch_size": 2, "max_length": 64}}
+         "hyperparameters": {"max_steps": 2, "batch_size": 2, "max_length": 64},
+         "gguf": {"quant_types": ["Q8_0"], "prompts": ["Hello?"], "max_answer_tokens": 8},
+         "deploy": {"target": "local", "name": "tinyartifacts"}}
     )
-    state = finetune(request, return_state=True)
-    summary = state.result()
+    try:
+        summary = finetune(request)
 
-    import anyio
+        assert summary.gguf and Path(summary.gguf).exists() and summary.gguf.endswith(".gguf")
+        assert summary.gguf_decision
+        assert summary.deployment_status == "serving"
+        models = httpx.get(f"{summary.deployment_url.rstrip('/')}/v1/models", timeout=30).json()
+        assert models["data"], "the local server lists the deployed model"
+    finally:
+        stop_local_server("tinyartifacts")
 
     async def read():
         async with get_client() as client:
@@ -96,7 +111,7 @@ def test_progress_and_summary_artifacts_are_published(prefect_server, tiny_llama
 def test_bad_dataset_columns_stop_the_flow_before_training(prefect_server, tiny_llama, tmp_path, lmft_home):
     data = write_jsonl(tmp_path / "wrong.jsonl", [{"question": "q", "answer": "a"}] * 4)
     request = FineTuneRequest.model_validate(
-        {"base_model": str(tiny_llama), "dataset": {"path": str(data)}, "method": "dpo"}
+        {"base_model": str(tiny_llama), "dataset": {"path": str(data)}, "method": "dpo", "gguf": None, "deploy": None}
     )
     jobs_before = set((lmft_home / "jobs").glob("*")) if (lmft_home / "jobs").exists() else set()
 

@@ -36,6 +36,8 @@ def spec_name(tmp_path: Path, tiny_llama: Path, prefect_server) -> str:
         dataset=DatasetSource(path=str(data)),
         hyperparameters=Hyperparameters(max_steps=2, batch_size=2, max_length=64),
         output_name="tiny-retrain",
+        gguf=None,
+        deploy=None,
     )
     name = f"retrain-{tmp_path.name.lower().replace('_', '-')}"
     RetrainSpec(request=request.model_dump(mode="json")).save(name, overwrite=True)

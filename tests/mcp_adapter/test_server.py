@@ -255,7 +255,7 @@ async def test_jobs_complete_and_cancel(flow_worker, chat_dataset: Path, tiny_ll
 
 async def complete_a_job(chat_dataset: Path, tiny_llama: Path) -> None:
     request = request_for(
-        chat_dataset, base_model=str(tiny_llama), output_name="tiny-pirate",
+        chat_dataset, base_model=str(tiny_llama), output_name="tiny-pirate", gguf=None, deploy=None,
         hyperparameters={"max_steps": 3, "batch_size": 2, "max_length": 64},
     )
     created = await call("create_job", {"request": request, "idempotency_key": "e2e-tiny-pirate", "wait_seconds": 60})
@@ -294,7 +294,7 @@ async def complete_a_job(chat_dataset: Path, tiny_llama: Path) -> None:
 
 async def cancel_a_running_job(chat_dataset: Path, tiny_llama: Path) -> None:
     request = request_for(
-        chat_dataset, base_model=str(tiny_llama), output_name="tiny-cancelled",
+        chat_dataset, base_model=str(tiny_llama), output_name="tiny-cancelled", gguf=None, deploy=None,
         hyperparameters={"max_steps": 1_000_000, "batch_size": 2, "max_length": 64},
     )
     created = await call("create_job", {"request": request, "wait_seconds": 0})

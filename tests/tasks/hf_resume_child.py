@@ -26,7 +26,7 @@ ESTIMATE = CostEstimate(
 @flow(name="resume-child")
 def train(key: str) -> str:
     request = FineTuneRequest(
-        dataset=DatasetSource(path="trl-lib/Capybara"), backend=Backend.HF_JOBS, output_name="smol-pirate"
+        dataset=DatasetSource(path="trl-lib/Capybara"), backend=Backend.HF_JOBS, output_name="smol-pirate", gguf=None, deploy=None
     )
     handle = submit_training(
         request, "HuggingFaceTB/SmolLM2-135M-Instruct", idempotency_key=key,

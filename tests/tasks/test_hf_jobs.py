@@ -34,7 +34,7 @@ MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def hf_request(**overrides) -> FineTuneRequest:
-    fields = {"dataset": DatasetSource(path="trl-lib/Capybara"), "backend": Backend.HF_JOBS, "output_name": "smol-pirate"}
+    fields = {"dataset": DatasetSource(path="trl-lib/Capybara"), "backend": Backend.HF_JOBS, "output_name": "smol-pirate", "gguf": None, "deploy": None}
     return FineTuneRequest(**{**fields, **overrides})
 
 
