@@ -3,6 +3,7 @@
 Create it once, from the CLI, Python or the Prefect UI (Blocks → Budget Policy):
 
     lmft budget set --monthly-limit 200 --approval-threshold 20 --per-job-max 80
+    lmft budget set --monthly-limit 200 --approval-threshold 20 --per-job-max 80 --require-approval-for-all-runs
     python -c "from blocks.budget import BudgetPolicy; BudgetPolicy(monthly_limit_usd=200, \
         approval_threshold_usd=20, per_job_max_usd=80).save('default')"
 """
@@ -27,7 +28,7 @@ class BudgetPolicyUnavailable(RuntimeError):
 
 
 class BudgetPolicy(Block):
-    """Monthly limit, per-job maximum and approval rules for paid training jobs."""
+    """Monthly limit, per-job maximum and approval rules for training jobs (paid ones, or every one)."""
 
     _block_type_name = "Budget Policy"
     _block_type_slug = "budget-policy"
@@ -44,6 +45,13 @@ class BudgetPolicy(Block):
     approval_timeout_seconds: Annotated[
         int, Field(ge=1, le=30 * 24 * 3600, description="How long a run waits for approval; no answer means rejected.")
     ] = 24 * 3600
+    require_approval_for_all_runs: Annotated[
+        bool,
+        Field(
+            description="Every run waits for a human approval before it starts, whatever it costs: free local "
+            "runs and paid runs below the threshold too. Off: only runs above the threshold wait.",
+        ),
+    ] = False
     ledger_url: Annotated[
         SecretStr | None,
         Field(

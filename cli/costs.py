@@ -78,15 +78,23 @@ def budget_set(
     per_job_max: Annotated[float, typer.Option(help="No run may be estimated above this (high end).")],
     approval_timeout: Annotated[int, typer.Option(help="Seconds to wait for approval; then rejected.")] = 24 * 3600,
     ledger_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL of the ledger (default SQLite in $LMFT_HOME).")] = None,
+    require_approval_for_all_runs: Annotated[
+        bool,
+        typer.Option(
+            "--require-approval-for-all-runs/--approval-above-threshold-only",
+            help="Every run waits for a human approval, free local runs too (default: only runs above the threshold).",
+        ),
+    ] = False,
     name: Annotated[str, typer.Option(help="Block document name.")] = "default",
 ) -> None:
-    """Save the BudgetPolicy block that paid runs are gated by."""
+    """Save the BudgetPolicy block that runs are gated by."""
     from blocks.budget import BudgetPolicy
 
     try:
         policy = BudgetPolicy(
             monthly_limit_usd=monthly_limit, approval_threshold_usd=approval_threshold, per_job_max_usd=per_job_max,
             approval_timeout_seconds=approval_timeout, ledger_url=ledger_url,
+            require_approval_for_all_runs=require_approval_for_all_runs,
         )
     except ValidationError as exc:
         raise fail(explain_validation_error(exc)) from None
@@ -94,7 +102,8 @@ def budget_set(
         policy.save(name, overwrite=True)
     except RuntimeError as exc:  # the Prefect API could not be reached
         raise fail(f"cannot save the BudgetPolicy block ({exc}); start `prefect server start` and set PREFECT_API_URL") from None
-    typer.echo(f"saved BudgetPolicy {name!r}: ${monthly_limit:.2f}/month, approval above ${approval_threshold:.2f}, per job ≤ ${per_job_max:.2f}")
+    approval = "every run needs approval" if require_approval_for_all_runs else f"approval above ${approval_threshold:.2f}"
+    typer.echo(f"saved BudgetPolicy {name!r}: ${monthly_limit:.2f}/month, {approval}, per job ≤ ${per_job_max:.2f}")
 
 
 @budget_app.command("show")
@@ -111,4 +120,5 @@ def budget_show(name: Annotated[str, typer.Option(help="Block document name.")] 
     typer.echo(f"approval threshold   ${policy.approval_threshold_usd:.2f}")
     typer.echo(f"per-job maximum      ${policy.per_job_max_usd:.2f}")
     typer.echo(f"approval timeout     {policy.approval_timeout_seconds} s")
+    typer.echo(f"approve every run    {'yes, free local runs too' if policy.require_approval_for_all_runs else 'no'}")
     typer.echo(f"ledger               {ledger_for(policy).describe()}")

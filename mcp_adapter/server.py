@@ -112,7 +112,8 @@ async def create_job(
     """Start a fine-tuning job (a `finetune` flow run) and return its run id and UI link.
 
     The run validates, estimates, then passes the budget gate: over-budget jobs fail before
-    anything is spent, expensive ones pause until approve_job or reject_job. The result says
+    anything is spent, expensive ones pause until approve_job or reject_job (every job does,
+    free local ones too, when the budget policy requires approval for all runs). The result says
     whether approval is required and gives the estimate once the run has one. Poll
     get_job_status afterwards. Pass an idempotency_key so a retried call cannot start a
     second paid job."""

@@ -46,6 +46,11 @@ def is_free(estimate: CostEstimate) -> bool:
     return estimate.high_usd == 0 and estimate.price_per_hour == 0
 
 
+def needs_approval(estimate: CostEstimate, policy: BudgetPolicy) -> bool:
+    """Whether a human must approve the run: every run under `require_approval_for_all_runs`, else above the threshold."""
+    return policy.require_approval_for_all_runs or estimate.high_usd > policy.approval_threshold_usd
+
+
 @task(name="reserve-budget")
 def reserve_budget(estimate: CostEstimate, *, run_key: str, policy_name: str = BUDGET_BLOCK_NAME) -> Reservation:
     """Hold the run's high estimate in the ledger, or fail with the figures."""
@@ -59,7 +64,7 @@ def reserve_budget(estimate: CostEstimate, *, run_key: str, policy_name: str = B
         high_usd=estimate.high_usd,
         monthly_limit_usd=policy.monthly_limit_usd,
         per_job_max_usd=policy.per_job_max_usd,
-        needs_approval=estimate.high_usd > policy.approval_threshold_usd,
+        needs_approval=needs_approval(estimate, policy),
         flow_run_id=str(current_flow_run.id) if current_flow_run.id else None,
     )
     get_run_logger().info(
@@ -79,9 +84,16 @@ def record_approval(reservation: Reservation, decision: ApprovalDecision, *, pol
 
 def approval_form(estimate: CostEstimate, reservation: Reservation, policy: BudgetPolicy):
     """The `ApprovalDecision` form, its description showing the estimate and the budget."""
+    if is_free(estimate):
+        title = f"## Approve a free training run on the {estimate.backend.value} backend?"
+    else:
+        title = f"## Approve a training run of up to ${estimate.high_usd:.2f}?"
+    if policy.require_approval_for_all_runs:
+        why = "The budget policy requires an approval for every run (`require_approval_for_all_runs`)."
+    else:
+        why = f"The high estimate is above the approval threshold (${policy.approval_threshold_usd:.2f})."
     description = (
-        f"## Approve a training run of up to ${estimate.high_usd:.2f}?\n\n"
-        f"The high estimate is above the approval threshold (${policy.approval_threshold_usd:.2f}). "
+        f"{title}\n\n{why} "
         f"${reservation.reserved_usd:.2f} is held in the budget until you decide; with no decision in "
         f"{policy.approval_timeout_seconds} s the run is rejected.\n\n{estimate.markdown()}\n"
     )
@@ -93,15 +105,22 @@ def gate_budget(
 ) -> Reservation | None:
     """Let the run through the budget, or raise before anything is spent.
 
-    Free runs (the local backend) pass without a ledger entry. Paid runs need a saved
-    `BudgetPolicy`; over the monthly limit or the per-job maximum they fail with the
-    figures; above the approval threshold the flow run pauses for an `ApprovalDecision`
-    (a timeout is a rejection); below it they are approved automatically. Every decision
-    is recorded in the ledger.
+    Free runs (the local backend) pass without a ledger entry, and need no policy, unless the
+    saved policy has `require_approval_for_all_runs`: then they hold $0 in the ledger and wait
+    for an approval like a paid run. Paid runs need a saved `BudgetPolicy`; over the monthly
+    limit or the per-job maximum they fail with the figures; above the approval threshold (or
+    under `require_approval_for_all_runs`) the flow run pauses for an `ApprovalDecision` (a
+    timeout is a rejection); otherwise they are approved automatically. Every decision is
+    recorded in the ledger.
     """
-    if is_free(estimate):
+    try:
+        policy = load_budget_policy(policy_name)
+    except BudgetPolicyMissing:
+        if is_free(estimate):
+            return None
+        raise
+    if is_free(estimate) and not policy.require_approval_for_all_runs:
         return None
-    policy = load_budget_policy(policy_name)
     reservation = reserve_budget(estimate, run_key=run_key, policy_name=policy_name)
     if reservation.status is ReservationStatus.APPROVED:
         return reservation

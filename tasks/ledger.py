@@ -306,7 +306,7 @@ class Ledger:
             if existing is not None:
                 return self._row(existing)
             spent, held, _ = self._sums(conn, month)
-            if spent + held + high > limit:
+            if high > 0 and spent + held + high > limit:  # a free run takes nothing from the budget
                 left = (limit - spent - held) / 1e6
                 raise BudgetExceeded(
                     f"budget: this run may cost up to ${high_usd:.2f} (high estimate) but only ${left:.2f} "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -10,19 +11,11 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from blocks.budget import BudgetPolicy
 from flows.finetune import finetune
 from tasks.ledger import Ledger
-from tasks.request import Backend, DatasetSource, FineTuneRequest
-
-QWEN25_05B_SHAPE = {
-    "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-    "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
-    "max_position_embeddings": 32768,
-}
+from tasks.request import DEFAULT_BASE_MODEL, Backend, DatasetSource, FineTuneRequest
 
 
-def test_paid_run_over_the_per_job_maximum_fails_before_submission(prefect_server, tmp_path):
-    model = tmp_path / "qwen"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps(QWEN25_05B_SHAPE))
+def test_paid_run_over_the_per_job_maximum_fails_before_submission(prefect_server, embedded_base_model: Path, tmp_path):
+    # A remote backend trains a Hub model; the estimate reads the embedded default's config locally.
     rows = tmp_path / "chat.jsonl"
     rows.write_text("".join(
         json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}) + "\n"
@@ -32,7 +25,7 @@ def test_paid_run_over_the_per_job_maximum_fails_before_submission(prefect_serve
     BudgetPolicy(monthly_limit_usd=1, approval_threshold_usd=0.5, per_job_max_usd=0.001, ledger_url=url).save(
         "default", overwrite=True
     )
-    request = FineTuneRequest(base_model=str(model), dataset=DatasetSource(path=str(rows)), backend=Backend.HF_JOBS)
+    request = FineTuneRequest(base_model=DEFAULT_BASE_MODEL, dataset=DatasetSource(path=str(rows)), backend=Backend.HF_JOBS)
 
     state = finetune(request, idempotency_key="over-budget", return_state=True)
 

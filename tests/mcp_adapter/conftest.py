@@ -79,7 +79,7 @@ def flow_worker(prefect_server, lmft_home: Path, tmp_path_factory: pytest.TempPa
 
 CHAT_ROWS = [
     {"messages": [{"role": "user", "content": f"Say hello number {i}"}, {"role": "assistant", "content": f"Arr, hello {i}, matey!"}]}
-    for i in range(12)
+    for i in range(12)  # the validator wants at least 10 rows
 ]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -212,26 +211,18 @@ async def test_approve_and_reject_resume_the_paused_run(flow_worker):
     assert (decisions[1].approve, decisions[1].note) == (False, "too dear")
 
 
-QWEN25_05B_CONFIG = {
-    "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-    "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
-    "max_position_embeddings": 32768,
-}
-
-
-async def test_paid_job_waits_at_the_budget_gate_and_is_rejected(flow_worker, chat_dataset: Path, tmp_path: Path):
+async def test_paid_job_waits_at_the_budget_gate_and_is_rejected(
+    flow_worker, embedded_base_model: Path, chat_dataset: Path, tmp_path: Path
+):
     """The real gate of the finetune flow: a paid estimate above the threshold pauses the run."""
     from blocks.budget import BudgetPolicy
     from tasks.ledger import Decision, Ledger
 
-    model = tmp_path / "qwen"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps(QWEN25_05B_CONFIG))
     ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     await BudgetPolicy(
         monthly_limit_usd=1000, approval_threshold_usd=0, per_job_max_usd=1000, ledger_url=ledger
     ).save("default", overwrite=True)
-    request = request_for(chat_dataset, base_model=str(model), backend="hf-jobs")
+    request = request_for(chat_dataset, backend="hf-jobs")  # the embedded default, trained on the Hub
 
     created = await call("create_job", {"request": request, "wait_seconds": 120})
     assert created["error"] is None
@@ -314,3 +305,82 @@ async def cancel_a_running_job(chat_dataset: Path, tiny_llama: Path) -> None:
 
     again = await call("cancel_job", {"run_id": run_id})
     assert "already ended" in again["error"]
+
+
+@pytest.fixture
+async def approve_every_run(prefect_server, tmp_path: Path):
+    """The `default` BudgetPolicy with `require_approval_for_all_runs`, and its ledger; the previous one after."""
+    from blocks.budget import BUDGET_BLOCK_NAME, BudgetPolicy
+    from tasks.ledger import Ledger
+
+    try:
+        previous = await BudgetPolicy.aload(BUDGET_BLOCK_NAME)
+    except ValueError:
+        previous = None
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    await BudgetPolicy(
+        monthly_limit_usd=100, approval_threshold_usd=10, per_job_max_usd=50, approval_timeout_seconds=600,
+        require_approval_for_all_runs=True, ledger_url=url,
+    ).save(BUDGET_BLOCK_NAME, overwrite=True)
+    try:
+        yield Ledger(url)
+    finally:  # the other tests' local runs must not wait for an approval
+        if previous is None:
+            await BudgetPolicy.adelete(BUDGET_BLOCK_NAME)
+        else:
+            await previous.save(BUDGET_BLOCK_NAME, overwrite=True)
+
+
+async def test_local_job_waits_for_approval_then_completes(
+    flow_worker, approve_every_run, chat_dataset: Path, tiny_llama: Path
+):
+    """A free local run under `require_approval_for_all_runs`: create_job → paused → approve_job → completed."""
+    from tasks.ledger import Decision, ReservationStatus
+
+    ledger = approve_every_run
+    tiny = {
+        "base_model": str(tiny_llama), "gguf": None, "deploy": None,
+        "hyperparameters": {"max_steps": 2, "batch_size": 2, "max_length": 64},
+    }
+    approved_request = request_for(chat_dataset, output_name="tiny-approved", **tiny)
+    rejected_request = request_for(chat_dataset, output_name="tiny-rejected", **tiny)
+    created, refused = await gather(
+        call("create_job", {"request": approved_request, "wait_seconds": 0}),
+        call("create_job", {"request": rejected_request, "wait_seconds": 0}),
+    )
+    run_id, refused_id = created["run"]["id"], refused["run"]["id"]
+
+    for paused_id in (run_id, refused_id):
+        status = await wait_until(paused_id, lambda s: s["run"]["state"] in FINAL | {"paused"}, timeout=240)
+        assert status["run"]["state"] == "paused", status["run"]["state_message"]
+        assert status["gate"] == "awaiting_approval"
+        assert status["estimate"]["backend"] == "local" and status["estimate"]["high_usd"] == 0.0
+        assert status["progress"] is None or status["progress"]["step"] is None  # nothing trained yet
+    again = await call("create_job", {"request": approved_request, "idempotency_key": created["idempotency_key"]})
+    assert again["run"]["id"] == run_id and again["approval_required"] is True
+
+    approved = await call("approve_job", {"run_id": run_id, "approver": "ana", "note": "fine on the lab box"})
+    rejected = await call("reject_job", {"run_id": refused_id, "approver": "bo", "note": "wrong dataset"})
+    assert approved["error"] is None and approved["approved"] is True
+    assert rejected["error"] is None and rejected["approved"] is False
+
+    status, stopped = await gather(
+        wait_until(run_id, lambda s: s["run"]["state"] in FINAL),
+        wait_until(refused_id, lambda s: s["run"]["state"] in FINAL, timeout=120),
+    )
+    assert status["run"]["state"] == "completed", status["run"]["state_message"]
+    assert status["gate"] == "passed"
+    assert status["progress"]["step"] == status["progress"]["total_steps"] == 2
+    assert status["progress"]["loss"] > 0
+    assert status["cost_so_far_usd"] == 0.0
+    assert stopped["run"]["state"] == "failed" and "bo rejected" in stopped["run"]["state_message"]
+    assert stopped["gate"] == "stopped"
+
+    (entry,) = ledger.entries(flow_run_id=run_id)
+    assert (entry.decision, entry.approver, entry.note) == (Decision.APPROVED, "ana", "fine on the lab box")
+    assert entry.status is ReservationStatus.SETTLED and entry.actual_usd == 0.0
+    (refusal,) = ledger.entries(flow_run_id=refused_id)
+    assert (refusal.decision, refusal.approver, refusal.note) == (Decision.REJECTED, "bo", "wrong dataset")
+    assert refusal.status is ReservationStatus.RELEASED
+    logs = await call("get_job_logs", {"run_id": run_id, "lines": 200})
+    assert any("ana approved the run: fine on the lab box" in line["message"] for line in logs["lines"])

@@ -123,6 +123,69 @@ def test_no_decision_before_the_timeout_is_a_rejection(policy):
     assert entry.note == "no decision within 3 s"
 
 
+@pytest.fixture
+def strict_policy(prefect_server, tmp_path) -> tuple[str, Ledger]:
+    """A policy under which every run, free or below the threshold, waits for a human."""
+    name = f"strict-{uuid.uuid4().hex[:8]}"
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    BudgetPolicy(
+        monthly_limit_usd=100, approval_threshold_usd=10, per_job_max_usd=50, approval_timeout_seconds=60,
+        require_approval_for_all_runs=True, ledger_url=url,
+    ).save(name)
+    return name, Ledger(url)
+
+
+def test_free_runs_pass_without_an_entry_when_the_option_is_off(policy):
+    name, ledger = policy
+    assert gated(free_estimate(), "local-run", name) == "free"
+    assert ledger.entries() == []
+
+
+@pytest.mark.parametrize("approve", [True, False])
+def test_require_approval_for_all_runs_pauses_a_free_run(strict_policy, approve):
+    name, ledger = strict_policy
+    run_key = f"local-{approve}"
+    thread, outcome = run_in_thread(free_estimate(), run_key, name)
+    flow_run_id = wait_for_pause(ledger, run_key)
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(flow_run_id).state.state_details.run_input_keyset  # a form waits for input
+    resume(flow_run_id, {"approve": approve, "approver": "ana@example.com", "note": "fine on the lab box"})
+    thread.join(timeout=60)
+    (entry,) = ledger.entries()
+    assert (entry.approver, entry.note, entry.high_usd, entry.reserved_usd) == ("ana@example.com", "fine on the lab box", 0, 0)
+    if approve:
+        assert outcome[0].is_completed() and outcome[0].result() == "approved"
+        assert entry.decision is Decision.APPROVED and entry.status is ReservationStatus.APPROVED
+    else:
+        assert outcome[0].is_failed() and "ana@example.com rejected" in outcome[0].message
+        assert entry.decision is Decision.REJECTED and entry.status is ReservationStatus.RELEASED
+
+
+def test_require_approval_for_all_runs_pauses_a_paid_run_below_the_threshold(strict_policy):
+    name, ledger = strict_policy
+    thread, outcome = run_in_thread(estimate(2), "cheap-but-checked", name)
+    flow_run_id = wait_for_pause(ledger, "cheap-but-checked")
+    resume(flow_run_id, {"approve": True, "approver": "bo", "note": "ok"})
+    thread.join(timeout=60)
+    assert outcome[0].result() == "approved"
+    (entry,) = ledger.entries()
+    assert (entry.decision, entry.approver, entry.reserved_usd) == (Decision.APPROVED, "bo", 2)
+
+
+def test_a_free_run_is_not_refused_when_the_month_is_over_its_limit(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    spent = ledger.reserve(
+        run_key="paid", backend="hf-jobs", hardware="a10g-small", price_per_hour=1, expected_usd=9, high_usd=9,
+        monthly_limit_usd=10, per_job_max_usd=10, needs_approval=False,
+    )
+    ledger.settle(spent.id, 9)
+    free = ledger.reserve(
+        run_key="local", backend="local", hardware="local", price_per_hour=0, expected_usd=0, high_usd=0,
+        monthly_limit_usd=5, per_job_max_usd=5, needs_approval=True,  # the limit was lowered below the spend
+    )
+    assert free.status is ReservationStatus.AWAITING_APPROVAL and free.reserved_usd == 0
+
+
 @flow(name="failing-paid-run", on_failure=[release_budget_of_flow_run])
 def failing_paid_run(cost: CostEstimate, started_minutes_ago: int | None) -> None:
     reservation = gate_budget(cost, run_key=f"failing-{started_minutes_ago}")
