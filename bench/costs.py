@@ -1,7 +1,7 @@
 """Ledger reservations per second under contention, and estimate latency with the offline catalog.
 
-    python -m bench.costs                    # 1, 2, 4 and 8 processes, 200 reservations each
-    python -m bench.costs --procs 16 --per-proc 100
+python -m bench.costs                    # 1, 2, 4 and 8 processes, 200 reservations each
+python -m bench.costs --procs 16 --per-proc 100
 """
 
 from __future__ import annotations
@@ -25,8 +25,15 @@ def _reserve_many(url: str, worker: int, count: int, start, done) -> None:
     for i in range(count):
         try:
             ledger.reserve(
-                run_key=f"w{worker}-{i}", backend="hf-jobs", hardware="a10g-small", price_per_hour=1.0,
-                expected_usd=0.5, high_usd=1.0, monthly_limit_usd=1e6, per_job_max_usd=10.0, needs_approval=False,
+                run_key=f"w{worker}-{i}",
+                backend="hf-jobs",
+                hardware="a10g-small",
+                price_per_hour=1.0,
+                expected_usd=0.5,
+                high_usd=1.0,
+                monthly_limit_usd=1e6,
+                per_job_max_usd=10.0,
+                needs_approval=False,
             )
             granted += 1
         except BudgetExceeded:
@@ -41,7 +48,10 @@ def ledger_throughput(procs: int, per_proc: int) -> float:
         Ledger(url)
         ctx = mp.get_context("fork")
         start, done = ctx.Event(), ctx.Queue()
-        workers = [ctx.Process(target=_reserve_many, args=(url, w, per_proc, start, done)) for w in range(procs)]
+        workers = [
+            ctx.Process(target=_reserve_many, args=(url, w, per_proc, start, done))
+            for w in range(procs)
+        ]
         for w in workers:
             w.start()
         time.sleep(0.5)  # let every process open the ledger before the clock starts
@@ -84,7 +94,9 @@ def main() -> None:
         rate = ledger_throughput(procs, args.per_proc)
         print(f"  {procs:>3} processes × {args.per_proc} reservations: {rate:8.0f} reservations/s")
     median, p95 = estimate_latency(args.repeats)
-    print(f"estimate latency (offline catalog, {len(reference_workloads())} reference workloads × {args.repeats}):")
+    print(
+        f"estimate latency (offline catalog, {len(reference_workloads())} reference workloads × {args.repeats}):"
+    )
     print(f"  median {median:.3f} ms, p95 {p95:.3f} ms")
 
 

@@ -33,7 +33,9 @@ def main() -> None:
         stop_local_server("bench-smollm2")
     print(f"server healthy after        {ready:.2f} s")
     print(f"smoke chat latency (median) {statistics.median(latencies):.2f} s")
-    print(f"decode speed (median)       {statistics.median(speeds):.1f} tokens/s (incl. prompt processing)")
+    print(
+        f"decode speed (median)       {statistics.median(speeds):.1f} tokens/s (incl. prompt processing)"
+    )
 
 
 if __name__ == "__main__":

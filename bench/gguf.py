@@ -45,14 +45,20 @@ def main(model: str | None = None) -> None:
         f16_bytes = f16.stat().st_size
         copy_f16_s = _timed(lambda: shutil.copyfile(f16, out / "copy-F16.gguf"))
         for quant in (QuantType.Q8_0, QuantType.Q4_K_M):
-            seconds = _timed(lambda q=quant: quantize_file(f16, out / f"model-{q.value}.gguf", q, metadata={}))
+            seconds = _timed(
+                lambda q=quant: quantize_file(f16, out / f"model-{q.value}.gguf", q, metadata={})
+            )
             rows.append((f"quantize F16 → {quant.value}", f16_bytes, seconds, copy_f16_s))
 
-    print(f"\nGGUF throughput: {model_dir.name} (llama.cpp converter from llama-cpp-python {converter.version})")
+    print(
+        f"\nGGUF throughput: {model_dir.name} (llama.cpp converter from llama-cpp-python {converter.version})"
+    )
     print(f"{'step':<28} {'MB':>8} {'step MB/s':>10} {'copy MB/s':>10} {'copy/step':>10}")
     for name, size, seconds, copy_seconds in rows:
         step_rate, copy_rate = size / seconds / 1e6, size / copy_seconds / 1e6
-        print(f"{name:<28} {size / 1e6:8.1f} {step_rate:10.1f} {copy_rate:10.1f} {copy_rate / step_rate:9.1f}x")
+        print(
+            f"{name:<28} {size / 1e6:8.1f} {step_rate:10.1f} {copy_rate:10.1f} {copy_rate / step_rate:9.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -31,9 +31,19 @@ def serve(jobs: int, job_seconds: float) -> None:
     from tests.doubles.hf_jobs_server import HfJobsServer
 
     server = HfJobsServer(keepalive_seconds=15.0).start()
-    ids = [server.create_job(server.namespace, {"command": ["uv", "run", "train.py"], "dockerImage": "uv",
-                                                "labels": {"bench": "1"}}).id for _ in range(jobs)]
-    print(json.dumps({"url": server.url, "token": server.token, "namespace": server.namespace, "ids": ids}), flush=True)
+    ids = [
+        server.create_job(
+            server.namespace,
+            {"command": ["uv", "run", "train.py"], "dockerImage": "uv", "labels": {"bench": "1"}},
+        ).id
+        for _ in range(jobs)
+    ]
+    print(
+        json.dumps(
+            {"url": server.url, "token": server.token, "namespace": server.namespace, "ids": ids}
+        ),
+        flush=True,
+    )
     sys.stdin.readline()  # go
 
     def play(job_id: str) -> None:
@@ -42,7 +52,10 @@ def serve(jobs: int, job_seconds: float) -> None:
         steps = int(job_seconds)
         for step in range(1, steps + 1):
             time.sleep(1.0)
-            server.append_log(job_id, "LMFT_PROGRESS " + json.dumps({"step": step, "total_steps": steps, "loss": 1.0}))
+            server.append_log(
+                job_id,
+                "LMFT_PROGRESS " + json.dumps({"step": step, "total_steps": steps, "loss": 1.0}),
+            )
         server.set_stage(job_id, "COMPLETED")
 
     players = [threading.Thread(target=play, args=(job_id,)) for job_id in ids]
@@ -77,27 +90,54 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--job-seconds", type=float, default=60.0)
-    parser.add_argument("--poll-seconds", type=float, default=None, help="default: MonitorSettings().poll_seconds")
+    parser.add_argument(
+        "--poll-seconds", type=float, default=None, help="default: MonitorSettings().poll_seconds"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         return serve(args.jobs, args.job_seconds)
 
     child = subprocess.Popen(
-        [sys.executable, "-m", "bench.hf_jobs_monitor", "--serve", "--jobs", str(args.jobs),
-         "--job-seconds", str(args.job_seconds)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "bench.hf_jobs_monitor",
+            "--serve",
+            "--jobs",
+            str(args.jobs),
+            "--job-seconds",
+            str(args.job_seconds),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     info = json.loads(child.stdout.readline())
-    os.environ.update({"LMFT_HF_NAMESPACE": info["namespace"], "HF_TOKEN": info["token"], "HF_ENDPOINT": info["url"]})
+    os.environ.update(
+        {
+            "LMFT_HF_NAMESPACE": info["namespace"],
+            "HF_TOKEN": info["token"],
+            "HF_ENDPOINT": info["url"],
+        }
+    )
     os.environ.pop("HF_HUB_OFFLINE", None)
 
     from tasks.jobs.monitor import MonitorSettings, follow_job
 
-    settings = MonitorSettings() if args.poll_seconds is None else MonitorSettings(poll_seconds=args.poll_seconds)
+    settings = (
+        MonitorSettings()
+        if args.poll_seconds is None
+        else MonitorSettings(poll_seconds=args.poll_seconds)
+    )
     handles = [
-        JobHandle(backend=Backend.HF_JOBS, job_id=job_id, idempotency_key=job_id, submitted_at="2026-01-01T00:00:00Z",
-                  namespace=info["namespace"])
+        JobHandle(
+            backend=Backend.HF_JOBS,
+            job_id=job_id,
+            idempotency_key=job_id,
+            submitted_at="2026-01-01T00:00:00Z",
+            namespace=info["namespace"],
+        )
         for job_id in info["ids"]
     ]
     noticed: dict[str, dict[str, float]] = {}
@@ -124,16 +164,26 @@ def main() -> None:
 
     cpu = (usage.ru_utime - usage_before.ru_utime) + (usage.ru_stime - usage_before.ru_stime)
     job_minutes = sum(followed_seconds) / 60.0
-    delays = {stage: [noticed[j][stage] - changes[j][stage] for j in changes if stage in noticed.get(j, {})]
-              for stage in ("RUNNING", "COMPLETED")}
-    print(f"jobs followed         {len(handles)} at once, {args.job_seconds:.0f} s running each, "
-          f"poll every {settings.poll_seconds:g} s")
-    print(f"CPU per job-minute    {cpu / job_minutes * 1000:.1f} ms  ({cpu:.1f} s CPU over {job_minutes:.1f} job-minutes)")
+    delays = {
+        stage: [
+            noticed[j][stage] - changes[j][stage] for j in changes if stage in noticed.get(j, {})
+        ]
+        for stage in ("RUNNING", "COMPLETED")
+    }
+    print(
+        f"jobs followed         {len(handles)} at once, {args.job_seconds:.0f} s running each, "
+        f"poll every {settings.poll_seconds:g} s"
+    )
+    print(
+        f"CPU per job-minute    {cpu / job_minutes * 1000:.1f} ms  ({cpu:.1f} s CPU over {job_minutes:.1f} job-minutes)"
+    )
     for stage, values in delays.items():
         values.sort()
         p95 = values[int(0.95 * (len(values) - 1))]
-        print(f"notice delay {stage:<9}median {statistics.median(values):.2f} s, p95 {p95:.2f} s, "
-              f"max {values[-1]:.2f} s  ({len(values)} jobs)")
+        print(
+            f"notice delay {stage:<9}median {statistics.median(values):.2f} s, p95 {p95:.2f} s, "
+            f"max {values[-1]:.2f} s  ({len(values)} jobs)"
+        )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,20 @@ def start_prefect_server(home: Path, port: int, timeout: float = 180) -> subproc
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -75,7 +87,8 @@ async def measure(calls: int, dataset: Path) -> dict[str, list[float]]:
         for i in range(calls):
             started = time.perf_counter()
             result = await client.call_tool(
-                "create_job", {"request": request, "idempotency_key": f"bench-{i}", "wait_seconds": 0}
+                "create_job",
+                {"request": request, "idempotency_key": f"bench-{i}", "wait_seconds": 0},
             )
             timings["create_job"].append(time.perf_counter() - started)
             if result.structured_content["error"]:
@@ -91,7 +104,9 @@ async def measure(calls: int, dataset: Path) -> dict[str, list[float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--calls", type=int, default=200, help="Calls of each tool.")
     calls = parser.parse_args().calls
 
@@ -104,7 +119,12 @@ def main() -> None:
         os.environ["PREFECT_HOME"] = str(workdir / "prefect-home")
         os.environ.setdefault("LMFT_HOME", str(workdir / "lmft-home"))
         dataset = workdir / "chat.jsonl"
-        row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Arr!"}]}
+        row = {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "Arr!"},
+            ]
+        }
         dataset.write_text(json.dumps(row) + "\n")
 
         import anyio

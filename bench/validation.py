@@ -46,12 +46,15 @@ def generate(path: Path, rows: int, seed: int = 0) -> None:
                 messages.append({"role": "system", "content": " ".join(rng.choices(WORDS, k=10))})
             while len(messages) < turns or messages[-1]["role"] != "assistant":
                 role = "user" if not messages or messages[-1]["role"] != "user" else "assistant"
-                messages.append({"role": role, "content": " ".join(rng.choices(WORDS, k=rng.randint(12, 40)))})
+                messages.append(
+                    {"role": role, "content": " ".join(rng.choices(WORDS, k=rng.randint(12, 40)))}
+                )
             out.write(json.dumps({"messages": messages}, separators=(",", ":")) + "\n")
     partial.replace(path)
 
 
 # --- the measured programs (each runs in its own subprocess) --------------------------------
+
 
 def run_ours(path: str) -> dict:
     sys.path.insert(0, str(ROOT))
@@ -62,7 +65,11 @@ def run_ours(path: str) -> dict:
     started = time.perf_counter()
     report = check_dataset(request, token_rows=0)
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "rows": report.row_count, "errors": sum(report.error_counts.values())}
+    return {
+        "seconds": seconds,
+        "rows": report.row_count,
+        "errors": sum(report.error_counts.values()),
+    }
 
 
 def run_loop(path: str) -> dict:
@@ -93,7 +100,9 @@ def run_loop(path: str) -> dict:
                 if "role" not in message or "content" not in message:
                     errors["message_missing_key"] = errors.get("message_missing_key", 0) + 1
                 if any(k not in ("role", "content", "name", "weight") for k in message):
-                    errors["message_unrecognized_key"] = errors.get("message_unrecognized_key", 0) + 1
+                    errors["message_unrecognized_key"] = (
+                        errors.get("message_unrecognized_key", 0) + 1
+                    )
                 if message.get("role") not in ("system", "user", "assistant", "tool"):
                     errors["unrecognized_role"] = errors.get("unrecognized_role", 0) + 1
                 content = message.get("content")
@@ -126,22 +135,43 @@ def run_tokens(path: str, rows: int) -> dict:
 
     tokenizer, name = load_tokenizer(DEFAULT_BASE_MODEL, None)
     data = DataFile(Path(path), Path(path).name, "jsonl")
-    stats, _ = count_tokens(iter_file_rows(data, {}), kind=FormatKind.LANGUAGE_MODELING, conversational=True,
-                            tokenizer=tokenizer, tokenizer_name=name, max_length=1024, row_count=rows, limit=rows)
-    return {"seconds": stats.rows / stats.rows_per_second, "rows": stats.rows, "rows_per_second": stats.rows_per_second,
-            "mean_tokens": stats.mean_tokens, "tokenizer": name, "chat_template": stats.chat_template}
+    stats, _ = count_tokens(
+        iter_file_rows(data, {}),
+        kind=FormatKind.LANGUAGE_MODELING,
+        conversational=True,
+        tokenizer=tokenizer,
+        tokenizer_name=name,
+        max_length=1024,
+        row_count=rows,
+        limit=rows,
+    )
+    return {
+        "seconds": stats.rows / stats.rows_per_second,
+        "rows": stats.rows,
+        "rows_per_second": stats.rows_per_second,
+        "mean_tokens": stats.mean_tokens,
+        "tokenizer": name,
+        "chat_template": stats.chat_template,
+    }
 
 
 def measure(program: str, path: Path, *extra: str) -> dict:
     """Run one program in a fresh interpreter; add its peak RSS (and its workers')."""
-    output = subprocess.run([sys.executable, __file__, "--run", program, str(path), *extra],
-                            check=True, capture_output=True, text=True).stdout
+    output = subprocess.run(
+        [sys.executable, __file__, "--run", program, str(path), *extra],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
 def _cpu_seconds() -> float:
     """CPU time of this process and of its finished children (the validation workers)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
@@ -159,10 +189,14 @@ def _child(program: str, path: str, extra: list[str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, nargs="*", default=[1_000_000, 250_000])
     parser.add_argument("--token-rows", type=int, default=100_000)
-    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "lmft-bench-validation")
+    parser.add_argument(
+        "--dir", type=Path, default=Path(tempfile.gettempdir()) / "lmft-bench-validation"
+    )
     parser.add_argument("--run", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
@@ -176,31 +210,42 @@ def main() -> None:
             print(f"generating {path} ...", flush=True)
             generate(path, rows)
         files[rows] = path
-    print(f"\nmachine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (on a busy machine wall seconds are "
-          "noisy; CPU seconds, summed over all processes, are steadier)\n")
-    header = (f"{'file':<24}{'program':<36}{'seconds':>9}{'vs (a)':>8}{'CPU s':>8}{'vs (a)':>8}"
-              f"{'peak RSS MB':>22}{'rows':>11}{'errors':>8}")
+    print(
+        f"\nmachine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (on a busy machine wall seconds are "
+        "noisy; CPU seconds, summed over all processes, are steadier)\n"
+    )
+    header = (
+        f"{'file':<24}{'program':<36}{'seconds':>9}{'vs (a)':>8}{'CPU s':>8}{'vs (a)':>8}"
+        f"{'peak RSS MB':>22}{'rows':>11}{'errors':>8}"
+    )
     print(header)
     print("-" * len(header))
     for rows, path in files.items():
         size = path.stat().st_size / 1e6
         results = {name: measure(name, path) for name in ("ours", "loop", "arrow")}
         base, base_cpu = results["loop"]["seconds"], results["loop"]["cpu_seconds"]
-        labels = {"ours": "ours (check_dataset, all cores)", "loop": "(a) json.loads + Python checks",
-                  "arrow": "(b) pyarrow.json.read_json"}
+        labels = {
+            "ours": "ours (check_dataset, all cores)",
+            "loop": "(a) json.loads + Python checks",
+            "arrow": "(b) pyarrow.json.read_json",
+        }
         for name, result in results.items():
             rss = f"{result['rss_mb']:.0f}"
             if name == "ours":
                 rss += f" + {result['worker_rss_mb']:.0f} per worker"
-            print(f"{f'{rows:,} rows ({size:.0f} MB)':<24}{labels[name]:<36}{result['seconds']:>9.2f}"
-                  f"{base / result['seconds']:>7.1f}x{result['cpu_seconds']:>8.2f}{base_cpu / result['cpu_seconds']:>7.1f}x"
-                  f"{rss:>22}{result['rows']:>11,}{result['errors']:>8}")
+            print(
+                f"{f'{rows:,} rows ({size:.0f} MB)':<24}{labels[name]:<36}{result['seconds']:>9.2f}"
+                f"{base / result['seconds']:>7.1f}x{result['cpu_seconds']:>8.2f}{base_cpu / result['cpu_seconds']:>7.1f}x"
+                f"{rss:>22}{result['rows']:>11,}{result['errors']:>8}"
+            )
         print()
     token_file = files[min(files)]
     tokens = measure("tokens", token_file, str(args.token_rows))
-    print(f"token statistics: {tokens['rows']:,} rows in {tokens['seconds']:.1f} s = {tokens['rows_per_second']:,.0f} rows/s "
-          f"({tokens['tokenizer']}{' + chat template' if tokens['chat_template'] else ''}, "
-          f"mean {tokens['mean_tokens']:.0f} tokens/row, peak RSS {tokens['rss_mb']:.0f} MB)")
+    print(
+        f"token statistics: {tokens['rows']:,} rows in {tokens['seconds']:.1f} s = {tokens['rows_per_second']:,.0f} rows/s "
+        f"({tokens['tokenizer']}{' + chat template' if tokens['chat_template'] else ''}, "
+        f"mean {tokens['mean_tokens']:.0f} tokens/row, peak RSS {tokens['rss_mb']:.0f} MB)"
+    )
 
 
 if __name__ == "__main__":

@@ -37,13 +37,33 @@ class BudgetPolicy(Block):
         "exceed, and a threshold above which a run waits for a human approval."
     )
 
-    monthly_limit_usd: Annotated[float, Field(gt=0, le=1_000_000, description="USD per calendar month (UTC), reservations included.")]
-    approval_threshold_usd: Annotated[
-        float, Field(ge=0, le=1_000_000, description="Runs whose high estimate is above this wait for approval.")
+    monthly_limit_usd: Annotated[
+        float,
+        Field(
+            gt=0, le=1_000_000, description="USD per calendar month (UTC), reservations included."
+        ),
     ]
-    per_job_max_usd: Annotated[float, Field(gt=0, le=1_000_000, description="No single run may be estimated above this (high end).")]
+    approval_threshold_usd: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=1_000_000,
+            description="Runs whose high estimate is above this wait for approval.",
+        ),
+    ]
+    per_job_max_usd: Annotated[
+        float,
+        Field(
+            gt=0, le=1_000_000, description="No single run may be estimated above this (high end)."
+        ),
+    ]
     approval_timeout_seconds: Annotated[
-        int, Field(ge=1, le=30 * 24 * 3600, description="How long a run waits for approval; no answer means rejected.")
+        int,
+        Field(
+            ge=1,
+            le=30 * 24 * 3600,
+            description="How long a run waits for approval; no answer means rejected.",
+        ),
     ] = 24 * 3600
     require_approval_for_all_runs: Annotated[
         bool,

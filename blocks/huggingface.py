@@ -26,11 +26,18 @@ class HuggingFaceCredentials(Block):
     _block_type_name = "Hugging Face Credentials"
     _description = "Token and namespace for Hugging Face Jobs and the Hub repos a run pushes to."
 
-    token: SecretStr = Field(description="A Hugging Face access token with write access to the namespace.")
-    namespace: str = Field(min_length=1, description="User or organisation that runs the jobs and owns the repos.")
-    endpoint: str | None = Field(default=None, description="Hub endpoint; empty for https://huggingface.co.")
+    token: SecretStr = Field(
+        description="A Hugging Face access token with write access to the namespace."
+    )
+    namespace: str = Field(
+        min_length=1, description="User or organisation that runs the jobs and owns the repos."
+    )
+    endpoint: str | None = Field(
+        default=None, description="Hub endpoint; empty for https://huggingface.co."
+    )
     trackio_space_id: str | None = Field(
-        default=None, description="Trackio Space ('namespace/name') the training job syncs its metrics to."
+        default=None,
+        description="Trackio Space ('namespace/name') the training job syncs its metrics to.",
     )
 
     def api(self) -> HfApi:

@@ -38,18 +38,28 @@ class ServerlessLLMTarget(Block):
 
     _block_type_name = "serverless-llm Target"
     _block_type_slug = "serverless-llm-target"
-    _description = "A serverless-llm repository (GitHub) that serves GGUF models from Actions runners."
+    _description = (
+        "A serverless-llm repository (GitHub) that serves GGUF models from Actions runners."
+    )
 
-    repository: str = Field(description="owner/name of the serverless-llm repository on GitHub.", examples=["jonasneves/serverless-llm"])
-    base_branch: str = Field(default="main", description="Branch the inference and Build workflows run from.")
+    repository: str = Field(
+        description="owner/name of the serverless-llm repository on GitHub.",
+        examples=["jonasneves/serverless-llm"],
+    )
+    base_branch: str = Field(
+        default="main", description="Branch the inference and Build workflows run from."
+    )
     credentials: GitHubCredentials | None = Field(
-        default=None, description="GitHub token with contents, pull-requests and actions write access."
+        default=None,
+        description="GitHub token with contents, pull-requests and actions write access.",
     )
     api_base_url: str = Field(
-        default="https://api.github.com", description="GitHub REST API root (GitHub Enterprise: https://HOST/api/v3)."
+        default="https://api.github.com",
+        description="GitHub REST API root (GitHub Enterprise: https://HOST/api/v3).",
     )
     clone_url: str | None = Field(
-        default=None, description="Clone URL override; default https://github.com/{repository}.git. Never put a token in it."
+        default=None,
+        description="Clone URL override; default https://github.com/{repository}.git. Never put a token in it.",
     )
     health_url_pattern: str | None = Field(
         default=None,
@@ -57,9 +67,13 @@ class ServerlessLLMTarget(Block):
         "without it the flow stops after the inference workflow is dispatched.",
         examples=["https://{name}.example.org/health"],
     )
-    mode: DeployMode = Field(default=DeployMode.PULL_REQUEST, description="Open a pull request, or push to the base branch.")
+    mode: DeployMode = Field(
+        default=DeployMode.PULL_REQUEST,
+        description="Open a pull request, or push to the base branch.",
+    )
     wait_for_merge: bool = Field(
-        default=False, description="In pull_request mode, wait for someone to merge the PR, then continue to serving."
+        default=False,
+        description="In pull_request mode, wait for someone to merge the PR, then continue to serving.",
     )
     merge_timeout_seconds: float = Field(default=24 * 3600, gt=0)
     build_workflow: str | None = Field(
@@ -67,14 +81,27 @@ class ServerlessLLMTarget(Block):
         description="Workflow file that builds the images after a push to config/**; wait for it before dispatching. None to skip.",
     )
     build_timeout_seconds: float = Field(default=3600, gt=0)
-    inference_workflow: str = Field(default="inference.yml", description="Workflow dispatched with model=NAME.")
-    health_timeout_seconds: float = Field(default=900, gt=0, description="The server downloads the GGUF at start-up.")
-    poll_seconds: float = Field(default=15, gt=0, description="Interval between checks of the PR, workflow runs and health.")
-    hf_namespace: str | None = Field(
-        default=None, description="Hugging Face user/org the GGUF is uploaded to when it is a local file ({namespace}/{name}-GGUF)."
+    inference_workflow: str = Field(
+        default="inference.yml", description="Workflow dispatched with model=NAME."
     )
-    category: str = Field(default="SMALL", description="ModelCategory member of the new entry.", examples=["SMALL", "MEDIUM", "REASONING"])
-    routing_category: str | None = Field(default="general", description="general | coding | reasoning | function_calling")
+    health_timeout_seconds: float = Field(
+        default=900, gt=0, description="The server downloads the GGUF at start-up."
+    )
+    poll_seconds: float = Field(
+        default=15, gt=0, description="Interval between checks of the PR, workflow runs and health."
+    )
+    hf_namespace: str | None = Field(
+        default=None,
+        description="Hugging Face user/org the GGUF is uploaded to when it is a local file ({namespace}/{name}-GGUF).",
+    )
+    category: str = Field(
+        default="SMALL",
+        description="ModelCategory member of the new entry.",
+        examples=["SMALL", "MEDIUM", "REASONING"],
+    )
+    routing_category: str | None = Field(
+        default="general", description="general | coding | reasoning | function_calling"
+    )
     n_ctx: int = Field(default=4096, ge=256, le=262144)
     n_threads: int = Field(default=4, ge=1, le=64)
     n_batch: int | None = Field(default=None, ge=1, le=8192)
@@ -85,7 +112,9 @@ class ServerlessLLMTarget(Block):
     @classmethod
     def _check_repository(cls, value: str) -> str:
         if not REPOSITORY_PATTERN.match(value):
-            raise ValueError(f"repository {value!r} must look like 'owner/name' (letters, digits, '.', '_', '-')")
+            raise ValueError(
+                f"repository {value!r} must look like 'owner/name' (letters, digits, '.', '_', '-')"
+            )
         return value
 
     @field_validator("base_branch")
@@ -99,7 +128,9 @@ class ServerlessLLMTarget(Block):
     @classmethod
     def _check_workflow(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.ya?ml", value):
-            raise ValueError(f"workflow {value!r} must be a workflow file name such as 'inference.yml'")
+            raise ValueError(
+                f"workflow {value!r} must be a workflow file name such as 'inference.yml'"
+            )
         return value
 
     @field_validator("health_url_pattern")
@@ -110,23 +141,31 @@ class ServerlessLLMTarget(Block):
         try:
             url = value.format(name="model", port=8100, subdomain="model")
         except (KeyError, IndexError, ValueError):
-            raise ValueError(f"health_url_pattern {value!r} may only use the placeholders {{name}}, {{port}}, {{subdomain}}") from None
+            raise ValueError(
+                f"health_url_pattern {value!r} may only use the placeholders {{name}}, {{port}}, {{subdomain}}"
+            ) from None
         if not url.startswith(("http://", "https://")) or not url.rstrip("/").endswith("/health"):
-            raise ValueError(f"health_url_pattern {value!r} must be an http(s) URL ending in /health")
+            raise ValueError(
+                f"health_url_pattern {value!r} must be an http(s) URL ending in /health"
+            )
         return value
 
     @field_validator("category")
     @classmethod
     def _check_category(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Z][A-Z0-9_]{0,31}", value):
-            raise ValueError(f"category {value!r} must be a ModelCategory member name such as SMALL")
+            raise ValueError(
+                f"category {value!r} must be a ModelCategory member name such as SMALL"
+            )
         return value
 
     @field_validator("routing_category")
     @classmethod
     def _check_routing(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", value):
-            raise ValueError(f"routing_category {value!r} must be lowercase letters, digits and '_'")
+            raise ValueError(
+                f"routing_category {value!r} must be lowercase letters, digits and '_'"
+            )
         return value
 
     def token(self) -> str | None:

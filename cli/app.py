@@ -61,7 +61,9 @@ def load_config(path: Path) -> dict:
     return data
 
 
-def request_from_cli(config: Path | None, dataset: str | None, fields: dict, *, max_steps: int | None = None):
+def request_from_cli(
+    config: Path | None, dataset: str | None, fields: dict, *, max_steps: int | None = None
+):
     """A `FineTuneRequest` from a config file plus command-line options (options win)."""
     from tasks.request import FineTuneRequest
 
@@ -85,4 +87,3 @@ def request_from_cli(config: Path | None, dataset: str | None, fields: dict, *, 
 
 # Register the commands: run; estimate, costs, budget; convert; deploy, serve; health-check; cancel; mcp; validate.
 from cli import commands, costs, deploy, gguf, jobs, mcp, operations, validation  # noqa: E402,F401
-

@@ -12,17 +12,28 @@ from cli.app import app, fail, request_from_cli
 
 @app.command()
 def run(
-    config: Annotated[Path | None, typer.Argument(help="YAML/JSON file with a FineTuneRequest.")] = None,
-    model: Annotated[str | None, typer.Option(help="Base model: Hub id, local folder or 'smollm2-135m-instruct'.")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset: local file/folder or Hub id.")] = None,
+    config: Annotated[
+        Path | None, typer.Argument(help="YAML/JSON file with a FineTuneRequest.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Base model: Hub id, local folder or 'smollm2-135m-instruct'."),
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset: local file/folder or Hub id.")
+    ] = None,
     method: Annotated[str | None, typer.Option(help="sft | dpo | grpo | kto")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Stop after this many optimizer steps.")
+    ] = None,
     backend: Annotated[str | None, typer.Option(help="local | hf-jobs")] = None,
     output_name: Annotated[str | None, typer.Option(help="Name of the trained model.")] = None,
 ) -> None:
     """Run the `finetune` flow and print where the trained model is."""
     request = request_from_cli(
-        config, dataset, {"base_model": model, "method": method, "backend": backend, "output_name": output_name},
+        config,
+        dataset,
+        {"base_model": model, "method": method, "backend": backend, "output_name": output_name},
         max_steps=max_steps,
     )
 
@@ -33,14 +44,24 @@ def run(
         raise fail(f"the finetune flow ended {state.name}: {state.message}", code=1)
     summary = state.result()
     typer.echo("")
-    typer.secho(f"Fine-tuned {summary.output_name} in {summary.steps} steps", fg=typer.colors.GREEN, bold=True)
+    typer.secho(
+        f"Fine-tuned {summary.output_name} in {summary.steps} steps",
+        fg=typer.colors.GREEN,
+        bold=True,
+    )
     typer.echo(f"  loss          {summary.first_loss:.4f} -> {summary.final_loss:.4f}")
-    typer.echo("  wall time     " + ", ".join(f"{k} {v:.0f}s" for k, v in summary.step_seconds.items()))
+    typer.echo(
+        "  wall time     " + ", ".join(f"{k} {v:.0f}s" for k, v in summary.step_seconds.items())
+    )
     typer.echo(f"  model         {summary.model_dir or summary.hub_repo}")
     if summary.gguf:
         typer.echo(f"  GGUF          {summary.gguf}")
         typer.echo(f"                {summary.gguf_decision}")
     if summary.deployment_url:
-        typer.echo(f"  serving       {summary.deployment_url} ({summary.deployment_status}); `lmft serve list`, `lmft serve stop`")
+        typer.echo(
+            f"  serving       {summary.deployment_url} ({summary.deployment_status}); `lmft serve list`, `lmft serve stop`"
+        )
     typer.echo(f"  Trackio       trackio show --project {summary.trackio_project}")
-    typer.echo("  Prefect UI    prefect server start, then open http://127.0.0.1:4200 (set PREFECT_API_URL to keep runs)")
+    typer.echo(
+        "  Prefect UI    prefect server start, then open http://127.0.0.1:4200 (set PREFECT_API_URL to keep runs)"
+    )

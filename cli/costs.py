@@ -10,21 +10,37 @@ from pydantic import ValidationError
 
 from cli.app import app, explain_validation_error, fail, request_from_cli
 
-budget_app = typer.Typer(help="Show or save the BudgetPolicy block (monthly limit, approval threshold).", no_args_is_help=True)
+budget_app = typer.Typer(
+    help="Show or save the BudgetPolicy block (monthly limit, approval threshold).",
+    no_args_is_help=True,
+)
 app.add_typer(budget_app, name="budget")
 
 
 @app.command()
 def estimate(
-    config: Annotated[Path | None, typer.Argument(help="YAML/JSON file with a FineTuneRequest.")] = None,
-    model: Annotated[str | None, typer.Option(help="Base model: Hub id, local folder or 'smollm2-135m-instruct'.")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset: local file/folder or Hub id.")] = None,
+    config: Annotated[
+        Path | None, typer.Argument(help="YAML/JSON file with a FineTuneRequest.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Base model: Hub id, local folder or 'smollm2-135m-instruct'."),
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset: local file/folder or Hub id.")
+    ] = None,
     method: Annotated[str | None, typer.Option(help="sft | dpo | grpo | kto")] = None,
     backend: Annotated[str, typer.Option(help="local | hf-jobs")] = "hf-jobs",
-    hardware: Annotated[str | None, typer.Option(help="'auto' or an HF Jobs flavor, e.g. a10g-small.")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
+    hardware: Annotated[
+        str | None, typer.Option(help="'auto' or an HF Jobs flavor, e.g. a10g-small.")
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Stop after this many optimizer steps.")
+    ] = None,
     full: Annotated[bool, typer.Option("--full", help="Full fine-tuning instead of LoRA.")] = False,
-    offline: Annotated[bool, typer.Option("--offline", help="Use the dated price table, not the live catalog.")] = False,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Use the dated price table, not the live catalog.")
+    ] = False,
 ) -> None:
     """Estimate hardware, time and cost of a run without starting it."""
     from tasks.costs import estimate_request, load_catalog
@@ -50,7 +66,9 @@ def costs(
     """Month-to-date spend, open holds, and each run's estimate next to its actual cost."""
     from tasks.cost_report import build_cost_report
 
-    if month is not None and not (len(month) == 7 and month[4] == "-" and month.replace("-", "").isdigit()):
+    if month is not None and not (
+        len(month) == 7 and month[4] == "-" and month.replace("-", "").isdigit()
+    ):
         raise fail(f"--month: {month!r} is not YYYY-MM")
     report = build_cost_report(month)
     t = report.totals
@@ -74,10 +92,19 @@ def costs(
 @budget_app.command("set")
 def budget_set(
     monthly_limit: Annotated[float, typer.Option(help="USD per calendar month (UTC).")],
-    approval_threshold: Annotated[float, typer.Option(help="Runs estimated above this (high end) wait for approval.")],
-    per_job_max: Annotated[float, typer.Option(help="No run may be estimated above this (high end).")],
-    approval_timeout: Annotated[int, typer.Option(help="Seconds to wait for approval; then rejected.")] = 24 * 3600,
-    ledger_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL of the ledger (default SQLite in $LMFT_HOME).")] = None,
+    approval_threshold: Annotated[
+        float, typer.Option(help="Runs estimated above this (high end) wait for approval.")
+    ],
+    per_job_max: Annotated[
+        float, typer.Option(help="No run may be estimated above this (high end).")
+    ],
+    approval_timeout: Annotated[
+        int, typer.Option(help="Seconds to wait for approval; then rejected.")
+    ] = 24 * 3600,
+    ledger_url: Annotated[
+        str | None,
+        typer.Option(help="SQLAlchemy URL of the ledger (default SQLite in $LMFT_HOME)."),
+    ] = None,
     require_approval_for_all_runs: Annotated[
         bool,
         typer.Option(
@@ -92,8 +119,11 @@ def budget_set(
 
     try:
         policy = BudgetPolicy(
-            monthly_limit_usd=monthly_limit, approval_threshold_usd=approval_threshold, per_job_max_usd=per_job_max,
-            approval_timeout_seconds=approval_timeout, ledger_url=ledger_url,
+            monthly_limit_usd=monthly_limit,
+            approval_threshold_usd=approval_threshold,
+            per_job_max_usd=per_job_max,
+            approval_timeout_seconds=approval_timeout,
+            ledger_url=ledger_url,
             require_approval_for_all_runs=require_approval_for_all_runs,
         )
     except ValidationError as exc:
@@ -101,13 +131,23 @@ def budget_set(
     try:
         policy.save(name, overwrite=True)
     except RuntimeError as exc:  # the Prefect API could not be reached
-        raise fail(f"cannot save the BudgetPolicy block ({exc}); start `prefect server start` and set PREFECT_API_URL") from None
-    approval = "every run needs approval" if require_approval_for_all_runs else f"approval above ${approval_threshold:.2f}"
-    typer.echo(f"saved BudgetPolicy {name!r}: ${monthly_limit:.2f}/month, {approval}, per job ≤ ${per_job_max:.2f}")
+        raise fail(
+            f"cannot save the BudgetPolicy block ({exc}); start `prefect server start` and set PREFECT_API_URL"
+        ) from None
+    approval = (
+        "every run needs approval"
+        if require_approval_for_all_runs
+        else f"approval above ${approval_threshold:.2f}"
+    )
+    typer.echo(
+        f"saved BudgetPolicy {name!r}: ${monthly_limit:.2f}/month, {approval}, per job ≤ ${per_job_max:.2f}"
+    )
 
 
 @budget_app.command("show")
-def budget_show(name: Annotated[str, typer.Option(help="Block document name.")] = "default") -> None:
+def budget_show(
+    name: Annotated[str, typer.Option(help="Block document name.")] = "default",
+) -> None:
     """Print the saved BudgetPolicy and where its ledger lives."""
     from blocks.budget import BudgetPolicyMissing, BudgetPolicyUnavailable, load_budget_policy
     from tasks.budget import ledger_for
@@ -120,5 +160,7 @@ def budget_show(name: Annotated[str, typer.Option(help="Block document name.")] 
     typer.echo(f"approval threshold   ${policy.approval_threshold_usd:.2f}")
     typer.echo(f"per-job maximum      ${policy.per_job_max_usd:.2f}")
     typer.echo(f"approval timeout     {policy.approval_timeout_seconds} s")
-    typer.echo(f"approve every run    {'yes, free local runs too' if policy.require_approval_for_all_runs else 'no'}")
+    typer.echo(
+        f"approve every run    {'yes, free local runs too' if policy.require_approval_for_all_runs else 'no'}"
+    )
     typer.echo(f"ledger               {ledger_for(policy).describe()}")

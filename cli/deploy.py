@@ -16,11 +16,24 @@ app.add_typer(serve_app, name="serve")
 
 @app.command()
 def deploy(
-    gguf: Annotated[str | None, typer.Argument(help="A .gguf file or hf://owner/repo/file.gguf. Default: the embedded SmolLM2.")] = None,
-    name: Annotated[str | None, typer.Option(help="Model name. Default: derived from the file name.")] = None,
-    target: Annotated[str, typer.Option(help="'local' or a saved ServerlessLLMTarget block name.")] = "local",
-    quality_report: Annotated[Path | None, typer.Option(help="Markdown file to put in the pull request.")] = None,
-    hf_repo: Annotated[str | None, typer.Option(help="Hub repo to upload a local GGUF to (serverless-llm).")] = None,
+    gguf: Annotated[
+        str | None,
+        typer.Argument(
+            help="A .gguf file or hf://owner/repo/file.gguf. Default: the embedded SmolLM2."
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Model name. Default: derived from the file name.")
+    ] = None,
+    target: Annotated[
+        str, typer.Option(help="'local' or a saved ServerlessLLMTarget block name.")
+    ] = "local",
+    quality_report: Annotated[
+        Path | None, typer.Option(help="Markdown file to put in the pull request.")
+    ] = None,
+    hf_repo: Annotated[
+        str | None, typer.Option(help="Hub repo to upload a local GGUF to (serverless-llm).")
+    ] = None,
 ) -> None:
     """Run the `deploy` flow and print where the model answers."""
     from tasks.base_model import embedded_gguf_path
@@ -36,23 +49,32 @@ def deploy(
     from flows.deploy import deploy as deploy_flow
 
     state = deploy_flow(
-        gguf, name, target, quality_report_md=quality_report.read_text() if quality_report else None,
-        hf_repo=hf_repo, return_state=True,
+        gguf,
+        name,
+        target,
+        quality_report_md=quality_report.read_text() if quality_report else None,
+        hf_repo=hf_repo,
+        return_state=True,
     )
     if not state.is_completed():
         raise fail(f"the deploy flow ended {state.name}: {state.message}", code=1)
     deployment = state.result()
     typer.echo("")
     typer.secho(f"{deployment.name}: {deployment.status.value}", fg=typer.colors.GREEN, bold=True)
-    for label, value in (("url", deployment.url), ("pull request", deployment.pull_request_url),
-                         ("inference run", deployment.inference_run_url)):
+    for label, value in (
+        ("url", deployment.url),
+        ("pull request", deployment.pull_request_url),
+        ("inference run", deployment.inference_run_url),
+    ):
         if value:
             typer.echo(f"  {label:<14}{value}")
     if deployment.smoke:
         typer.echo(f"  smoke reply   {deployment.smoke.reply!r}")
     if deployment.target == "local":
-        typer.echo(f"  try it        curl {deployment.url}/v1/chat/completions -H 'Content-Type: application/json' "
-                   f"-d '{{\"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
+        typer.echo(
+            f"  try it        curl {deployment.url}/v1/chat/completions -H 'Content-Type: application/json' "
+            f'-d \'{{"messages": [{{"role": "user", "content": "Hello"}}]}}\''
+        )
         typer.echo(f"  stop it       lmft serve stop {deployment.name}")
 
 
@@ -65,11 +87,22 @@ def serve_list() -> None:
     if not servers:
         typer.echo("no local model server is running")
     for server in servers:
-        typer.echo(json.dumps({"name": server.name, "url": server.url, "pid": server.pid, "gguf": server.gguf_path}))
+        typer.echo(
+            json.dumps(
+                {
+                    "name": server.name,
+                    "url": server.url,
+                    "pid": server.pid,
+                    "gguf": server.gguf_path,
+                }
+            )
+        )
 
 
 @serve_app.command("stop")
-def serve_stop(name: Annotated[str, typer.Argument(help="Model name, as `lmft serve list` shows it.")]) -> None:
+def serve_stop(
+    name: Annotated[str, typer.Argument(help="Model name, as `lmft serve list` shows it.")],
+) -> None:
     """Stop a local model server."""
     from tasks.serving.local import local_name_for, stop_local_server
 

@@ -12,7 +12,9 @@ from cli.app import app, fail
 
 @app.command()
 def cancel(
-    target: Annotated[str, typer.Argument(help="A job id (local or Hugging Face) or the id of a flow run.")],
+    target: Annotated[
+        str, typer.Argument(help="A job id (local or Hugging Face) or the id of a flow run.")
+    ],
 ) -> None:
     """Cancel a training job; for a flow run id, cancel the run and every job it started."""
     from tasks.jobs.backends import cancel_job, find_jobs
@@ -29,7 +31,9 @@ def cancel(
         for backend in Backend:
             try:
                 handles += find_jobs(backend, {"flow_run_id": str(flow_run_id)})
-            except RuntimeError as exc:  # backend not configured here: it cannot hold jobs of this run
+            except (
+                RuntimeError
+            ) as exc:  # backend not configured here: it cannot hold jobs of this run
                 typer.echo(f"skipped {backend.value}: {exc}", err=True)
     elif target.startswith("local-"):
         handles = [h for h in find_local_jobs({}) if h.job_id == target]

@@ -12,14 +12,23 @@ from cli.app import app, explain_validation_error, fail
 
 @app.command()
 def validate(
-    dataset: Annotated[str, typer.Argument(help="Local file/folder (jsonl, json, parquet, csv; .gz too) or Hub id.")],
+    dataset: Annotated[
+        str,
+        typer.Argument(help="Local file/folder (jsonl, json, parquet, csv; .gz too) or Hub id."),
+    ],
     method: Annotated[str, typer.Option(help="sft | dpo | grpo | kto")] = "sft",
-    model: Annotated[str | None, typer.Option(help="Base model whose tokenizer counts the tokens.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Base model whose tokenizer counts the tokens.")
+    ] = None,
     split: Annotated[str, typer.Option(help="Hub dataset split.")] = "train",
     config: Annotated[str | None, typer.Option(help="Hub dataset configuration.")] = None,
     revision: Annotated[str | None, typer.Option(help="Hub dataset revision.")] = None,
-    column_map: Annotated[str | None, typer.Option(help='JSON renames, e.g. \'{"instruction": "prompt"}\'.')] = None,
-    max_length: Annotated[int | None, typer.Option(help="Longest tokenised row the training keeps.")] = None,
+    column_map: Annotated[
+        str | None, typer.Option(help='JSON renames, e.g. \'{"instruction": "prompt"}\'.')
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Longest tokenised row the training keeps.")
+    ] = None,
     min_rows: Annotated[int | None, typer.Option(help="Fewer rows than this is an error.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:

@@ -32,11 +32,15 @@ SERVED_FLOWS = {
 
 def serve_flows(*extra: RunnerDeployment, limit: int | None = None) -> None:
     """Register every pipeline flow (and `extra`) as deployments; execute their runs until interrupted."""
-    deployments = [flow.to_deployment(name=name.deployment_name) for name, flow in SERVED_FLOWS.items()]
+    deployments = [
+        flow.to_deployment(name=name.deployment_name) for name, flow in SERVED_FLOWS.items()
+    ]
     serve(*deployments, *extra, limit=limit, print_starting_message=True)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--limit", type=int, default=None, help="Most runs executing at once.")
     serve_flows(limit=parser.parse_args().limit)

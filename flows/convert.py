@@ -40,18 +40,29 @@ def convert(
     token = resolve_token(None) if hub else None  # refuse before converting, not after
     texts = list(held_out or [])
     plan = preflight_gguf(
-        model, lineage, settings, adapter=adapter, output_dir=output_dir, has_training_text=bool(texts or dataset)
+        model,
+        lineage,
+        settings,
+        adapter=adapter,
+        output_dir=output_dir,
+        has_training_text=bool(texts or dataset),
     )
     if dataset is not None and not texts:
         texts = select_held_out(dataset, plan.model_dir)
     reference = convert_to_gguf(plan, lineage, settings)
     needs_imatrix = any(q.needs_importance_matrix for q in settings.quant_types)
     imatrix = compute_imatrix(plan, reference, texts) if needs_imatrix else None
-    variants = [quantize_gguf(plan, reference, q, lineage, settings, imatrix) for q in settings.quant_types]
+    variants = [
+        quantize_gguf(plan, reference, q, lineage, settings, imatrix) for q in settings.quant_types
+    ]
     quality = check_gguf_quality(reference, variants, texts, settings)
     artifacts = GGUFArtifacts(
-        model=model, output_dir=plan.output_dir, reference=reference, variants=variants,
-        converter_version=plan.converter.version, lineage=lineage,
+        model=model,
+        output_dir=plan.output_dir,
+        reference=reference,
+        variants=variants,
+        converter_version=plan.converter.version,
+        lineage=lineage,
     )
     hub_url = upload_gguf(artifacts, quality, hub, token) if hub else None
     logger.info(quality.decision)
@@ -63,4 +74,8 @@ if __name__ == "__main__":
 
     from tasks.base_model import materialize_embedded_model
 
-    print(convert(sys.argv[1] if len(sys.argv) > 1 else str(materialize_embedded_model())).quality.decision)
+    print(
+        convert(
+            sys.argv[1] if len(sys.argv) > 1 else str(materialize_embedded_model())
+        ).quality.decision
+    )

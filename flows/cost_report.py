@@ -12,7 +12,9 @@ from tasks.cost_report import CostReport, build_cost_report, publish_cost_report
 
 @flow(name="cost_report", log_prints=True)
 def cost_report(
-    month: Annotated[str | None, Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM (UTC).")] = None,
+    month: Annotated[
+        str | None, Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM (UTC).")
+    ] = None,
 ) -> CostReport:
     """Report the ledger of `month` (YYYY-MM, default this month) as a table artifact."""
     report = build_cost_report(month)

@@ -12,16 +12,41 @@ from tasks.deployment import LOCAL_TARGET, Deployment, deploy_gguf
 
 @flow(name="deploy", log_prints=True)
 def deploy(
-    gguf_path: Annotated[str, Field(description="A local .gguf file, or hf://owner/repo/file.gguf already on the Hub.")],
-    name: Annotated[str, Field(description="Model name users ask for (serverless-llm: lowercase letters and digits).")],
-    target: Annotated[str, Field(description="'local', or the name of a saved ServerlessLLMTarget block.")] = LOCAL_TARGET,
-    quality_report_md: Annotated[str | None, Field(description="Markdown quality report for the pull request.")] = None,
-    lineage: Annotated[dict | None, Field(description="Base model, dataset, job, ... for the pull request.")] = None,
-    hf_repo: Annotated[str | None, Field(description="Hub repo to upload a local GGUF to (serverless-llm).")] = None,
+    gguf_path: Annotated[
+        str,
+        Field(description="A local .gguf file, or hf://owner/repo/file.gguf already on the Hub."),
+    ],
+    name: Annotated[
+        str,
+        Field(
+            description="Model name users ask for (serverless-llm: lowercase letters and digits)."
+        ),
+    ],
+    target: Annotated[
+        str, Field(description="'local', or the name of a saved ServerlessLLMTarget block.")
+    ] = LOCAL_TARGET,
+    quality_report_md: Annotated[
+        str | None, Field(description="Markdown quality report for the pull request.")
+    ] = None,
+    lineage: Annotated[
+        dict | None, Field(description="Base model, dataset, job, ... for the pull request.")
+    ] = None,
+    hf_repo: Annotated[
+        str | None, Field(description="Hub repo to upload a local GGUF to (serverless-llm).")
+    ] = None,
 ) -> Deployment:
     """Deploy `gguf_path` as model `name` on `target` and check that it answers a chat request."""
-    deployment = deploy_gguf(gguf_path, name, target, quality_report_md=quality_report_md, lineage=lineage, hf_repo=hf_repo)
-    print(f"{deployment.name} is {deployment.status.value} at {deployment.url or deployment.pull_request_url}")
+    deployment = deploy_gguf(
+        gguf_path,
+        name,
+        target,
+        quality_report_md=quality_report_md,
+        lineage=lineage,
+        hf_repo=hf_repo,
+    )
+    print(
+        f"{deployment.name} is {deployment.status.value} at {deployment.url or deployment.pull_request_url}"
+    )
     return deployment
 
 
@@ -30,4 +55,7 @@ if __name__ == "__main__":
 
     from tasks.base_model import embedded_gguf_path
 
-    deploy(sys.argv[1] if len(sys.argv) > 1 else str(embedded_gguf_path()), sys.argv[2] if len(sys.argv) > 2 else "smollm2")
+    deploy(
+        sys.argv[1] if len(sys.argv) > 1 else str(embedded_gguf_path()),
+        sys.argv[2] if len(sys.argv) > 2 else "smollm2",
+    )

@@ -25,4 +25,6 @@ if __name__ == "__main__":
 
     from tasks.request import DatasetSource
 
-    print(estimate(FineTuneRequest(dataset=DatasetSource(path=sys.argv[1]))).model_dump_json(indent=2))
+    print(
+        estimate(FineTuneRequest(dataset=DatasetSource(path=sys.argv[1]))).model_dump_json(indent=2)
+    )

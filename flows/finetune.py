@@ -44,7 +44,11 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
         reservation = gate_budget(estimate, run_key=key)
     with timed(timings, "train"):
         handle = submit_training(
-            request, model, idempotency_key=key, labels={"flow_run_id": str(flow_run.id)}, estimate=estimate
+            request,
+            model,
+            idempotency_key=key,
+            labels={"flow_run_id": str(flow_run.id)},
+            estimate=estimate,
         )
         record_job_start(reservation, handle)
         result = monitor_training(handle, estimate)
@@ -56,15 +60,27 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
     if request.gguf is not None:
         with timed(timings, "gguf"):
             lineage = lineage_for_request(request, str(flow_run.id))
-            gguf = convert(result.model_dir or result.hub_repo, lineage=lineage, settings=request.gguf, dataset=request.dataset)
+            gguf = convert(
+                result.model_dir or result.hub_repo,
+                lineage=lineage,
+                settings=request.gguf,
+                dataset=request.dataset,
+            )
         if request.deploy is not None:
             with timed(timings, "deploy"):
                 deployment = deploy_gguf(
-                    gguf.chosen, request.deploy.name or request.output_name, request.deploy.target,
-                    quality_report_md=quality_markdown(gguf.quality), lineage=lineage.model_dump(mode="json"),
+                    gguf.chosen,
+                    request.deploy.name or request.output_name,
+                    request.deploy.target,
+                    quality_report_md=quality_markdown(gguf.quality),
+                    lineage=lineage.model_dump(mode="json"),
                 )
-    summary = publish_summary(request, result, estimate, timings, samples, gguf=gguf, deployment=deployment)
-    logger.info("model saved to %s (loss %s → %s)", result.model_dir, result.first_loss, result.final_loss)
+    summary = publish_summary(
+        request, result, estimate, timings, samples, gguf=gguf, deployment=deployment
+    )
+    logger.info(
+        "model saved to %s (loss %s → %s)", result.model_dir, result.first_loss, result.final_loss
+    )
     return summary
 
 
@@ -73,4 +89,10 @@ if __name__ == "__main__":
 
     from tasks.request import DatasetSource
 
-    finetune(FineTuneRequest(dataset=DatasetSource(path=sys.argv[1] if len(sys.argv) > 1 else "examples/pirate_chat.jsonl")))
+    finetune(
+        FineTuneRequest(
+            dataset=DatasetSource(
+                path=sys.argv[1] if len(sys.argv) > 1 else "examples/pirate_chat.jsonl"
+            )
+        )
+    )

@@ -27,4 +27,6 @@ if __name__ == "__main__":
 
     from tasks.request import DatasetSource
 
-    print(validate(FineTuneRequest(dataset=DatasetSource(path=sys.argv[1]))).model_dump_json(indent=2))
+    print(
+        validate(FineTuneRequest(dataset=DatasetSource(path=sys.argv[1]))).model_dump_json(indent=2)
+    )

@@ -88,7 +88,9 @@ TAGS = ["mcp"]
 # "step 3/10  loss 1.2345  lr 2.00e-04  eta 12s".
 _MONITOR_LINE = re.compile(r"step (\d+)/(\d+)\s+loss (\S+)\s+lr \S+\s+eta (\S+?)s?$")
 # Token shapes that must never leave through a tool, whatever a flow logged.
-_SECRET = re.compile(r"(hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,}|(?i:bearer)\s+[\w.~+/=-]{16,})")
+_SECRET = re.compile(
+    r"(hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,}|(?i:bearer)\s+[\w.~+/=-]{16,})"
+)
 
 
 class ExpectedFailure(Exception):
@@ -98,7 +100,9 @@ class ExpectedFailure(Exception):
 Result = TypeVar("Result", bound=ToolResult)
 
 
-def returns_error(result: type[Result]) -> Callable[[Callable[..., Awaitable[Result]]], Callable[..., Awaitable[Result]]]:
+def returns_error(
+    result: type[Result],
+) -> Callable[[Callable[..., Awaitable[Result]]], Callable[..., Awaitable[Result]]]:
     """Turn the expected failures of an operation into `result(error=...)`."""
 
     def decorate(operation: Callable[..., Awaitable[Result]]) -> Callable[..., Awaitable[Result]]:
@@ -145,7 +149,9 @@ async def read_run(client: PrefectClient, run_id: UUID) -> FlowRun:
     try:
         return await client.read_flow_run(run_id)
     except ObjectNotFound:
-        raise ExpectedFailure(f"no flow run with id {run_id}: use list_jobs to find the run") from None
+        raise ExpectedFailure(
+            f"no flow run with id {run_id}: use list_jobs to find the run"
+        ) from None
 
 
 async def flow_name(client: PrefectClient, run: FlowRun) -> str:
@@ -257,7 +263,9 @@ async def start_run(
             "`prefect deploy --all` (or `python -m deployments.serve` on this machine)"
         ) from None
     except PrefectHTTPStatusError as exc:
-        raise ExpectedFailure(f"deployment {deployment.value!r} refused the run: {_http_detail(exc)}") from None
+        raise ExpectedFailure(
+            f"deployment {deployment.value!r} refused the run: {_http_detail(exc)}"
+        ) from None
 
 
 def new_key(idempotency_key: str | None) -> str:
@@ -298,43 +306,72 @@ async def run_quick_flow(
     if ref.state is not RunState.COMPLETED:
         ended = f"flow run {ref.name} ended {ref.state_name}: {ref.state_message or 'no message'} (see {ref.ui_url})"
         return QuickRun(ref, key, finished=True, error=ended)
-    return QuickRun(ref, key, finished=True, value=await run_result(run, returns) if returns else None)
+    return QuickRun(
+        ref, key, finished=True, value=await run_result(run, returns) if returns else None
+    )
 
 
 @returns_error(ValidationResult)
 async def validate_dataset(
-    request: FineTuneRequest, *, idempotency_key: str | None, wait_seconds: float, report_progress: ReportProgress | None
+    request: FineTuneRequest,
+    *,
+    idempotency_key: str | None,
+    wait_seconds: float,
+    report_progress: ReportProgress | None,
 ) -> ValidationResult:
     """Run the `validate` deployment and return its report, waiting at most `wait_seconds`."""
     outcome = await run_quick_flow(
-        DeploymentName.VALIDATE, {"request": request.model_dump(mode="json")}, ValidationReport,
-        idempotency_key=idempotency_key, wait_seconds=wait_seconds, report_progress=report_progress,
+        DeploymentName.VALIDATE,
+        {"request": request.model_dump(mode="json")},
+        ValidationReport,
+        idempotency_key=idempotency_key,
+        wait_seconds=wait_seconds,
+        report_progress=report_progress,
     )
     report: ValidationReport | None = outcome.value
     return ValidationResult(
-        run=outcome.ref, idempotency_key=outcome.key, finished=outcome.finished, error=outcome.error,
-        report=report, valid=report.ok if report else None,
+        run=outcome.ref,
+        idempotency_key=outcome.key,
+        finished=outcome.finished,
+        error=outcome.error,
+        report=report,
+        valid=report.ok if report else None,
     )
 
 
 @returns_error(EstimateResult)
 async def estimate_cost(
-    request: FineTuneRequest, *, idempotency_key: str | None, wait_seconds: float, report_progress: ReportProgress | None
+    request: FineTuneRequest,
+    *,
+    idempotency_key: str | None,
+    wait_seconds: float,
+    report_progress: ReportProgress | None,
 ) -> EstimateResult:
     """Run the `estimate` deployment (validate, then estimate) and return the estimate."""
     outcome = await run_quick_flow(
-        DeploymentName.ESTIMATE, {"request": request.model_dump(mode="json")}, CostEstimate,
-        idempotency_key=idempotency_key, wait_seconds=wait_seconds, report_progress=report_progress,
+        DeploymentName.ESTIMATE,
+        {"request": request.model_dump(mode="json")},
+        CostEstimate,
+        idempotency_key=idempotency_key,
+        wait_seconds=wait_seconds,
+        report_progress=report_progress,
     )
     return EstimateResult(
-        run=outcome.ref, idempotency_key=outcome.key, finished=outcome.finished, error=outcome.error,
+        run=outcome.ref,
+        idempotency_key=outcome.key,
+        finished=outcome.finished,
+        error=outcome.error,
         estimate=outcome.value,
     )
 
 
 @returns_error(JobCreated)
 async def create_job(
-    request: FineTuneRequest, *, idempotency_key: str | None, wait_seconds: float, report_progress: ReportProgress | None
+    request: FineTuneRequest,
+    *,
+    idempotency_key: str | None,
+    wait_seconds: float,
+    report_progress: ReportProgress | None,
 ) -> JobCreated:
     """Start a `finetune` run; wait at most `wait_seconds` for it to reach the approval gate."""
     key = new_key(idempotency_key)
@@ -351,9 +388,14 @@ async def create_job(
         async def at_gate(current: FlowRun) -> bool:
             nonlocal artifacts
             artifacts = await run_artifacts(client, current.id)
-            return gate_status(current, artifacts, DeploymentName.FINETUNE.flow_name) is not GateStatus.NOT_REACHED
+            return (
+                gate_status(current, artifacts, DeploymentName.FINETUNE.flow_name)
+                is not GateStatus.NOT_REACHED
+            )
 
-        run = await wait_for_run(client, run, seconds=wait_seconds, report_progress=report_progress, until=at_gate)
+        run = await wait_for_run(
+            client, run, seconds=wait_seconds, report_progress=report_progress, until=at_gate
+        )
         artifacts = await run_artifacts(client, run.id)
     gate = gate_status(run, artifacts, DeploymentName.FINETUNE.flow_name)
     return JobCreated(
@@ -365,14 +407,18 @@ async def create_job(
     )
 
 
-async def training_progress(client: PrefectClient, run: FlowRun, artifacts: list[Artifact]) -> TrainingProgress | None:
+async def training_progress(
+    client: PrefectClient, run: FlowRun, artifacts: list[Artifact]
+) -> TrainingProgress | None:
     """Percent from the monitor's progress artifact; step, loss and ETA from its last log line."""
     artifact = latest(artifacts, PROGRESS_ARTIFACT_PREFIX)
     if artifact is None:
         return None
     progress = TrainingProgress(percent=float(artifact.data) if artifact.data is not None else None)
     logs = await client.read_logs(
-        LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200, sort=LogSort.TIMESTAMP_DESC
+        LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
+        limit=200,
+        sort=LogSort.TIMESTAMP_DESC,
     )
     for log in logs:
         if match := _MONITOR_LINE.search(log.message):
@@ -384,7 +430,9 @@ async def training_progress(client: PrefectClient, run: FlowRun, artifacts: list
     return progress
 
 
-def training_cost(run: FlowRun, artifacts: list[Artifact], estimate: CostEstimate | None) -> float | None:
+def training_cost(
+    run: FlowRun, artifacts: list[Artifact], estimate: CostEstimate | None
+) -> float | None:
     """What the training has cost so far: the hardware's price × the time since it started."""
     started = latest(artifacts, PROGRESS_ARTIFACT_PREFIX)
     if estimate is None or started is None or started.created is None:
@@ -413,13 +461,19 @@ async def job_status(run_id: UUID) -> JobStatus:
 
 
 @returns_error(JobList)
-async def list_jobs(*, states: list[RunState] | None, since: datetime | None, limit: int) -> JobList:
+async def list_jobs(
+    *, states: list[RunState] | None, since: datetime | None, limit: int
+) -> JobList:
     """The `finetune` runs, newest first, optionally by state and start time."""
     run_filter = FlowRunFilter(
-        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(s.value.upper()) for s in states]))
+        state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=[StateType(s.value.upper()) for s in states])
+        )
         if states
         else None,
-        expected_start_time=FlowRunFilterExpectedStartTime(after_=since if since.tzinfo else since.replace(tzinfo=UTC))
+        expected_start_time=FlowRunFilterExpectedStartTime(
+            after_=since if since.tzinfo else since.replace(tzinfo=UTC)
+        )
         if since
         else None,
     )
@@ -440,31 +494,52 @@ async def decide_approval(run_id: UUID, decision: ApprovalDecision) -> ApprovalR
         run = await read_run(client, run_id)
         if not (run.state and run.state.is_paused() and run.state.state_details.run_input_keyset):
             state = run.state.name if run.state else "Pending"
-            raise ExpectedFailure(f"flow run {run.name} is not waiting for approval (it is {state})")
+            raise ExpectedFailure(
+                f"flow run {run.name} is not waiting for approval (it is {state})"
+            )
         try:
             await aresume_flow_run(run.id, run_input=decision.model_dump())
-        except (NotPausedError, FlowPauseTimeout, RuntimeError) as exc:  # RuntimeError: resume refused
+        except (
+            NotPausedError,
+            FlowPauseTimeout,
+            RuntimeError,
+        ) as exc:  # RuntimeError: resume refused
             raise ExpectedFailure(f"flow run {run.name} could not be resumed: {exc}") from None
         run = await client.read_flow_run(run.id)
         return ApprovalResult(
             run=run_ref(run, await flow_name(client, run)),
-            approved=decision.approve, note=decision.note, approver=decision.approver,
+            approved=decision.approve,
+            note=decision.note,
+            approver=decision.approver,
         )
 
 
 @returns_error(CancelResult)
-async def cancel_run(run_id: UUID, *, wait_seconds: float, report_progress: ReportProgress | None) -> CancelResult:
+async def cancel_run(
+    run_id: UUID, *, wait_seconds: float, report_progress: ReportProgress | None
+) -> CancelResult:
     """Ask the run to stop: a run that has not started is cancelled at once; a started one goes
     through Cancelling, so its worker stops it and its on_cancellation hook cancels the training job."""
     async with get_client() as client:
         run = await read_run(client, run_id)
         if run.state and run.state.is_final():
-            raise ExpectedFailure(f"flow run {run.name} has already ended ({run.state.name}); nothing to cancel")
+            raise ExpectedFailure(
+                f"flow run {run.name} has already ended ({run.state.name}); nothing to cancel"
+            )
         not_started = run.state is None or run.state.type is StateType.SCHEDULED
-        state = Cancelled(message="cancelled through MCP") if not_started else Cancelling(message="cancelled through MCP")
+        state = (
+            Cancelled(message="cancelled through MCP")
+            if not_started
+            else Cancelling(message="cancelled through MCP")
+        )
         response = await client.set_flow_run_state(run.id, state)
-        if response.state is None or response.state.type not in (StateType.CANCELLING, StateType.CANCELLED):
-            raise ExpectedFailure(f"the Prefect API did not accept the cancellation: {response.details}")
+        if response.state is None or response.state.type not in (
+            StateType.CANCELLING,
+            StateType.CANCELLED,
+        ):
+            raise ExpectedFailure(
+                f"the Prefect API did not accept the cancellation: {response.details}"
+            )
         run = await client.read_flow_run(run.id)
         run = await wait_for_run(client, run, seconds=wait_seconds, report_progress=report_progress)
         ref = run_ref(run, await flow_name(client, run))
@@ -477,19 +552,27 @@ async def run_logs(run_id: UUID, *, lines: int) -> JobLogs:
     async with get_client() as client:
         run = await read_run(client, run_id)
         logs = await client.read_logs(
-            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=lines, sort=LogSort.TIMESTAMP_DESC
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
+            limit=lines,
+            sort=LogSort.TIMESTAMP_DESC,
         )
     return JobLogs(
         run_id=str(run.id),
         lines=[
-            LogLine(timestamp=log.timestamp, level=_level_name(log.level), message=_SECRET.sub("[redacted]", log.message))
+            LogLine(
+                timestamp=log.timestamp,
+                level=_level_name(log.level),
+                message=_SECRET.sub("[redacted]", log.message),
+            )
             for log in reversed(logs)
         ],
     )
 
 
 @returns_error(RunStarted)
-async def start_long_run(deployment: DeploymentName, parameters: dict[str, Any], *, idempotency_key: str | None) -> RunStarted:
+async def start_long_run(
+    deployment: DeploymentName, parameters: dict[str, Any], *, idempotency_key: str | None
+) -> RunStarted:
     """Start a run of `deployment` and return at once (conversion, deployment)."""
     key = new_key(idempotency_key)
     run = await start_run(deployment, parameters, idempotency_key=key)
@@ -498,18 +581,29 @@ async def start_long_run(deployment: DeploymentName, parameters: dict[str, Any],
 
 @returns_error(CostsResult)
 async def cost_report(
-    month: str | None, *, idempotency_key: str | None, wait_seconds: float, report_progress: ReportProgress | None
+    month: str | None,
+    *,
+    idempotency_key: str | None,
+    wait_seconds: float,
+    report_progress: ReportProgress | None,
 ) -> CostsResult:
     """Run the `cost_report` deployment for `month` and return the artifacts it published."""
     outcome = await run_quick_flow(
-        DeploymentName.COST_REPORT, {"month": month} if month else {}, None,
-        idempotency_key=idempotency_key, wait_seconds=wait_seconds, report_progress=report_progress,
+        DeploymentName.COST_REPORT,
+        {"month": month} if month else {},
+        None,
+        idempotency_key=idempotency_key,
+        wait_seconds=wait_seconds,
+        report_progress=report_progress,
     )
     if outcome.error:
         return CostsResult(run=outcome.ref, finished=outcome.finished, error=outcome.error)
     async with get_client() as client:
         artifacts = await run_artifacts(client, UUID(outcome.ref.id))
-    views = [ArtifactView(key=a.key, type=a.type, description=a.description, data=artifact_rows(a)) for a in artifacts]
+    views = [
+        ArtifactView(key=a.key, type=a.type, description=a.description, data=artifact_rows(a))
+        for a in artifacts
+    ]
     return CostsResult(run=outcome.ref, finished=True, artifacts=views)
 
 

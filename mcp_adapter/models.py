@@ -49,12 +49,20 @@ class GateStatus(str, Enum):
 class FlowRunRef(BaseModel):
     """A Prefect flow run, as the Prefect UI shows it."""
 
-    id: str = Field(description="Flow run id: pass it to get_job_status, approve_job, cancel_job, get_job_logs.")
+    id: str = Field(
+        description="Flow run id: pass it to get_job_status, approve_job, cancel_job, get_job_logs."
+    )
     name: str
-    flow: str | None = Field(default=None, description="Flow name (finetune, validate, estimate, convert, ...).")
+    flow: str | None = Field(
+        default=None, description="Flow name (finetune, validate, estimate, convert, ...)."
+    )
     state: RunState
-    state_name: str = Field(description="Prefect's state name, e.g. 'Running', 'Paused', 'AwaitingRetry'.")
-    state_message: str | None = Field(default=None, description="Why the run is in this state (errors included).")
+    state_name: str = Field(
+        description="Prefect's state name, e.g. 'Running', 'Paused', 'AwaitingRetry'."
+    )
+    state_message: str | None = Field(
+        default=None, description="Why the run is in this state (errors included)."
+    )
     ui_url: str | None = Field(default=None, description="The run's page in the Prefect UI.")
     created: datetime | None = None
     start_time: datetime | None = None
@@ -77,8 +85,12 @@ class ValidationResult(ToolResult):
     """The outcome of a `validate` flow run."""
 
     run: FlowRunRef | None = None
-    idempotency_key: str | None = Field(default=None, description="Pass it again to pick up this same run.")
-    finished: bool = Field(default=False, description="False when the run was still going at the wait bound.")
+    idempotency_key: str | None = Field(
+        default=None, description="Pass it again to pick up this same run."
+    )
+    finished: bool = Field(
+        default=False, description="False when the run was still going at the wait bound."
+    )
     report: ValidationReport | None = None
     valid: bool | None = Field(default=None, description="True when the report has no errors.")
 
@@ -87,8 +99,12 @@ class EstimateResult(ToolResult):
     """The outcome of an `estimate` flow run (validation, then cost)."""
 
     run: FlowRunRef | None = None
-    idempotency_key: str | None = Field(default=None, description="Pass it again to pick up this same run.")
-    finished: bool = Field(default=False, description="False when the run was still going at the wait bound.")
+    idempotency_key: str | None = Field(
+        default=None, description="Pass it again to pick up this same run."
+    )
+    finished: bool = Field(
+        default=False, description="False when the run was still going at the wait bound."
+    )
     estimate: CostEstimate | None = None
 
 
@@ -96,12 +112,17 @@ class JobCreated(ToolResult):
     """A `finetune` flow run that create_job started (or found again by its idempotency key)."""
 
     run: FlowRunRef | None = None
-    idempotency_key: str | None = Field(default=None, description="The same key always returns this same run.")
+    idempotency_key: str | None = Field(
+        default=None, description="The same key always returns this same run."
+    )
     gate: GateStatus | None = Field(default=None, description="Whether the run waits for approval.")
     approval_required: bool | None = Field(
-        default=None, description="True: waiting for approve_job/reject_job. False: past the gate. Null: not known yet."
+        default=None,
+        description="True: waiting for approve_job/reject_job. False: past the gate. Null: not known yet.",
     )
-    estimate: CostEstimate | None = Field(default=None, description="The run's cost estimate, once it has one.")
+    estimate: CostEstimate | None = Field(
+        default=None, description="The run's cost estimate, once it has one."
+    )
 
 
 class TrainingProgress(BaseModel):
@@ -119,17 +140,22 @@ class JobStatus(ToolResult):
 
     run: FlowRunRef | None = None
     gate: GateStatus | None = Field(
-        default=None, description="The approval gate (runs of other flows: only awaiting_approval, else null)."
+        default=None,
+        description="The approval gate (runs of other flows: only awaiting_approval, else null).",
     )
     progress: TrainingProgress | None = None
     estimate: CostEstimate | None = None
     cost_so_far_usd: float | None = Field(
-        default=None, description="Hardware price × time the training has run (0 on the local backend)."
+        default=None,
+        description="Hardware price × time the training has run (0 on the local backend).",
     )
     links: list[str] = Field(
-        default=[], description="Markdown links the run published: the Hugging Face job page, Trackio dashboard."
+        default=[],
+        description="Markdown links the run published: the Hugging Face job page, Trackio dashboard.",
     )
-    summary_markdown: str | None = Field(default=None, description="The run's summary, once it has finished.")
+    summary_markdown: str | None = Field(
+        default=None, description="The run's summary, once it has finished."
+    )
 
 
 class JobList(ToolResult):

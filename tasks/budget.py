@@ -52,7 +52,9 @@ def needs_approval(estimate: CostEstimate, policy: BudgetPolicy) -> bool:
 
 
 @task(name="reserve-budget")
-def reserve_budget(estimate: CostEstimate, *, run_key: str, policy_name: str = BUDGET_BLOCK_NAME) -> Reservation:
+def reserve_budget(
+    estimate: CostEstimate, *, run_key: str, policy_name: str = BUDGET_BLOCK_NAME
+) -> Reservation:
     """Hold the run's high estimate in the ledger, or fail with the figures."""
     policy = load_budget_policy(policy_name)
     reservation = ledger_for(policy).reserve(
@@ -68,18 +70,25 @@ def reserve_budget(estimate: CostEstimate, *, run_key: str, policy_name: str = B
         flow_run_id=str(current_flow_run.id) if current_flow_run.id else None,
     )
     get_run_logger().info(
-        "budget: holding $%.2f for %s on %s (%s)", reservation.reserved_usd, run_key, estimate.hardware,
+        "budget: holding $%.2f for %s on %s (%s)",
+        reservation.reserved_usd,
+        run_key,
+        estimate.hardware,
         reservation.decision.value,
     )
     return reservation
 
 
 @task(name="record-approval")
-def record_approval(reservation: Reservation, decision: ApprovalDecision, *, policy_name: str = BUDGET_BLOCK_NAME) -> Reservation:
+def record_approval(
+    reservation: Reservation, decision: ApprovalDecision, *, policy_name: str = BUDGET_BLOCK_NAME
+) -> Reservation:
     """Record who approved or rejected the run, and their note; a rejection releases the hold."""
     ledger = ledger_for(load_budget_policy(policy_name))
     verdict = Decision.APPROVED if decision.approve else Decision.REJECTED
-    return ledger.decide(reservation.id, decision=verdict, approver=decision.approver, note=decision.note)
+    return ledger.decide(
+        reservation.id, decision=verdict, approver=decision.approver, note=decision.note
+    )
 
 
 def approval_form(estimate: CostEstimate, reservation: Reservation, policy: BudgetPolicy):
@@ -101,7 +110,11 @@ def approval_form(estimate: CostEstimate, reservation: Reservation, policy: Budg
 
 
 def gate_budget(
-    estimate: CostEstimate, *, run_key: str, policy_name: str = BUDGET_BLOCK_NAME, poll_interval: int = 10
+    estimate: CostEstimate,
+    *,
+    run_key: str,
+    policy_name: str = BUDGET_BLOCK_NAME,
+    poll_interval: int = 10,
 ) -> Reservation | None:
     """Let the run through the budget, or raise before anything is spent.
 
@@ -125,7 +138,11 @@ def gate_budget(
     if reservation.status is ReservationStatus.APPROVED:
         return reservation
     log = get_run_logger()
-    log.info("budget: waiting up to %ss for approval of $%.2f (high estimate)", policy.approval_timeout_seconds, estimate.high_usd)
+    log.info(
+        "budget: waiting up to %ss for approval of $%.2f (high estimate)",
+        policy.approval_timeout_seconds,
+        estimate.high_usd,
+    )
     try:
         decision = pause_flow_run(
             wait_for_input=approval_form(estimate, reservation, policy),
@@ -136,7 +153,9 @@ def gate_budget(
     except FlowPauseTimeout:
         # The flow run is still paused, so no task may run: write to the ledger directly.
         ledger_for(policy).decide(
-            reservation.id, decision=Decision.TIMED_OUT, note=f"no decision within {policy.approval_timeout_seconds} s"
+            reservation.id,
+            decision=Decision.TIMED_OUT,
+            note=f"no decision within {policy.approval_timeout_seconds} s",
         )
         raise ApprovalRejected(
             f"budget: nobody approved the ${estimate.high_usd:.2f} run within {policy.approval_timeout_seconds} s; "
@@ -145,22 +164,31 @@ def gate_budget(
     reservation = record_approval(reservation, decision, policy_name=policy_name)
     who = decision.approver or "an anonymous approver"
     if not decision.approve:
-        raise ApprovalRejected(f"budget: {who} rejected the ${estimate.high_usd:.2f} run: {decision.note or 'no note'}")
+        raise ApprovalRejected(
+            f"budget: {who} rejected the ${estimate.high_usd:.2f} run: {decision.note or 'no note'}"
+        )
     log.info("budget: %s approved the run: %s", who, decision.note or "no note")
     return reservation
 
 
 @task(name="record-job-start")
-def record_job_start(reservation: Reservation | None, handle: JobHandle, *, policy_name: str = BUDGET_BLOCK_NAME) -> Reservation | None:
+def record_job_start(
+    reservation: Reservation | None, handle: JobHandle, *, policy_name: str = BUDGET_BLOCK_NAME
+) -> Reservation | None:
     """Note in the ledger when the paid job started, so a failure is billed up to its end."""
     if reservation is None:
         return None
-    return ledger_for(load_budget_policy(policy_name)).mark_started(reservation.id, handle.submitted_at)
+    return ledger_for(load_budget_policy(policy_name)).mark_started(
+        reservation.id, handle.submitted_at
+    )
 
 
 @task(name="settle-budget", retries=2, retry_delay_seconds=[2, 10])
 def settle_budget(
-    reservation: Reservation | None, result: TrainingResult, *, finished_at: datetime | None = None,
+    reservation: Reservation | None,
+    result: TrainingResult,
+    *,
+    finished_at: datetime | None = None,
     policy_name: str = BUDGET_BLOCK_NAME,
 ) -> Reservation | None:
     """Turn the run's hold into its actual cost: the job's duration × the flavor's price."""
@@ -168,7 +196,9 @@ def settle_budget(
         return None
     actual = cost_so_far(reservation.price_per_hour, result.handle.submitted_at, finished_at)
     settled = ledger_for(load_budget_policy(policy_name)).settle(reservation.id, actual)
-    get_run_logger().info("budget: the run cost $%.2f (estimated $%.2f)", actual, reservation.expected_usd)
+    get_run_logger().info(
+        "budget: the run cost $%.2f (estimated $%.2f)", actual, reservation.expected_usd
+    )
     return settled
 
 
@@ -179,11 +209,27 @@ def release_budget_of_flow_run(flow, flow_run, state) -> None:
     except BudgetPolicyMissing:
         return  # without a policy no paid run got through the gate, so nothing is held
     except BudgetPolicyUnavailable as exc:
-        logger.error("flow run %s %s: could not release its budget hold: %s", flow_run.id, state.name, exc)
+        logger.error(
+            "flow run %s %s: could not release its budget hold: %s", flow_run.id, state.name, exc
+        )
         return
     for reservation in ledger.entries(flow_run_id=str(flow_run.id)):
         if not reservation.is_open:
             continue
-        billed = cost_so_far(reservation.price_per_hour, reservation.job_started_at) if reservation.job_started_at else 0.0
-        ledger.release(reservation.id, billed_usd=billed, note=f"flow run {state.name}: {state.message or ''}"[:500])
-        logger.warning("flow run %s %s: released the budget hold of %s (billed $%.2f)", flow_run.id, state.name, reservation.run_key, billed)
+        billed = (
+            cost_so_far(reservation.price_per_hour, reservation.job_started_at)
+            if reservation.job_started_at
+            else 0.0
+        )
+        ledger.release(
+            reservation.id,
+            billed_usd=billed,
+            note=f"flow run {state.name}: {state.message or ''}"[:500],
+        )
+        logger.warning(
+            "flow run %s %s: released the budget hold of %s (billed $%.2f)",
+            flow_run.id,
+            state.name,
+            reservation.run_key,
+            billed,
+        )

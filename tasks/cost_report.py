@@ -43,7 +43,9 @@ class CostReport(BaseModel):
         ]
 
 
-def build_cost_report(month: str | None = None, *, policy_name: str = BUDGET_BLOCK_NAME) -> CostReport:
+def build_cost_report(
+    month: str | None = None, *, policy_name: str = BUDGET_BLOCK_NAME
+) -> CostReport:
     """Read the ledger of `month` (default: this month, UTC); the budget left needs a saved policy."""
     month = month or current_month()
     policy: BudgetPolicy | None
@@ -55,7 +57,11 @@ def build_cost_report(month: str | None = None, *, policy_name: str = BUDGET_BLO
     ledger = ledger_for(policy)
     totals = ledger.totals(month, limit_usd=policy.monthly_limit_usd if policy else None)
     return CostReport(
-        ledger=ledger.describe(), totals=totals, left_usd=totals.left_usd, entries=ledger.entries(month=month), note=note
+        ledger=ledger.describe(),
+        totals=totals,
+        left_usd=totals.left_usd,
+        entries=ledger.entries(month=month),
+        note=note,
     )
 
 
@@ -63,9 +69,13 @@ def build_cost_report(month: str | None = None, *, policy_name: str = BUDGET_BLO
 def publish_cost_report(report: CostReport) -> str:
     """Publish the report as a table artifact; return its summary line."""
     t = report.totals
-    limit = "no budget policy saved" if t.limit_usd is None else f"limit ${t.limit_usd:.2f}, left ${report.left_usd:.2f}"
-    summary = (
-        f"{t.month}: spent ${t.spent_usd:.2f}, held by {t.open_reservations} open runs ${t.reserved_usd:.2f}, {limit}"
+    limit = (
+        "no budget policy saved"
+        if t.limit_usd is None
+        else f"limit ${t.limit_usd:.2f}, left ${report.left_usd:.2f}"
     )
-    create_table_artifact(report.rows(), key="cost-report", description=f"{summary} (ledger {report.ledger})")
+    summary = f"{t.month}: spent ${t.spent_usd:.2f}, held by {t.open_reservations} open runs ${t.reserved_usd:.2f}, {limit}"
+    create_table_artifact(
+        report.rows(), key="cost-report", description=f"{summary} (ledger {report.ledger})"
+    )
     return summary

@@ -20,9 +20,9 @@ LOCAL_TARGET = "local"
 
 
 class DeploymentStatus(str, Enum):
-    SERVING = "serving"                  # healthy and answered the smoke request
-    AWAITING_MERGE = "awaiting_merge"    # PR open; nothing runs until a maintainer merges it
-    DISPATCHED = "dispatched"            # inference workflow started; no health URL to check
+    SERVING = "serving"  # healthy and answered the smoke request
+    AWAITING_MERGE = "awaiting_merge"  # PR open; nothing runs until a maintainer merges it
+    DISPATCHED = "dispatched"  # inference workflow started; no health URL to check
     ROLLED_BACK = "rolled_back"
 
 
@@ -58,13 +58,20 @@ def deployments_dir() -> Path:
 def record_deployment(deployment: Deployment) -> Deployment:
     """Keep the deployment on disk (`$LMFT_HOME/deployments/NAME.json`) and as Prefect artifacts."""
     (deployments_dir() / f"{deployment.name}.json").write_text(deployment.model_dump_json(indent=2))
-    rows = [(k, v) for k, v in deployment.model_dump(mode="json", exclude={"smoke"}).items() if v is not None]
+    rows = [
+        (k, v)
+        for k, v in deployment.model_dump(mode="json", exclude={"smoke"}).items()
+        if v is not None
+    ]
     table = "\n".join(f"| {k} | `{v}` |" for k, v in rows)
     smoke = ""
     if deployment.smoke:
         smoke = f"\n## Smoke request\n**prompt:** {deployment.smoke.prompt}\n\n**reply:** {deployment.smoke.reply}\n"
-    create_markdown_artifact(f"# Deployment: {deployment.name}\n\n| | |\n|---|---|\n{table}\n{smoke}",
-                             key="deployment-" + re.sub(r"[^a-z0-9-]", "-", deployment.name), description=f"Deployment of {deployment.name}")
+    create_markdown_artifact(
+        f"# Deployment: {deployment.name}\n\n| | |\n|---|---|\n{table}\n{smoke}",
+        key="deployment-" + re.sub(r"[^a-z0-9-]", "-", deployment.name),
+        description=f"Deployment of {deployment.name}",
+    )
     for link in (deployment.pull_request_url, deployment.inference_run_url, deployment.url):
         if link:
             create_link_artifact(link, description=f"{deployment.name}: {link}")
@@ -86,13 +93,21 @@ def resolve_target(target: str | ServerlessLLMTarget) -> ServerlessLLMTarget | N
         ) from None
 
 
-def serve_locally(gguf_path: str, name: str, *, port: int | None = None, n_ctx: int = 2048) -> Deployment:
+def serve_locally(
+    gguf_path: str, name: str, *, port: int | None = None, n_ctx: int = 2048
+) -> Deployment:
     """Start (or reuse) the local server for `name`, send the smoke request, return the deployment."""
     server = start_local_server(gguf_path, name, port=port, n_ctx=n_ctx)
     smoke = smoke_chat(server.url, model=name)
     return Deployment(
-        target=LOCAL_TARGET, name=name, status=DeploymentStatus.SERVING, gguf_path=server.gguf_path,
-        url=server.url, smoke=smoke, pid=server.pid, port=server.port,
+        target=LOCAL_TARGET,
+        name=name,
+        status=DeploymentStatus.SERVING,
+        gguf_path=server.gguf_path,
+        url=server.url,
+        smoke=smoke,
+        pid=server.pid,
+        port=server.port,
     )
 
 
@@ -115,8 +130,13 @@ def deploy_gguf(
         from tasks.serverless_llm.deploy import deploy_to_serverless_llm
 
         deployment = deploy_to_serverless_llm(
-            gguf_path, name, resolved, target_name=target if isinstance(target, str) else resolved.repository,
-            quality_report_md=quality_report_md, lineage=lineage, hf_repo=hf_repo, description=description,
+            gguf_path,
+            name,
+            resolved,
+            target_name=target if isinstance(target, str) else resolved.repository,
+            quality_report_md=quality_report_md,
+            lineage=lineage,
+            hf_repo=hf_repo,
+            description=description,
         )
     return record_deployment(deployment)
-

@@ -180,7 +180,9 @@ def _engine(url: str) -> Engine:
             dbapi_connection.isolation_level = None
             dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
             dbapi_connection.execute("PRAGMA journal_mode = WAL")
-            dbapi_connection.execute("PRAGMA synchronous = FULL")  # every commit survives a power loss
+            dbapi_connection.execute(
+                "PRAGMA synchronous = FULL"
+            )  # every commit survives a power loss
 
         @event.listens_for(engine, "begin")
         def _on_begin(connection):
@@ -219,12 +221,23 @@ class Ledger:
     def _row(row) -> Reservation:
         m = row._mapping
         return Reservation(
-            id=m["id"], run_key=m["run_key"], flow_run_id=m["flow_run_id"], backend=m["backend"],
-            hardware=m["hardware"], price_per_hour=usd(m["price_micro_usd_per_hour"]),
-            expected_usd=usd(m["expected_micro_usd"]), high_usd=usd(m["high_micro_usd"]),
-            reserved_usd=usd(m["reserved_micro_usd"]), actual_usd=usd(m["actual_micro_usd"]),
-            status=m["status"], decision=m["decision"], approver=m["approver"], note=m["note"],
-            month=m["month"], created_at=_utc(m["created_at"]), job_started_at=_utc(m["job_started_at"]),
+            id=m["id"],
+            run_key=m["run_key"],
+            flow_run_id=m["flow_run_id"],
+            backend=m["backend"],
+            hardware=m["hardware"],
+            price_per_hour=usd(m["price_micro_usd_per_hour"]),
+            expected_usd=usd(m["expected_micro_usd"]),
+            high_usd=usd(m["high_micro_usd"]),
+            reserved_usd=usd(m["reserved_micro_usd"]),
+            actual_usd=usd(m["actual_micro_usd"]),
+            status=m["status"],
+            decision=m["decision"],
+            approver=m["approver"],
+            note=m["note"],
+            month=m["month"],
+            created_at=_utc(m["created_at"]),
+            job_started_at=_utc(m["job_started_at"]),
             closed_at=_utc(m["closed_at"]),
         )
 
@@ -235,7 +248,9 @@ class Ledger:
             raise KeyError(f"no reservation {reservation_id!r} in the ledger at {self.describe()}")
         return self._row(row)
 
-    def entries(self, *, month: str | None = None, flow_run_id: str | None = None) -> list[Reservation]:
+    def entries(
+        self, *, month: str | None = None, flow_run_id: str | None = None
+    ) -> list[Reservation]:
         """Entries, newest first; of one month (`YYYY-MM`) and/or one flow run."""
         query = select(entries).order_by(entries.c.created_at.desc())
         if month:
@@ -264,7 +279,13 @@ class Ledger:
         month = month or current_month()
         with self.engine.connect() as conn:
             spent, held, count = self._sums(conn, month)
-        return LedgerTotals(month=month, limit_usd=limit_usd, spent_usd=usd(spent), reserved_usd=usd(held), open_reservations=count)
+        return LedgerTotals(
+            month=month,
+            limit_usd=limit_usd,
+            spent_usd=usd(spent),
+            reserved_usd=usd(held),
+            open_reservations=count,
+        )
 
     # -- writing -------------------------------------------------------------------------
 
@@ -300,7 +321,8 @@ class Ledger:
             conn.execute(select(lock.c.name).where(lock.c.name == LOCK_ROW).with_for_update())
             existing = conn.execute(
                 select(entries).where(
-                    entries.c.run_key == run_key, entries.c.status.in_([s.value for s in OPEN_STATUSES])
+                    entries.c.run_key == run_key,
+                    entries.c.status.in_([s.value for s in OPEN_STATUSES]),
                 )
             ).first()
             if existing is not None:
@@ -317,16 +339,31 @@ class Ledger:
             reservation_id = str(uuid.uuid4())
             conn.execute(
                 insert(entries).values(
-                    id=reservation_id, run_key=run_key, flow_run_id=flow_run_id, backend=backend,
-                    hardware=hardware, price_micro_usd_per_hour=micro(price_per_hour),
-                    expected_micro_usd=micro(expected_usd), high_micro_usd=high, reserved_micro_usd=high,
+                    id=reservation_id,
+                    run_key=run_key,
+                    flow_run_id=flow_run_id,
+                    backend=backend,
+                    hardware=hardware,
+                    price_micro_usd_per_hour=micro(price_per_hour),
+                    expected_micro_usd=micro(expected_usd),
+                    high_micro_usd=high,
+                    reserved_micro_usd=high,
                     actual_micro_usd=None,
-                    status=(ReservationStatus.AWAITING_APPROVAL if needs_approval else ReservationStatus.APPROVED).value,
+                    status=(
+                        ReservationStatus.AWAITING_APPROVAL
+                        if needs_approval
+                        else ReservationStatus.APPROVED
+                    ).value,
                     decision=(Decision.PENDING if needs_approval else Decision.AUTO_APPROVED).value,
-                    approver="" if needs_approval else "budget policy", note="", month=month, created_at=now,
+                    approver="" if needs_approval else "budget policy",
+                    note="",
+                    month=month,
+                    created_at=now,
                 )
             )
-            return self._row(conn.execute(select(entries).where(entries.c.id == reservation_id)).one())
+            return self._row(
+                conn.execute(select(entries).where(entries.c.id == reservation_id)).one()
+            )
 
     def _close(self, reservation_id: str, **values) -> Reservation:
         """Update an open entry; a closed one is returned unchanged (hooks may run twice)."""
@@ -334,21 +371,36 @@ class Ledger:
             conn.execute(select(lock.c.name).where(lock.c.name == LOCK_ROW).with_for_update())
             conn.execute(
                 update(entries)
-                .where(entries.c.id == reservation_id, entries.c.status.in_([s.value for s in OPEN_STATUSES]))
+                .where(
+                    entries.c.id == reservation_id,
+                    entries.c.status.in_([s.value for s in OPEN_STATUSES]),
+                )
                 .values(**values)
             )
         return self.get(reservation_id)
 
-    def decide(self, reservation_id: str, *, decision: Decision, approver: str = "", note: str = "") -> Reservation:
+    def decide(
+        self, reservation_id: str, *, decision: Decision, approver: str = "", note: str = ""
+    ) -> Reservation:
         """Record a human decision: approved keeps the hold, anything else releases it."""
         now = datetime.now(UTC)
         if decision is Decision.APPROVED:
             return self._close(
-                reservation_id, status=ReservationStatus.APPROVED.value, decision=decision.value, approver=approver, note=note
+                reservation_id,
+                status=ReservationStatus.APPROVED.value,
+                decision=decision.value,
+                approver=approver,
+                note=note,
             )
         return self._close(
-            reservation_id, status=ReservationStatus.RELEASED.value, decision=decision.value, approver=approver,
-            note=note, reserved_micro_usd=0, actual_micro_usd=0, closed_at=now,
+            reservation_id,
+            status=ReservationStatus.RELEASED.value,
+            decision=decision.value,
+            approver=approver,
+            note=note,
+            reserved_micro_usd=0,
+            actual_micro_usd=0,
+            closed_at=now,
         )
 
     def mark_started(self, reservation_id: str, started_at: datetime) -> Reservation:
@@ -358,14 +410,25 @@ class Ledger:
     def settle(self, reservation_id: str, actual_usd: float) -> Reservation:
         """The job ended: the hold becomes the actual spend."""
         return self._close(
-            reservation_id, status=ReservationStatus.SETTLED.value, reserved_micro_usd=0,
-            actual_micro_usd=micro(actual_usd), closed_at=datetime.now(UTC),
+            reservation_id,
+            status=ReservationStatus.SETTLED.value,
+            reserved_micro_usd=0,
+            actual_micro_usd=micro(actual_usd),
+            closed_at=datetime.now(UTC),
         )
 
-    def release(self, reservation_id: str, *, billed_usd: float = 0.0, note: str | None = None) -> Reservation:
+    def release(
+        self, reservation_id: str, *, billed_usd: float = 0.0, note: str | None = None
+    ) -> Reservation:
         """The run failed or was cancelled: keep what was billed as spend, release the rest."""
-        values = {"reserved_micro_usd": 0, "closed_at": datetime.now(UTC), "actual_micro_usd": micro(billed_usd)}
-        values["status"] = (ReservationStatus.SETTLED if billed_usd > 0 else ReservationStatus.RELEASED).value
+        values = {
+            "reserved_micro_usd": 0,
+            "closed_at": datetime.now(UTC),
+            "actual_micro_usd": micro(billed_usd),
+        }
+        values["status"] = (
+            ReservationStatus.SETTLED if billed_usd > 0 else ReservationStatus.RELEASED
+        ).value
         if note is not None:
             values["note"] = note
         return self._close(reservation_id, **values)

@@ -33,8 +33,12 @@ class FineTuneSummary(BaseModel):
     estimate: CostEstimate
     samples: list[SampleAnswer] = []
     gguf: str | None = Field(default=None, description="The GGUF that passed the quality gate.")
-    gguf_decision: str | None = Field(default=None, description="Which GGUF variant was chosen, and why.")
-    deployment_url: str | None = Field(default=None, description="Where the model answers (OpenAI-compatible).")
+    gguf_decision: str | None = Field(
+        default=None, description="Which GGUF variant was chosen, and why."
+    )
+    deployment_url: str | None = Field(
+        default=None, description="Where the model answers (OpenAI-compatible)."
+    )
     deployment_status: str | None = None
 
 
@@ -46,7 +50,8 @@ ESTIMATE_FIGURES_KEY = "cost-estimate-figures"
 def publish_estimate(estimate: CostEstimate) -> None:
     """Publish the estimate's fields as a one-row table artifact, read back by the MCP adapter."""
     create_table_artifact(
-        [estimate.model_dump(mode="json")], key=ESTIMATE_FIGURES_KEY,
+        [estimate.model_dump(mode="json")],
+        key=ESTIMATE_FIGURES_KEY,
         description=f"Expected ${estimate.expected_usd:.2f} on {estimate.hardware} ({estimate.source})",
     )
 
@@ -121,7 +126,13 @@ def publish_summary(
 {rows}
 """
     if summary.samples:
-        markdown += "\n## Answers before and after\n| prompt | base model | fine-tuned |\n|---|---|---|\n"
-        markdown += "\n".join(f"| {_cell(a.prompt)} | {_cell(a.base)} | {_cell(a.tuned)} |" for a in summary.samples)
-    create_markdown_artifact(markdown, key="finetune-summary", description=f"Fine-tune {summary.output_name}")
+        markdown += (
+            "\n## Answers before and after\n| prompt | base model | fine-tuned |\n|---|---|---|\n"
+        )
+        markdown += "\n".join(
+            f"| {_cell(a.prompt)} | {_cell(a.base)} | {_cell(a.tuned)} |" for a in summary.samples
+        )
+    create_markdown_artifact(
+        markdown, key="finetune-summary", description=f"Fine-tune {summary.output_name}"
+    )
     return summary

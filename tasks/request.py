@@ -60,7 +60,9 @@ def check_repo_id(value: str, *, field: str) -> str:
     try:
         validate_repo_id(value)
     except HFValidationError as exc:
-        raise ValueError(f"{field}: {value!r} is not a valid Hugging Face repo id ({exc})") from None
+        raise ValueError(
+            f"{field}: {value!r} is not a valid Hugging Face repo id ({exc})"
+        ) from None
     if value.count("/") > 1:
         raise ValueError(f"{field}: {value!r} has more than one '/'; use 'namespace/name'")
     return value
@@ -79,7 +81,9 @@ class DatasetSource(_Strict):
     ]
     config: Annotated[str | None, Field(description="Hub dataset configuration (subset).")] = None
     split: Annotated[str, Field(min_length=1, description="Split to train on.")] = "train"
-    revision: Annotated[str | None, Field(description="Hub dataset revision (branch, tag or commit).")] = None
+    revision: Annotated[
+        str | None, Field(description="Hub dataset revision (branch, tag or commit).")
+    ] = None
     column_map: Annotated[
         dict[str, str],
         Field(
@@ -104,7 +108,9 @@ class DatasetSource(_Strict):
                     f"use one of {', '.join(LOCAL_DATASET_SUFFIXES)}"
                 )
             if self.config or self.revision:
-                raise ValueError("dataset: config and revision apply to Hub datasets, not local files")
+                raise ValueError(
+                    "dataset: config and revision apply to Hub datasets, not local files"
+                )
         else:
             check_repo_id(self.path, field="dataset.path")
         return self
@@ -113,7 +119,9 @@ class DatasetSource(_Strict):
 class LoraSettings(_Strict):
     """LoRA adapter settings (PEFT). On by default; the adapter is merged after training."""
 
-    enabled: Annotated[bool, Field(description="Train a LoRA adapter instead of all weights.")] = True
+    enabled: Annotated[bool, Field(description="Train a LoRA adapter instead of all weights.")] = (
+        True
+    )
     r: Annotated[int, Field(ge=1, le=512, description="LoRA rank.")] = 16
     alpha: Annotated[int, Field(ge=1, le=1024, description="LoRA alpha (scaling numerator).")] = 32
     dropout: Annotated[float, Field(ge=0.0, lt=1.0, description="LoRA dropout.")] = 0.05
@@ -132,18 +140,28 @@ class Hyperparameters(_Strict):
     epochs: Annotated[float, Field(gt=0, le=100, description="Passes over the dataset.")] = 1.0
     max_steps: Annotated[
         int | None,
-        Field(ge=1, le=1_000_000, description="Stop after this many optimizer steps (overrides epochs)."),
+        Field(
+            ge=1,
+            le=1_000_000,
+            description="Stop after this many optimizer steps (overrides epochs).",
+        ),
     ] = None
     learning_rate: Annotated[float, Field(gt=0, le=1.0, description="Peak learning rate.")] = 2e-4
     batch_size: Annotated[int, Field(ge=1, le=1024, description="Per-device batch size.")] = 4
     gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = 1
-    max_length: Annotated[int, Field(ge=16, le=131_072, description="Longest tokenised sequence.")] = 1024
+    max_length: Annotated[
+        int, Field(ge=16, le=131_072, description="Longest tokenised sequence.")
+    ] = 1024
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.03
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 42
     gradient_checkpointing: bool = False
     beta: Annotated[float, Field(gt=0, le=10, description="DPO/KTO/GRPO KL coefficient.")] = 0.1
-    num_generations: Annotated[int, Field(ge=2, le=64, description="GRPO completions per prompt.")] = 4
-    max_completion_length: Annotated[int, Field(ge=1, le=32_768, description="GRPO generation length.")] = 64
+    num_generations: Annotated[
+        int, Field(ge=2, le=64, description="GRPO completions per prompt.")
+    ] = 4
+    max_completion_length: Annotated[
+        int, Field(ge=1, le=32_768, description="GRPO generation length.")
+    ] = 64
     reward_functions: Annotated[
         list[Literal["length", "format", "no_repetition"]],
         Field(min_length=1, description="GRPO reward functions, by name."),
@@ -164,8 +182,10 @@ class DeploySettings(_Strict):
     ] = "local"
     name: Annotated[
         str | None,
-        Field(description="Model name on the server (serverless-llm: 2-40 lowercase letters and digits). "
-              "Default: the output name."),
+        Field(
+            description="Model name on the server (serverless-llm: 2-40 lowercase letters and digits). "
+            "Default: the output name."
+        ),
     ] = None
 
 
@@ -184,23 +204,29 @@ class FineTuneRequest(_Strict):
     method: Annotated[Method, Field(description="sft | dpo | grpo | kto")] = Method.SFT
     lora: LoraSettings = LoraSettings()
     hyperparameters: Hyperparameters = Hyperparameters()
-    backend: Annotated[Backend, Field(description="local (this machine) or hf-jobs (Hugging Face Jobs).")] = (
-        Backend.LOCAL
-    )
+    backend: Annotated[
+        Backend, Field(description="local (this machine) or hf-jobs (Hugging Face Jobs).")
+    ] = Backend.LOCAL
     hardware: Annotated[
         str, Field(description="'auto' or a Hugging Face Jobs flavor such as 'a10g-small'.")
     ] = "auto"
     output_name: Annotated[
         str | None,
-        Field(description="Name of the trained model (a valid Hub repo name). Default: derived from model and dataset."),
+        Field(
+            description="Name of the trained model (a valid Hub repo name). Default: derived from model and dataset."
+        ),
     ] = None
     gguf: Annotated[
         GGUFSettings | None,
-        Field(description="Convert the trained model to GGUF and check each quantized variant; null to stop after training."),
+        Field(
+            description="Convert the trained model to GGUF and check each quantized variant; null to stop after training."
+        ),
     ] = GGUFSettings()
     deploy: Annotated[
         DeploySettings | None,
-        Field(description="Serve the GGUF that passed the quality gate; null to skip. Needs `gguf`."),
+        Field(
+            description="Serve the GGUF that passed the quality gate; null to skip. Needs `gguf`."
+        ),
     ] = DeploySettings()
 
     @field_validator("base_model")
@@ -216,7 +242,9 @@ class FineTuneRequest(_Strict):
     @classmethod
     def _check_hardware(cls, value: str) -> str:
         if value != "auto" and not _FLAVOR.match(value):
-            raise ValueError(f"hardware: {value!r} is neither 'auto' nor a flavor name like 'a10g-small'")
+            raise ValueError(
+                f"hardware: {value!r} is neither 'auto' nor a flavor name like 'a10g-small'"
+            )
         return value
 
     @field_validator("output_name")
@@ -238,7 +266,10 @@ class FineTuneRequest(_Strict):
     @model_validator(mode="after")
     def _check_grpo_batch(self) -> FineTuneRequest:
         h = self.hyperparameters
-        if self.method is Method.GRPO and (h.batch_size * h.gradient_accumulation_steps) % h.num_generations:
+        if (
+            self.method is Method.GRPO
+            and (h.batch_size * h.gradient_accumulation_steps) % h.num_generations
+        ):
             raise ValueError(
                 "hyperparameters: for grpo, batch_size × gradient_accumulation_steps "
                 f"({h.batch_size} × {h.gradient_accumulation_steps}) must be a multiple of "

@@ -27,20 +27,35 @@ def generate_answers(model_dir: str, prompts: list[str], *, max_new_tokens: int 
     answers = []
     for prompt in prompts:
         inputs = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+            [{"role": "user", "content": prompt}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
         )
         with torch.no_grad():
             output = model.generate(
-                **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
             )
-        answers.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip())
+        answers.append(
+            tokenizer.decode(
+                output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+            ).strip()
+        )
     return answers
 
 
 @task(name="sample-answers")
-def sample_answers(base_model_dir: str, tuned_model_dir: str, prompts: list[str] | None = None) -> list[SampleAnswer]:
+def sample_answers(
+    base_model_dir: str, tuned_model_dir: str, prompts: list[str] | None = None
+) -> list[SampleAnswer]:
     """Ask the base and the fine-tuned model the same questions, to see what training changed."""
     prompts = list(prompts or DEFAULT_PROMPTS)
     base = generate_answers(base_model_dir, prompts)
     tuned = generate_answers(tuned_model_dir, prompts)
-    return [SampleAnswer(prompt=p, base=b, tuned=t) for p, b, t in zip(prompts, base, tuned, strict=True)]
+    return [
+        SampleAnswer(prompt=p, base=b, tuned=t)
+        for p, b, t in zip(prompts, base, tuned, strict=True)
+    ]

@@ -29,7 +29,9 @@ from tasks.jobs.monitor import FollowOutcome, MonitorSettings, follow_job
 from tasks.request import Backend, FineTuneRequest
 
 TRACKIO_PROJECT = "lm-fine-tuning"
-HF_JOB_OUTPUT_DIR = "/tmp/lmft-output"  # inside the job container; the model leaves it through the Hub
+HF_JOB_OUTPUT_DIR = (
+    "/tmp/lmft-output"  # inside the job container; the model leaves it through the Hub
+)
 
 
 def training_script_args(request: FineTuneRequest, model: str, *, run_name: str) -> list[str]:
@@ -82,7 +84,12 @@ def is_transient_failure(task, task_run, state) -> bool:
     return False
 
 
-@task(name="submit-training", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=is_transient_failure)
+@task(
+    name="submit-training",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=is_transient_failure,
+)
 def submit_training(
     request: FineTuneRequest,
     model: str,
@@ -93,16 +100,29 @@ def submit_training(
 ) -> JobHandle:
     """Start the training job on the request's backend; an existing job with the same key is reused."""
     logger = get_run_logger()
-    script_args = training_script_args(request, model, run_name=request.output_name or idempotency_key)
+    script_args = training_script_args(
+        request, model, run_name=request.output_name or idempotency_key
+    )
     if request.backend is Backend.LOCAL:
-        handle = submit_local_job(script_args=script_args, idempotency_key=idempotency_key, labels=labels)
-        logger.info("training job %s on %s (log: %s)", handle.job_id, handle.backend.value, handle.url)
+        handle = submit_local_job(
+            script_args=script_args, idempotency_key=idempotency_key, labels=labels
+        )
+        logger.info(
+            "training job %s on %s (log: %s)", handle.job_id, handle.backend.value, handle.url
+        )
         return handle
     check_shippable(request, model)
     credentials = load_hf_credentials()
     flavor, timeout = hf_flavor_and_timeout(request, estimate)
     hub_repo = f"{credentials.namespace}/{request.output_name}"
-    script_args += ["--output_dir", HF_JOB_OUTPUT_DIR, "--push_to_hub_repo", hub_repo, "--hub_private", "True"]
+    script_args += [
+        "--output_dir",
+        HF_JOB_OUTPUT_DIR,
+        "--push_to_hub_repo",
+        hub_repo,
+        "--hub_private",
+        "True",
+    ]
     if credentials.trackio_space_id:
         script_args += ["--trackio_space_id", credentials.trackio_space_id]
     job_label_set = {
@@ -114,11 +134,22 @@ def submit_training(
         ),
     }
     handle, created = submit_hf_job(
-        credentials, script_args=script_args, labels=job_label_set, flavor=flavor, timeout_seconds=timeout
+        credentials,
+        script_args=script_args,
+        labels=job_label_set,
+        flavor=flavor,
+        timeout_seconds=timeout,
     )
     handle = handle.model_copy(update={"idempotency_key": idempotency_key})
     verb = "submitted" if created else "attached to existing"
-    logger.info("%s Hugging Face job %s on %s, pushing to %s: %s", verb, handle.job_id, flavor, hub_repo, handle.url)
+    logger.info(
+        "%s Hugging Face job %s on %s, pushing to %s: %s",
+        verb,
+        handle.job_id,
+        flavor,
+        hub_repo,
+        handle.url,
+    )
     return handle
 
 
@@ -136,7 +167,9 @@ def check_shippable(request: FineTuneRequest, model: str) -> None:
         )
 
 
-def hf_flavor_and_timeout(request: FineTuneRequest, estimate: CostEstimate | None) -> tuple[str, int | None]:
+def hf_flavor_and_timeout(
+    request: FineTuneRequest, estimate: CostEstimate | None
+) -> tuple[str, int | None]:
     """The flavor and timeout of a Hugging Face job: from the estimate, else from the request."""
     if estimate is not None and estimate.hardware not in ("local", "auto"):
         return estimate.hardware, estimate.timeout_seconds
@@ -163,20 +196,29 @@ class _PrefectWatcher:
         eta = "?" if update.eta_seconds is None else f"{update.eta_seconds:.0f}s"
         self.logger.info(
             "step %d/%d  loss %.4f  lr %.2e  eta %s",
-            update.step, update.total_steps, update.loss or float("nan"), update.learning_rate or 0.0, eta,
+            update.step,
+            update.total_steps,
+            update.loss or float("nan"),
+            update.learning_rate or 0.0,
+            eta,
         )
 
     def on_metrics(self, metrics: GpuMetrics, cost_usd: float | None) -> None:
         cost = "" if cost_usd is None else f"  cost so far ${cost_usd:.2f}"
         self.logger.info(
-            "job %s: GPU %s%% util, %s/%s GB GPU memory%s", self.handle.job_id,
-            metrics.gpu_utilization_pct, metrics.gpu_memory_used_gb, metrics.gpu_memory_total_gb, cost,
+            "job %s: GPU %s%% util, %s/%s GB GPU memory%s",
+            self.handle.job_id,
+            metrics.gpu_utilization_pct,
+            metrics.gpu_memory_used_gb,
+            metrics.gpu_memory_total_gb,
+            cost,
         )
 
     def on_stalled(self, quiet_seconds: float) -> None:
         self.logger.warning(
             "job %s looks stalled: no log line for %.0f s (it is still running; cancel it if it is stuck)",
-            self.handle.job_id, quiet_seconds,
+            self.handle.job_id,
+            quiet_seconds,
         )
 
 
@@ -187,19 +229,25 @@ def monitor_training(
     """Follow the job to its end: stage changes, live progress artifact, metrics and cost, the final result."""
     logger = get_run_logger()
     key = _artifact_key(handle.job_id)
-    artifact_id = create_progress_artifact(0.0, key=f"training-progress-{key}", description=f"Training job {handle.job_id}")
+    artifact_id = create_progress_artifact(
+        0.0, key=f"training-progress-{key}", description=f"Training job {handle.job_id}"
+    )
     links = job_links(handle)
     if links:
         create_link_artifact(links[0][1], link_text=links[0][0], key=f"training-job-{key}")
         for text, url in links:
             logger.info("%s: %s", text, url)
     price = estimate.price_per_hour if estimate else None
-    outcome = follow_job(handle, _PrefectWatcher(handle, artifact_id), settings, price_per_hour=price)
+    outcome = follow_job(
+        handle, _PrefectWatcher(handle, artifact_id), settings, price_per_hour=price
+    )
     status, result = outcome.status, outcome.result
     if status.state is not JobState.COMPLETED or result is None:
         last = "\n".join(outcome.tail[-20:])
         reason = status.message or status.state.value
-        raise TrainingFailed(f"training job {handle.job_id} ended {status.state.value} ({reason}); last log lines:\n{last}")
+        raise TrainingFailed(
+            f"training job {handle.job_id} ended {status.state.value} ({reason}); last log lines:\n{last}"
+        )
     update_progress_artifact(artifact_id, 100.0)
     create_markdown_artifact(_job_report(handle, outcome, links), key=f"training-report-{key}")
     remote = handle.backend is not Backend.LOCAL
@@ -224,17 +272,24 @@ def job_links(handle: JobHandle) -> list[tuple[str, str]]:
     links = [("Hugging Face job", handle.url)] if handle.url else []
     credentials = load_hf_credentials()
     if credentials.trackio_space_id:
-        links.append(("Trackio dashboard", f"{credentials.hub_url}/spaces/{credentials.trackio_space_id}"))
+        links.append(
+            ("Trackio dashboard", f"{credentials.hub_url}/spaces/{credentials.trackio_space_id}")
+        )
     return links
 
 
 def _job_report(handle: JobHandle, outcome: FollowOutcome, links: list[tuple[str, str]]) -> str:
-    rows = [f"| job | `{handle.job_id}` ({handle.backend.value}) |", f"| state | {outcome.status.state.value} |",
-            f"| running time | {outcome.running_seconds:.0f} s |"]
+    rows = [
+        f"| job | `{handle.job_id}` ({handle.backend.value}) |",
+        f"| state | {outcome.status.state.value} |",
+        f"| running time | {outcome.running_seconds:.0f} s |",
+    ]
     if outcome.cost_usd is not None:
         rows.append(f"| cost | ${outcome.cost_usd:.2f} (running time × price) |")
     if (m := outcome.last_metrics) is not None:
-        rows.append(f"| GPU | {m.gpu_count} × {m.gpu_utilization_pct}% util, {m.gpu_memory_used_gb}/{m.gpu_memory_total_gb} GB |")
+        rows.append(
+            f"| GPU | {m.gpu_count} × {m.gpu_utilization_pct}% util, {m.gpu_memory_used_gb}/{m.gpu_memory_total_gb} GB |"
+        )
     rows += [f"| {text} | {url} |" for text, url in links]
     return "# Training job\n\n| | |\n|---|---|\n" + "\n".join(rows) + "\n"
 

@@ -49,7 +49,9 @@ def hf_server(monkeypatch: pytest.MonkeyPatch):
 
     from tests.doubles.hf_jobs_server import HfJobsServer
 
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the session is offline; this Hub is local
+    monkeypatch.setattr(
+        constants, "HF_HUB_OFFLINE", False
+    )  # the session is offline; this Hub is local
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with HfJobsServer() as server:
         monkeypatch.setenv("LMFT_HF_NAMESPACE", server.namespace)

@@ -23,7 +23,11 @@ def pirate_score(text: str) -> int:
 
 def field(output: str, name: str) -> str:
     """The value printed after `name` in `lmft run`'s summary."""
-    return next(line.split(None, 1)[1] for line in output.splitlines() if line.strip().startswith(name + " "))
+    return next(
+        line.split(None, 1)[1]
+        for line in output.splitlines()
+        if line.strip().startswith(name + " ")
+    )
 
 
 @pytest.mark.slow
@@ -53,7 +57,10 @@ def test_readme_main_job_trains_converts_and_serves_a_pirate(prefect_server):
         url = field(result.output, "serving").split()[0]
         reply = httpx.post(
             f"{url.rstrip('/')}/v1/chat/completions",
-            json={"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 48},
+            json={
+                "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                "max_tokens": 48,
+            },
             timeout=120,
         ).json()["choices"][0]["message"]["content"]
         assert pirate_score(reply) >= 1, reply

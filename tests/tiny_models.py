@@ -22,7 +22,9 @@ def save_tokenizer(target: Path) -> Path:
     return target
 
 
-def build_tiny_llama(target: Path, tokenizer_dir: Path, *, hidden_size: int = 32, layers: int = 2, seed: int = 0) -> Path:
+def build_tiny_llama(
+    target: Path, tokenizer_dir: Path, *, hidden_size: int = 32, layers: int = 2, seed: int = 0
+) -> Path:
     """A randomly initialised LlamaForCausalLM with SmolLM2's vocabulary, saved into `target`."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM

@@ -49,16 +49,24 @@ class ScriptArguments:
     dataset_path: str = field(metadata={"help": "Local data file/folder or Hub dataset id."})
     output_dir: str = field(metadata={"help": "Where the merged model and tokenizer are saved."})
     method: str = field(default="sft", metadata={"help": "sft | dpo | grpo | kto"})
-    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "Hub dataset configuration."}
+    )
     dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
     dataset_revision: str | None = field(default=None, metadata={"help": "Hub dataset revision."})
-    column_map: str = field(default="{}", metadata={"help": "JSON object renaming dataset columns."})
+    column_map: str = field(
+        default="{}", metadata={"help": "JSON object renaming dataset columns."}
+    )
     use_lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter, then merge it."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str = field(default="all-linear", metadata={"help": "'all-linear' or a,b,c."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs (ignored when max_steps > 0)."})
+    lora_target_modules: str = field(
+        default="all-linear", metadata={"help": "'all-linear' or a,b,c."}
+    )
+    num_train_epochs: float = field(
+        default=1.0, metadata={"help": "Epochs (ignored when max_steps > 0)."}
+    )
     max_steps: int = field(default=-1, metadata={"help": "Optimizer steps; -1 means use epochs."})
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate."})
     per_device_train_batch_size: int = field(default=4, metadata={"help": "Batch size."})
@@ -66,20 +74,31 @@ class ScriptArguments:
     max_length: int = field(default=1024, metadata={"help": "Maximum tokenised length."})
     warmup_ratio: float = field(default=0.03, metadata={"help": "Warm-up fraction."})
     seed: int = field(default=42, metadata={"help": "Random seed."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Trade compute for memory."}
+    )
     beta: float = field(default=0.1, metadata={"help": "DPO/KTO/GRPO KL coefficient."})
     num_generations: int = field(default=4, metadata={"help": "GRPO completions per prompt."})
     max_completion_length: int = field(default=64, metadata={"help": "GRPO generation length."})
-    reward_functions: str = field(default="length", metadata={"help": "GRPO rewards: length,format,no_repetition."})
+    reward_functions: str = field(
+        default="length", metadata={"help": "GRPO rewards: length,format,no_repetition."}
+    )
     logging_steps: int = field(default=1, metadata={"help": "Print progress every N steps."})
-    trackio_project: str = field(default="lm-fine-tuning", metadata={"help": "Trackio project name."})
-    trackio_space_id: str | None = field(default=None, metadata={"help": "Trackio Space to sync to."})
+    trackio_project: str = field(
+        default="lm-fine-tuning", metadata={"help": "Trackio project name."}
+    )
+    trackio_space_id: str | None = field(
+        default=None, metadata={"help": "Trackio Space to sync to."}
+    )
     run_name: str | None = field(default=None, metadata={"help": "Run name shown in Trackio."})
-    push_to_hub_repo: str | None = field(default=None, metadata={"help": "Push the merged model here."})
+    push_to_hub_repo: str | None = field(
+        default=None, metadata={"help": "Push the merged model here."}
+    )
     hub_private: bool = field(default=True, metadata={"help": "Create the Hub repo as private."})
 
 
 # --- GRPO reward functions, selectable by name -------------------------------------------
+
 
 def _completion_text(completion) -> str:
     if isinstance(completion, list):  # conversational: a list of messages
@@ -92,13 +111,17 @@ def length_reward(completions, **kwargs) -> list[float]:
     rewards = []
     for completion in completions:
         n = len(_completion_text(completion).strip())
-        rewards.append(1.0 if 20 <= n <= 200 else max(0.0, 1.0 - abs(n - (20 if n < 20 else 200)) / 200))
+        rewards.append(
+            1.0 if 20 <= n <= 200 else max(0.0, 1.0 - abs(n - (20 if n < 20 else 200)) / 200)
+        )
     return rewards
 
 
 def format_reward(completions, **kwargs) -> list[float]:
     """1.0 when the answer is one or more complete sentences (ends with . ! or ?)."""
-    return [1.0 if re.search(r"[.!?][\"')\]]?\s*$", _completion_text(c)) else 0.0 for c in completions]
+    return [
+        1.0 if re.search(r"[.!?][\"')\]]?\s*$", _completion_text(c)) else 0.0 for c in completions
+    ]
 
 
 def no_repetition_reward(completions, **kwargs) -> list[float]:
@@ -111,10 +134,15 @@ def no_repetition_reward(completions, **kwargs) -> list[float]:
     return rewards
 
 
-REWARD_FUNCTIONS = {"length": length_reward, "format": format_reward, "no_repetition": no_repetition_reward}
+REWARD_FUNCTIONS = {
+    "length": length_reward,
+    "format": format_reward,
+    "no_repetition": no_repetition_reward,
+}
 
 
 # --- data -----------------------------------------------------------------------------------
+
 
 def _local_format(path: str) -> str:
     name = path[:-3] if path.endswith(".gz") else path
@@ -122,7 +150,12 @@ def _local_format(path: str) -> str:
     return {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}[ext]
 
 
-SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "function_call": "assistant", "observation": "tool"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "gpt": "assistant",
+    "function_call": "assistant",
+    "observation": "tool",
+}
 
 
 def _sharegpt_turn(turn: dict) -> dict:
@@ -130,7 +163,10 @@ def _sharegpt_turn(turn: dict) -> dict:
     if "from" not in turn and "value" not in turn:
         return turn
     role = turn.get("from") or turn.get("role")
-    return {"role": SHAREGPT_ROLES.get(role, role), "content": turn.get("value", turn.get("content"))}
+    return {
+        "role": SHAREGPT_ROLES.get(role, role),
+        "content": turn.get("value", turn.get("content")),
+    }
 
 
 def load_training_dataset(args: ScriptArguments):
@@ -152,18 +188,25 @@ def load_training_dataset(args: ScriptArguments):
             files = [path]
         dataset = load_dataset(_local_format(files[0]), data_files=files, split="train")
     else:
-        dataset = load_dataset(path, args.dataset_config, split=args.dataset_split, revision=args.dataset_revision)
+        dataset = load_dataset(
+            path, args.dataset_config, split=args.dataset_split, revision=args.dataset_revision
+        )
     column_map = json.loads(args.column_map or "{}")
     if column_map:
-        dataset = dataset.rename_columns({k: v for k, v in column_map.items() if k in dataset.column_names})
+        dataset = dataset.rename_columns(
+            {k: v for k, v in column_map.items() if k in dataset.column_names}
+        )
     if column_map.get("conversations") == "messages":
-        dataset = dataset.map(lambda row: {"messages": [_sharegpt_turn(t) for t in row["messages"]]})
+        dataset = dataset.map(
+            lambda row: {"messages": [_sharegpt_turn(t) for t in row["messages"]]}
+        )
     if args.method == "kto" and "label" in dataset.column_names:
         dataset = dataset.map(lambda row: {"label": bool(row["label"])})
     return dataset
 
 
 # --- progress -------------------------------------------------------------------------------
+
 
 def _progress_callback():
     from transformers import TrainerCallback
@@ -196,7 +239,13 @@ def _progress_callback():
                 "elapsed_seconds": round(elapsed, 2),
                 "eta_seconds": None if eta is None else round(eta, 2),
             }
-            for key in ("rewards/mean", "reward", "rewards/chosen", "rewards/accuracies", "grad_norm"):
+            for key in (
+                "rewards/mean",
+                "reward",
+                "rewards/chosen",
+                "rewards/accuracies",
+                "grad_norm",
+            ):
                 if key in logs:
                     line[key.replace("/", "_")] = float(logs[key])
             print(PROGRESS_PREFIX + json.dumps(line), flush=True)
@@ -205,6 +254,7 @@ def _progress_callback():
 
 
 # --- training -------------------------------------------------------------------------------
+
 
 def _trainer_for(args: ScriptArguments, common: dict):
     """The TRL config and trainer class for the method."""
@@ -276,9 +326,17 @@ def main(args: ScriptArguments) -> dict:
             target_modules=targets if targets == "all-linear" else targets.split(","),
             task_type="CAUSAL_LM",
         )
-    kwargs = dict(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+    kwargs = dict(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
     if args.method == "grpo":
-        kwargs["reward_funcs"] = [REWARD_FUNCTIONS[name] for name in args.reward_functions.split(",")]
+        kwargs["reward_funcs"] = [
+            REWARD_FUNCTIONS[name] for name in args.reward_functions.split(",")
+        ]
     progress = _progress_callback()
     trainer = trainer_cls(**kwargs, callbacks=[progress])
     started = time.monotonic()
@@ -296,7 +354,9 @@ def main(args: ScriptArguments) -> dict:
     result = {
         "output_dir": os.path.abspath(args.output_dir),
         "model_dir": os.path.abspath(model_dir),
-        "adapter_dir": os.path.abspath(os.path.join(args.output_dir, "adapter")) if args.use_lora else None,
+        "adapter_dir": os.path.abspath(os.path.join(args.output_dir, "adapter"))
+        if args.use_lora
+        else None,
         "global_step": int(train_output.global_step),
         "first_loss": progress.first_loss,
         "final_loss": progress.last_loss,
@@ -311,7 +371,11 @@ def main(args: ScriptArguments) -> dict:
 
         api = HfApi()
         api.create_repo(args.push_to_hub_repo, private=args.hub_private, exist_ok=True)
-        info = api.upload_folder(repo_id=args.push_to_hub_repo, folder_path=model_dir, commit_message="lm-fine-tuning: merged model")
+        info = api.upload_folder(
+            repo_id=args.push_to_hub_repo,
+            folder_path=model_dir,
+            commit_message="lm-fine-tuning: merged model",
+        )
         if args.use_lora:
             api.upload_folder(
                 repo_id=args.push_to_hub_repo,

@@ -61,10 +61,14 @@ class Flavor(BaseModel):
     pretty_name: str
     vcpus: int | None = None
     ram_gb: float | None = None
-    gpu_model: str | None = Field(default=None, description="Accelerator model (a GPU_SPECS key); None on CPU.")
+    gpu_model: str | None = Field(
+        default=None, description="Accelerator model (a GPU_SPECS key); None on CPU."
+    )
     gpu_count: int = 0
     gpu_memory_gb: float = Field(default=0.0, description="Memory of ONE GPU.")
-    price_per_hour: float | None = Field(default=None, description="USD per hour; None when unknown.")
+    price_per_hour: float | None = Field(
+        default=None, description="USD per hour; None when unknown."
+    )
 
     @property
     def is_gpu(self) -> bool:
@@ -85,10 +89,18 @@ class Flavor(BaseModel):
         return self.gpu_memory_gb if self.is_gpu else (self.ram_gb or 0.0)
 
 
-def _gpu(name: str, pretty: str, model: str, count: int, price: float | None, vcpus=None, ram=None) -> Flavor:
+def _gpu(
+    name: str, pretty: str, model: str, count: int, price: float | None, vcpus=None, ram=None
+) -> Flavor:
     return Flavor(
-        name=name, pretty_name=pretty, vcpus=vcpus, ram_gb=ram, gpu_model=model, gpu_count=count,
-        gpu_memory_gb=GPU_SPECS[model].memory_gb, price_per_hour=price,
+        name=name,
+        pretty_name=pretty,
+        vcpus=vcpus,
+        ram_gb=ram,
+        gpu_model=model,
+        gpu_count=count,
+        gpu_memory_gb=GPU_SPECS[model].memory_gb,
+        price_per_hour=price,
     )
 
 
@@ -96,7 +108,13 @@ OFFLINE_FLAVORS: list[Flavor] = [
     Flavor(name="cpu-basic", pretty_name="CPU Basic", vcpus=2, ram_gb=16, price_per_hour=0.01),
     Flavor(name="cpu-upgrade", pretty_name="CPU Upgrade", vcpus=8, ram_gb=32, price_per_hour=0.03),
     Flavor(name="cpu-xl", pretty_name="CPU XL", vcpus=16, ram_gb=124, price_per_hour=1.00),
-    Flavor(name="cpu-performance", pretty_name="CPU Performance", vcpus=32, ram_gb=256, price_per_hour=1.90),
+    Flavor(
+        name="cpu-performance",
+        pretty_name="CPU Performance",
+        vcpus=32,
+        ram_gb=256,
+        price_per_hour=1.90,
+    ),
     _gpu("t4-small", "Nvidia T4 - small", "T4", 1, 0.40, 4, 15),
     _gpu("t4-medium", "Nvidia T4 - medium", "T4", 1, 0.60, 8, 30),
     _gpu("l4x1", "1x Nvidia L4", "L4", 1, 0.80, 8, 30),
@@ -150,9 +168,17 @@ class HardwareCatalog(BaseModel):
 
 def offline_catalog(reason: str | None = None) -> HardwareCatalog:
     """The dated table kept in the repo."""
-    source = OFFLINE_SOURCE if reason is None else f"{OFFLINE_SOURCE}; live catalog unavailable: {reason}"
-    as_of = datetime(OFFLINE_PRICES_AS_OF.year, OFFLINE_PRICES_AS_OF.month, OFFLINE_PRICES_AS_OF.day, tzinfo=UTC)
-    return HardwareCatalog(flavors=[f.model_copy() for f in OFFLINE_FLAVORS], source=source, as_of=as_of)
+    source = (
+        OFFLINE_SOURCE
+        if reason is None
+        else f"{OFFLINE_SOURCE}; live catalog unavailable: {reason}"
+    )
+    as_of = datetime(
+        OFFLINE_PRICES_AS_OF.year, OFFLINE_PRICES_AS_OF.month, OFFLINE_PRICES_AS_OF.day, tzinfo=UTC
+    )
+    return HardwareCatalog(
+        flavors=[f.model_copy() for f in OFFLINE_FLAVORS], source=source, as_of=as_of
+    )
 
 
 _PER_HOUR = {"second": 3600, "minute": 60, "hour": 1}
@@ -164,7 +190,14 @@ def flavor_from_hardware_info(info) -> Flavor:
     count = int(accelerator.quantity) if accelerator else 0
     model = accelerator.model if accelerator else None
     if model is not None and model not in GPU_SPECS:
-        model = next((known for known in GPU_SPECS if known.replace(" ", "").lower() in model.replace(" ", "").lower()), model)
+        model = next(
+            (
+                known
+                for known in GPU_SPECS
+                if known.replace(" ", "").lower() in model.replace(" ", "").lower()
+            ),
+            model,
+        )
     per_gpu = 0.0
     if accelerator:
         # JobAccelerator.vram is documented as "total VRAM" but the Hub has shown per-GPU
@@ -174,8 +207,14 @@ def flavor_from_hardware_info(info) -> Flavor:
     unit = _PER_HOUR.get((info.unit_label or "").lower().rstrip("s"))
     price = info.unit_cost_usd * unit if unit and info.unit_cost_usd is not None else None
     return Flavor(
-        name=info.name, pretty_name=info.pretty_name, vcpus=_leading_int(info.cpu), ram_gb=_gigabytes(info.ram),
-        gpu_model=model, gpu_count=count, gpu_memory_gb=per_gpu, price_per_hour=price,
+        name=info.name,
+        pretty_name=info.pretty_name,
+        vcpus=_leading_int(info.cpu),
+        ram_gb=_gigabytes(info.ram),
+        gpu_model=model,
+        gpu_count=count,
+        gpu_memory_gb=per_gpu,
+        price_per_hour=price,
     )
 
 
@@ -213,7 +252,10 @@ def load_catalog(
     if cache.exists():
         try:
             cached = HardwareCatalog.model_validate_json(cache.read_text())
-            if cached.source.endswith(api.endpoint) and (now - cached.as_of).total_seconds() < ttl_seconds:
+            if (
+                cached.source.endswith(api.endpoint)
+                and (now - cached.as_of).total_seconds() < ttl_seconds
+            ):
                 return cached
         except ValueError:
             logger.warning("ignoring unreadable hardware cache %s", cache)
@@ -222,7 +264,9 @@ def load_catalog(
     except Exception as exc:  # any network/HTTP failure: fall back to the dated table, and say why
         return offline_catalog(f"{type(exc).__name__}: {str(exc)[:200]}")
     flavors = [flavor_from_hardware_info(info) for info in infos]
-    catalog = HardwareCatalog(flavors=flavors, source=f"live list_jobs_hardware() from {api.endpoint}", as_of=now)
+    catalog = HardwareCatalog(
+        flavors=flavors, source=f"live list_jobs_hardware() from {api.endpoint}", as_of=now
+    )
     staging = cache.with_suffix(".partial")
     staging.write_text(json.dumps(catalog.model_dump(mode="json"), indent=1))
     staging.replace(cache)

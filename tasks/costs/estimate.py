@@ -59,7 +59,9 @@ class CostEstimate(BaseModel):
     low_seconds: float | None = None
     expected_seconds: float | None = None
     high_seconds: float | None = None
-    timeout_seconds: int | None = Field(default=None, description="Job timeout, from the high estimate.")
+    timeout_seconds: int | None = Field(
+        default=None, description="Job timeout, from the high estimate."
+    )
     source: str = Field(description="Where the prices came from, and their date.")
     catalog_as_of: datetime | None = None
     model: str | None = None
@@ -68,8 +70,12 @@ class CostEstimate(BaseModel):
     trainable_parameters: int | None = None
     tokens: int | None = Field(default=None, description="Tokens processed, all epochs.")
     memory: MemoryBreakdown | None = None
-    memory_available_gb: float | None = Field(default=None, description="Usable memory of one device of the flavor.")
-    alternatives: list[FlavorQuote] = Field(default=[], description="Other flavors that fit, cheapest first.")
+    memory_available_gb: float | None = Field(
+        default=None, description="Usable memory of one device of the flavor."
+    )
+    alternatives: list[FlavorQuote] = Field(
+        default=[], description="Other flavors that fit, cheapest first."
+    )
     assumptions: list[str] = []
 
     def markdown(self) -> str:
@@ -79,18 +85,39 @@ class CostEstimate(BaseModel):
             ("cost", f"${self.low_usd:.2f} – **${self.expected_usd:.2f}** – ${self.high_usd:.2f}"),
         ]
         if self.expected_seconds is not None:
-            rows.append(("time", f"{_hours(self.low_seconds)} – **{_hours(self.expected_seconds)}** – {_hours(self.high_seconds)}"))
+            rows.append(
+                (
+                    "time",
+                    f"{_hours(self.low_seconds)} – **{_hours(self.expected_seconds)}** – {_hours(self.high_seconds)}",
+                )
+            )
             rows.append(("job timeout", _hours(self.timeout_seconds)))
         if self.parameters:
-            rows.append(("model", f"{self.model}: {self.parameters / 1e9:.2f} B parameters ({self.parameters_source})"))
-            rows.append(("trained", f"{(self.trainable_parameters or 0) / 1e6:.1f} M parameters, {self.tokens or 0:,} tokens"))
+            rows.append(
+                (
+                    "model",
+                    f"{self.model}: {self.parameters / 1e9:.2f} B parameters ({self.parameters_source})",
+                )
+            )
+            rows.append(
+                (
+                    "trained",
+                    f"{(self.trainable_parameters or 0) / 1e6:.1f} M parameters, {self.tokens or 0:,} tokens",
+                )
+            )
         if self.memory:
-            rows.append(("memory", f"{self.memory.total_gb:.1f} GB needed of {self.memory_available_gb or 0:.0f} GB usable"))
+            rows.append(
+                (
+                    "memory",
+                    f"{self.memory.total_gb:.1f} GB needed of {self.memory_available_gb or 0:.0f} GB usable",
+                )
+            )
         rows.append(("prices", self.source))
         table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
         if self.alternatives:
             table += "\n\n| also fits | $/h | expected |\n|---|---|---|\n" + "\n".join(
-                f"| {q.hardware} | {q.price_per_hour:.2f} | ${q.expected_usd:.2f} |" for q in self.alternatives[:5]
+                f"| {q.hardware} | {q.price_per_hour:.2f} | ${q.expected_usd:.2f} |"
+                for q in self.alternatives[:5]
             )
         if self.assumptions:
             table += "\n\n" + "\n".join(f"- {a}" for a in self.assumptions)
@@ -111,14 +138,20 @@ def _hours(seconds: float | None) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
-def cost_so_far(estimate_or_price: CostEstimate | float, started_at: datetime, now: datetime | None = None) -> float:
+def cost_so_far(
+    estimate_or_price: CostEstimate | float, started_at: datetime, now: datetime | None = None
+) -> float:
     """USD spent by a job running since `started_at` (billed per started minute) at the estimate's price.
 
     Example:
         >>> cost_so_far(2.5, datetime(2026, 1, 1, 12, 0, tzinfo=UTC), datetime(2026, 1, 1, 12, 30, tzinfo=UTC))
         1.25
     """
-    price = estimate_or_price.price_per_hour if isinstance(estimate_or_price, CostEstimate) else float(estimate_or_price)
+    price = (
+        estimate_or_price.price_per_hour
+        if isinstance(estimate_or_price, CostEstimate)
+        else float(estimate_or_price)
+    )
     now = now or datetime.now(UTC)
     if started_at.tzinfo is None:
         started_at = started_at.replace(tzinfo=UTC)
@@ -126,7 +159,9 @@ def cost_so_far(estimate_or_price: CostEstimate | float, started_at: datetime, n
     return round(minutes / 60 * price, 4)
 
 
-def _timeline(workload: Workload, flavor: Flavor, *, convert_on_job: bool) -> tuple[float, float, float]:
+def _timeline(
+    workload: Workload, flavor: Flavor, *, convert_on_job: bool
+) -> tuple[float, float, float]:
     compute = training_flops(workload) / (flavor.effective_tflops * 1e12)
     model_mb = workload.shape.parameters * 2 / 1e6
     out = []
@@ -167,12 +202,16 @@ def estimate_workload(
     def quote(flavor: Flavor) -> FlavorQuote:
         _, expected, _ = _timeline(workload, flavor, convert_on_job=convert_on_job)
         return FlavorQuote(
-            hardware=flavor.name, price_per_hour=flavor.price_per_hour or 0.0,
-            expected_usd=_usd(expected, flavor.price_per_hour or 0.0), expected_seconds=round(expected),
+            hardware=flavor.name,
+            price_per_hour=flavor.price_per_hour or 0.0,
+            expected_usd=_usd(expected, flavor.price_per_hour or 0.0),
+            expected_seconds=round(expected),
         )
 
     priced_gpus = [f for f in catalog.flavors if f.is_gpu and f.price_per_hour is not None]
-    quotes = sorted((quote(f) for f in priced_gpus if fits(f)), key=lambda q: (q.expected_usd, q.price_per_hour))
+    quotes = sorted(
+        (quote(f) for f in priced_gpus if fits(f)), key=lambda q: (q.expected_usd, q.price_per_hour)
+    )
     if hardware == "auto":
         if not quotes:
             biggest = max(priced_gpus, key=lambda f: f.memory_per_device_gb)
@@ -231,14 +270,20 @@ def estimate_workload(
 
 def _memory_parts(memory: MemoryBreakdown) -> str:
     parts = {
-        "weights": memory.weights_gb, "optimizer+grads": memory.trainable_state_gb,
-        "reference": memory.reference_model_gb, "activations": memory.activations_gb,
-        "logits": memory.logits_gb, "kv cache": memory.kv_cache_gb, "overhead": memory.overhead_gb,
+        "weights": memory.weights_gb,
+        "optimizer+grads": memory.trainable_state_gb,
+        "reference": memory.reference_model_gb,
+        "activations": memory.activations_gb,
+        "logits": memory.logits_gb,
+        "kv cache": memory.kv_cache_gb,
+        "overhead": memory.overhead_gb,
     }
     return ", ".join(f"{k} {v:.1f}" for k, v in parts.items() if v)
 
 
-def workload_from_request(request: FineTuneRequest, report: ValidationReport, shape: ModelShape) -> tuple[Workload, list[str]]:
+def workload_from_request(
+    request: FineTuneRequest, report: ValidationReport, shape: ModelShape
+) -> tuple[Workload, list[str]]:
     """The request's training run as a `Workload`, and the assumptions made to get there."""
     h = request.hyperparameters
     notes: list[str] = []
@@ -254,7 +299,9 @@ def workload_from_request(request: FineTuneRequest, report: ValidationReport, sh
         rows = stats.rows
     else:
         mean, rows = float(h.max_length), report.row_count
-        notes.append(f"no token statistics in the validation report: every row counted as max_length ({h.max_length}) tokens")
+        notes.append(
+            f"no token statistics in the validation report: every row counted as max_length ({h.max_length}) tokens"
+        )
     if h.max_steps:
         rows_trained = h.max_steps * h.batch_size * h.gradient_accumulation_steps
     elif rows:
@@ -285,12 +332,19 @@ def workload_from_request(request: FineTuneRequest, report: ValidationReport, sh
 def free_estimate(hardware: str = "local") -> CostEstimate:
     """The estimate of a run on this machine: no charge."""
     return CostEstimate(
-        backend=Backend.LOCAL, hardware=hardware, price_per_hour=0.0,
-        low_usd=0.0, expected_usd=0.0, high_usd=0.0, source="local backend: no charge",
+        backend=Backend.LOCAL,
+        hardware=hardware,
+        price_per_hour=0.0,
+        low_usd=0.0,
+        expected_usd=0.0,
+        high_usd=0.0,
+        source="local backend: no charge",
     )
 
 
-def estimate_request(request: FineTuneRequest, report: ValidationReport, *, catalog: HardwareCatalog | None = None) -> CostEstimate:
+def estimate_request(
+    request: FineTuneRequest, report: ValidationReport, *, catalog: HardwareCatalog | None = None
+) -> CostEstimate:
     """Estimate `request` on its backend (plain function behind the `estimate_cost` task)."""
     if request.backend is Backend.LOCAL:
         if request.hardware != "auto":
@@ -309,8 +363,8 @@ def estimate_cost(request: FineTuneRequest, report: ValidationReport) -> CostEst
     """Estimate the run's hardware, time and cost, and publish the estimate as an artifact."""
     estimate = estimate_request(request, report)
     create_markdown_artifact(
-        f"# Cost estimate\n\n{estimate.markdown()}\n", key="cost-estimate",
+        f"# Cost estimate\n\n{estimate.markdown()}\n",
+        key="cost-estimate",
         description=f"{estimate.hardware}: ${estimate.expected_usd:.2f} expected",
     )
     return estimate
-

@@ -44,7 +44,9 @@ def _text_config(config: dict) -> dict:
     return config.get("text_config") or config
 
 
-def shape_from_config(config: dict, *, model: str, parameters: int | None = None, source: str = "") -> ModelShape:
+def shape_from_config(
+    config: dict, *, model: str, parameters: int | None = None, source: str = ""
+) -> ModelShape:
     """The `ModelShape` described by a Hugging Face `config.json` (as a dict)."""
     c = _text_config(config)
     try:
@@ -57,7 +59,9 @@ def shape_from_config(config: dict, *, model: str, parameters: int | None = None
             hidden_size=hidden,
             num_layers=c["num_hidden_layers"],
             vocab_size=c["vocab_size"],
-            intermediate_size=c.get("intermediate_size") or c.get("moe_intermediate_size") or 4 * hidden,
+            intermediate_size=c.get("intermediate_size")
+            or c.get("moe_intermediate_size")
+            or 4 * hidden,
             num_attention_heads=heads,
             num_key_value_heads=c.get("num_key_value_heads") or heads,
             head_dim=c.get("head_dim") or hidden // heads,
@@ -90,7 +94,9 @@ def parameters_from_config(config: dict) -> int:
     mlp = 3 * h * inter * experts + (h * experts if experts > 1 else 0)
     per_layer = attention + mlp + 2 * h
     embeddings = vocab * h
-    head = 0 if c.get("tie_word_embeddings", config.get("tie_word_embeddings", False)) else vocab * h
+    head = (
+        0 if c.get("tie_word_embeddings", config.get("tie_word_embeddings", False)) else vocab * h
+    )
     return layers * per_layer + h + embeddings + head
 
 
@@ -111,7 +117,9 @@ def _local_parameter_count(folder: Path) -> int | None:
     return total
 
 
-def read_model_shape(model: str, *, api: HfApi | None = None, revision: str | None = None) -> ModelShape:
+def read_model_shape(
+    model: str, *, api: HfApi | None = None, revision: str | None = None
+) -> ModelShape:
     """The shape and parameter count of `model`: a local folder, the embedded alias, or a Hub id."""
     if model == DEFAULT_BASE_MODEL:
         materialized = models_dir() / DEFAULT_BASE_MODEL
@@ -120,14 +128,18 @@ def read_model_shape(model: str, *, api: HfApi | None = None, revision: str | No
         folder = Path(model).expanduser()
         config_file = folder / "config.json"
         if not config_file.exists():
-            raise ModelSizeUnavailable(f"base_model: {folder} has no config.json; point it at a Hugging Face checkpoint folder")
+            raise ModelSizeUnavailable(
+                f"base_model: {folder} has no config.json; point it at a Hugging Face checkpoint folder"
+            )
         config = json.loads(config_file.read_text())
         parameters = _local_parameter_count(folder)
         source = f"safetensors headers in {folder}" if parameters else f"counted from {config_file}"
         return shape_from_config(config, model=model, parameters=parameters, source=source)
     api = api or HfApi()
     try:
-        config_path = hf_hub_download(model, "config.json", revision=revision, endpoint=api.endpoint, token=api.token)
+        config_path = hf_hub_download(
+            model, "config.json", revision=revision, endpoint=api.endpoint, token=api.token
+        )
     except Exception as exc:  # network, 404, gated: all end the estimate with the same advice
         raise ModelSizeUnavailable(
             f"base_model: cannot read config.json of {model!r} from the Hub ({type(exc).__name__}: {str(exc)[:200]}); "

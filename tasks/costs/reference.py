@@ -12,11 +12,18 @@ from tasks.costs.workload import TrainingMode, Workload, memory_needed
 from tasks.request import Method
 
 
-def _llama(hidden: int, inter: int, layers: int, heads: int, kv: int, vocab: int, tied: bool, **extra) -> dict:
+def _llama(
+    hidden: int, inter: int, layers: int, heads: int, kv: int, vocab: int, tied: bool, **extra
+) -> dict:
     return {
-        "hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
-        "num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": vocab,
-        "tie_word_embeddings": tied, **extra,
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "vocab_size": vocab,
+        "tie_word_embeddings": tied,
+        **extra,
     }
 
 
@@ -41,10 +48,21 @@ def reference_workloads() -> list[tuple[str, Workload]]:
         for method in (Method.SFT, Method.DPO):
             for mode in (TrainingMode.LORA, TrainingMode.FULL):
                 rows = ROWS[method]
-                out.append((name, Workload(
-                    shape=shape, method=method, mode=mode, rows=rows, tokens=rows * MEAN_TOKENS,
-                    seq_len=SEQ_LEN, batch_size=BATCH_SIZE, gradient_checkpointing=mode is TrainingMode.FULL,
-                )))
+                out.append(
+                    (
+                        name,
+                        Workload(
+                            shape=shape,
+                            method=method,
+                            mode=mode,
+                            rows=rows,
+                            tokens=rows * MEAN_TOKENS,
+                            seq_len=SEQ_LEN,
+                            batch_size=BATCH_SIZE,
+                            gradient_checkpointing=mode is TrainingMode.FULL,
+                        ),
+                    )
+                )
     return out
 
 

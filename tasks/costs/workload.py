@@ -39,14 +39,20 @@ class Workload(BaseModel):
     method: Method = Method.SFT
     mode: TrainingMode = TrainingMode.LORA
     lora_r: int = Field(default=16, ge=1, le=512)
-    seq_len: int = Field(default=1024, ge=16, le=131_072, description="Longest sequence (max_length).")
+    seq_len: int = Field(
+        default=1024, ge=16, le=131_072, description="Longest sequence (max_length)."
+    )
     batch_size: int = Field(default=4, ge=1, le=1024)
     gradient_checkpointing: bool = False
     rows: int = Field(ge=1, description="Rows trained on, all epochs.")
-    tokens: int = Field(ge=1, description="Tokens of those rows (prompt and answer; the longer answer for DPO).")
+    tokens: int = Field(
+        ge=1, description="Tokens of those rows (prompt and answer; the longer answer for DPO)."
+    )
     num_generations: int = Field(default=4, ge=2, le=64)
     max_completion_length: int = Field(default=64, ge=1, le=32_768)
-    uses_reference_model: bool = Field(default=True, description="KL term on (DPO/KTO always; GRPO when beta > 0).")
+    uses_reference_model: bool = Field(
+        default=True, description="KL term on (DPO/KTO always; GRPO when beta > 0)."
+    )
 
 
 class MemoryBreakdown(BaseModel):
@@ -85,7 +91,9 @@ def sequences_per_row(method: Method) -> int:
 def memory_needed(workload: Workload) -> MemoryBreakdown:
     """GPU memory (GB) one training process needs for `workload`."""
     s, n = workload.shape, workload.shape.parameters
-    weight_bytes = {TrainingMode.FULL: 2.0, TrainingMode.LORA: 2.0, TrainingMode.QLORA: 0.55}[workload.mode]
+    weight_bytes = {TrainingMode.FULL: 2.0, TrainingMode.LORA: 2.0, TrainingMode.QLORA: 0.55}[
+        workload.mode
+    ]
     weights = n * weight_bytes
     # bf16 weights already counted; fp32 master copy (4) + fp32 grads (4) + AdamW m and v (8).
     trainable = trainable_parameters(workload) * (14 if workload.mode is TrainingMode.FULL else 16)
@@ -95,7 +103,10 @@ def memory_needed(workload: Workload) -> MemoryBreakdown:
     if workload.method is Method.GRPO:
         sequences, seq_len = workload.batch_size, workload.seq_len + workload.max_completion_length
     else:
-        sequences, seq_len = workload.batch_size * sequences_per_row(workload.method), workload.seq_len
+        sequences, seq_len = (
+            workload.batch_size * sequences_per_row(workload.method),
+            workload.seq_len,
+        )
     tokens_in_flight = sequences * seq_len
     per_layer = 34 * s.hidden_size * tokens_in_flight
     if workload.gradient_checkpointing:
@@ -111,8 +122,14 @@ def memory_needed(workload: Workload) -> MemoryBreakdown:
     total = sum(parts) / GB + FRAMEWORK_OVERHEAD_GB
     gb = [round(p / GB, 2) for p in parts]
     return MemoryBreakdown(
-        weights_gb=gb[0], trainable_state_gb=gb[1], reference_model_gb=gb[2], activations_gb=gb[3],
-        logits_gb=gb[4], kv_cache_gb=gb[5], overhead_gb=FRAMEWORK_OVERHEAD_GB, total_gb=round(total, 2),
+        weights_gb=gb[0],
+        trainable_state_gb=gb[1],
+        reference_model_gb=gb[2],
+        activations_gb=gb[3],
+        logits_gb=gb[4],
+        kv_cache_gb=gb[5],
+        overhead_gb=FRAMEWORK_OVERHEAD_GB,
+        total_gb=round(total, 2),
     )
 
 

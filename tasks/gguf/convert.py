@@ -48,7 +48,9 @@ def download_model(repo_id: str, *, token: str | None = None, endpoint: str | No
     """Weights, config and tokenizer of a Hub model (the Hub cache makes this a no-op the second time)."""
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES, token=token, endpoint=endpoint))
+    return Path(
+        snapshot_download(repo_id, allow_patterns=_HUB_FILES, token=token, endpoint=endpoint)
+    )
 
 
 def merge_adapter(model_dir: Path, adapter_dir: Path, target: Path) -> Path:
@@ -58,12 +60,18 @@ def merge_adapter(model_dir: Path, adapter_dir: Path, target: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (adapter_dir / "adapter_config.json").exists():
-        raise PreflightError(f"adapter: {adapter_dir} has no adapter_config.json; give a PEFT adapter folder")
+        raise PreflightError(
+            f"adapter: {adapter_dir} has no adapter_config.json; give a PEFT adapter folder"
+        )
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(target)
-    has_tokenizer = any((adapter_dir / name).exists() for name in ("tokenizer.json", "tokenizer.model"))
-    AutoTokenizer.from_pretrained(adapter_dir if has_tokenizer else model_dir).save_pretrained(target)
+    has_tokenizer = any(
+        (adapter_dir / name).exists() for name in ("tokenizer.json", "tokenizer.model")
+    )
+    AutoTokenizer.from_pretrained(adapter_dir if has_tokenizer else model_dir).save_pretrained(
+        target
+    )
     return target
 
 
@@ -74,8 +82,15 @@ def _model_name(model: str, lineage: GGUFLineage) -> str:
 
 @task(name="preflight-gguf", retries=1, retry_delay_seconds=10)
 def preflight_gguf(
-    model: str, lineage: GGUFLineage, settings: GGUFSettings, *, adapter: str | None = None,
-    output_dir: str | None = None, token: str | None = None, endpoint: str | None = None, has_training_text: bool = False,
+    model: str,
+    lineage: GGUFLineage,
+    settings: GGUFSettings,
+    *,
+    adapter: str | None = None,
+    output_dir: str | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+    has_training_text: bool = False,
 ) -> ConversionPlan:
     """Fetch the converter, resolve the model (Hub, local, + LoRA), refuse what cannot be converted."""
     from tasks.request import looks_like_local_path  # tasks.request imports this package's settings
@@ -84,7 +99,9 @@ def preflight_gguf(
     if looks_like_local_path(model):
         model_dir = Path(model).expanduser().resolve()
         if not model_dir.is_dir():
-            raise PreflightError(f"model: {model!r} is not a folder; give a Hugging Face model folder or a Hub repo id")
+            raise PreflightError(
+                f"model: {model!r} is not a folder; give a Hugging Face model folder or a Hub repo id"
+            )
     else:
         model_dir = download_model(model, token=token, endpoint=endpoint)
     name = _model_name(model, lineage)
@@ -95,12 +112,19 @@ def preflight_gguf(
         model_dir = merge_adapter(model_dir, Path(adapter).expanduser(), merged)
     report = check_model(model_dir, converter, settings, out, has_training_text=has_training_text)
     return ConversionPlan(
-        model=model, model_dir=str(model_dir), output_dir=str(out), name=name, converter=converter, preflight=report
+        model=model,
+        model_dir=str(model_dir),
+        output_dir=str(out),
+        name=name,
+        converter=converter,
+        preflight=report,
     )
 
 
 @task(name="convert-to-gguf")
-def convert_to_gguf(plan: ConversionPlan, lineage: GGUFLineage, settings: GGUFSettings) -> GGUFVariant:
+def convert_to_gguf(
+    plan: ConversionPlan, lineage: GGUFLineage, settings: GGUFSettings
+) -> GGUFVariant:
     """Convert the model with llama.cpp's converter into the f16/bf16 reference GGUF, lineage included."""
     out = Path(plan.output_dir)
     reference = settings.reference_type
@@ -110,13 +134,21 @@ def convert_to_gguf(plan: ConversionPlan, lineage: GGUFLineage, settings: GGUFSe
     started = time.monotonic()
     try:
         run_converter(
-            plan.converter, Path(plan.model_dir), raw, outtype=reference.value.lower(), metadata=metadata_file,
+            plan.converter,
+            Path(plan.model_dir),
+            raw,
+            outtype=reference.value.lower(),
+            metadata=metadata_file,
             log_file=out / "converter.log",
         )
         # Adds the lmft.* keys: an exact tensor copy made by llama.cpp (only_copy), not a GGUF writer of ours.
         variant = quantize_file(
-            raw, plan.file_for(reference), reference, metadata=lineage_overrides(lineage, reference),
-            threads=settings.threads, only_copy=True,
+            raw,
+            plan.file_for(reference),
+            reference,
+            metadata=lineage_overrides(lineage, reference),
+            threads=settings.threads,
+            only_copy=True,
         )
     finally:
         raw.unlink(missing_ok=True)
@@ -134,12 +166,19 @@ def compute_imatrix(plan: ConversionPlan, reference: GGUFVariant, texts: list[st
 
 @task(name="quantize-gguf")
 def quantize_gguf(
-    plan: ConversionPlan, reference: GGUFVariant, quant_type: QuantType, lineage: GGUFLineage, settings: GGUFSettings,
+    plan: ConversionPlan,
+    reference: GGUFVariant,
+    quant_type: QuantType,
+    lineage: GGUFLineage,
+    settings: GGUFSettings,
     imatrix: str | None = None,
 ) -> GGUFVariant:
     """Quantize the reference GGUF to `quant_type` with llama.cpp, lineage included."""
     return quantize_file(
-        Path(reference.path), plan.file_for(quant_type), quant_type,
-        metadata=lineage_overrides(lineage, quant_type), threads=settings.threads,
+        Path(reference.path),
+        plan.file_for(quant_type),
+        quant_type,
+        metadata=lineage_overrides(lineage, quant_type),
+        threads=settings.threads,
         imatrix=dict(np.load(imatrix)) if imatrix else None,
     )

@@ -77,10 +77,16 @@ def registered_architectures(directory: Path) -> list[str]:
             continue
         for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "register":
-                names.update(a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str))
+                names.update(
+                    a.value
+                    for a in node.args
+                    if isinstance(a, ast.Constant) and isinstance(a.value, str)
+                )
             elif isinstance(node, ast.AnnAssign | ast.Assign):
                 targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
-                if any(getattr(t, "id", None) == "TEXT_MODEL_MAP" for t in targets) and isinstance(node.value, ast.Dict):
+                if any(getattr(t, "id", None) == "TEXT_MODEL_MAP" for t in targets) and isinstance(
+                    node.value, ast.Dict
+                ):
                     names.update(k.value for k in node.value.keys if isinstance(k, ast.Constant))
     return sorted(names)
 
@@ -97,7 +103,9 @@ def _extract(sdist: Path, target: Path) -> None:
                 member.name = relative
                 members.append(member)
         if not any(m.name == CONVERTER_SCRIPT for m in members):
-            raise ConverterError(f"{sdist.name} has no {_VENDOR}{CONVERTER_SCRIPT}; this release cannot convert models")
+            raise ConverterError(
+                f"{sdist.name} has no {_VENDOR}{CONVERTER_SCRIPT}; this release cannot convert models"
+            )
         archive.extractall(target, members=members, filter="data")
 
 
@@ -112,9 +120,20 @@ def fetch_converter(version: str | None = None) -> Converter:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{version}-") as scratch:
         download = Path(scratch) / "sdist"
         result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
-             f"llama-cpp-python=={version}", "-d", str(download)],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-binary",
+                ":all:",
+                "--no-deps",
+                f"llama-cpp-python=={version}",
+                "-d",
+                str(download),
+            ],
+            capture_output=True,
+            text=True,
         )
         sdists = sorted(download.glob("*.tar.gz")) if download.exists() else []
         if result.returncode != 0 or not sdists:
@@ -124,7 +143,9 @@ def fetch_converter(version: str | None = None) -> Converter:
             )
         staging = Path(scratch) / "converter"
         _extract(sdists[0], staging)
-        converter = Converter(version=version, directory=str(target), architectures=registered_architectures(staging))
+        converter = Converter(
+            version=version, directory=str(target), architectures=registered_architectures(staging)
+        )
         (staging / "converter.json").write_text(converter.model_dump_json(indent=2))
         try:
             staging.rename(target)
@@ -135,13 +156,26 @@ def fetch_converter(version: str | None = None) -> Converter:
 
 
 def run_converter(
-    converter: Converter, model_dir: Path, outfile: Path, *, outtype: str = "f16", metadata: Path | None = None,
+    converter: Converter,
+    model_dir: Path,
+    outfile: Path,
+    *,
+    outtype: str = "f16",
+    metadata: Path | None = None,
     log_file: Path | None = None,
 ) -> None:
     """Run `convert_hf_to_gguf.py` on `model_dir`; raise ConverterError with its last output on failure."""
     env = {**os.environ, "PYTHONPATH": str(converter.gguf_py)}
     env.pop("NO_LOCAL_GGUF", None)
-    command = [sys.executable, str(converter.script), str(model_dir), "--outfile", str(outfile), "--outtype", outtype]
+    command = [
+        sys.executable,
+        str(converter.script),
+        str(model_dir),
+        "--outfile",
+        str(outfile),
+        "--outtype",
+        outtype,
+    ]
     if metadata is not None:
         command += ["--metadata", str(metadata)]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -149,4 +183,6 @@ def run_converter(
         log_file.write_text(result.stdout + result.stderr)
     if result.returncode != 0 or not outfile.exists():
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
-        raise ConverterError(f"llama.cpp's converter ({converter.version}) failed on {model_dir}:\n{tail}")
+        raise ConverterError(
+            f"llama.cpp's converter ({converter.version}) failed on {model_dir}:\n{tail}"
+        )

@@ -20,7 +20,9 @@ class ImportanceMatrixError(RuntimeError):
     """The importance matrix could not be computed; the message says why."""
 
 
-def compute_importance_matrix(model_dir: Path, reference: Path, texts: list[str], *, max_tokens: int = 512) -> dict[str, np.ndarray]:
+def compute_importance_matrix(
+    model_dir: Path, reference: Path, texts: list[str], *, max_tokens: int = 512
+) -> dict[str, np.ndarray]:
     """Mean squared input activation per column of every linear weight, keyed by GGUF tensor name."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -28,14 +30,18 @@ def compute_importance_matrix(model_dir: Path, reference: Path, texts: list[str]
     import gguf
 
     if not texts:
-        raise ImportanceMatrixError("an importance matrix needs training text; give the dataset (held-out slice)")
+        raise ImportanceMatrixError(
+            "an importance matrix needs training text; give the dataset (held-out slice)"
+        )
     reader = gguf.GGUFReader(reference)
     arch_name = reader.fields["general.architecture"].contents()
     blocks = reader.fields[f"{arch_name}.block_count"].contents()
     tensor_names = {t.name for t in reader.tensors}
     arch = next((a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == arch_name), None)
     if arch is None:
-        raise ImportanceMatrixError(f"gguf-py has no tensor-name map for architecture {arch_name!r}")
+        raise ImportanceMatrixError(
+            f"gguf-py has no tensor-name map for architecture {arch_name!r}"
+        )
     name_map = gguf.get_tensor_name_map(arch, blocks)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -58,11 +64,15 @@ def compute_importance_matrix(model_dir: Path, reference: Path, texts: list[str]
             if gguf_name in tensor_names:
                 hooks.append(module.register_forward_hook(collect(gguf_name)))
     if not hooks:
-        raise ImportanceMatrixError(f"no linear layer of {model_dir} maps to a tensor of {reference.name}")
+        raise ImportanceMatrixError(
+            f"no linear layer of {model_dir} maps to a tensor of {reference.name}"
+        )
     try:
         with torch.inference_mode():
             for text in texts:
-                ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_tokens).input_ids
+                ids = tokenizer(
+                    text, return_tensors="pt", truncation=True, max_length=max_tokens
+                ).input_ids
                 model(ids)
     finally:
         for handle in hooks:

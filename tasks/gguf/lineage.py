@@ -34,7 +34,9 @@ def hash_dataset(source: DatasetSource) -> str:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
     else:
-        digest.update(f"{source.path}@{source.revision or 'main'}:{source.config or ''}:{source.split}".encode())
+        digest.update(
+            f"{source.path}@{source.revision or 'main'}:{source.config or ''}:{source.split}".encode()
+        )
     return digest.hexdigest()
 
 
@@ -55,8 +57,9 @@ def converter_metadata(lineage: GGUFLineage) -> dict:
         metadata["general.datasets"] = [dataset]
     if lineage.method:
         metadata["general.tags"].append(lineage.method)
-        metadata["general.description"] = f"Fine-tuned from {lineage.base_model} with {lineage.method}" + (
-            f" by pipeline run {lineage.pipeline_run_id}" if lineage.pipeline_run_id else ""
+        metadata["general.description"] = (
+            f"Fine-tuned from {lineage.base_model} with {lineage.method}"
+            + (f" by pipeline run {lineage.pipeline_run_id}" if lineage.pipeline_run_id else "")
         )
     return metadata
 
@@ -94,6 +97,10 @@ def lineage_for_request(request: FineTuneRequest, pipeline_run_id: str | None) -
 
     base = EMBEDDED_HUB_ID if request.base_model == DEFAULT_BASE_MODEL else request.base_model
     return GGUFLineage(
-        base_model=base, dataset=request.dataset.path, dataset_sha256=hash_dataset(request.dataset),
-        method=request.method.value, pipeline_run_id=pipeline_run_id, name=request.output_name,
+        base_model=base,
+        dataset=request.dataset.path,
+        dataset_sha256=hash_dataset(request.dataset),
+        method=request.method.value,
+        pipeline_run_id=pipeline_run_id,
+        name=request.output_name,
     )

@@ -81,13 +81,25 @@ class _Strict(BaseModel):
 class GGUFLineage(_Strict):
     """Where a model came from; written into every GGUF it becomes."""
 
-    base_model: Annotated[str, Field(min_length=1, description="Base model the fine-tune started from.")]
-    dataset: Annotated[str | None, Field(description="Training dataset (local path or Hub id).")] = None
-    dataset_sha256: Annotated[
-        str | None, Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the dataset's files (local) or of id@revision (Hub).")
+    base_model: Annotated[
+        str, Field(min_length=1, description="Base model the fine-tune started from.")
+    ]
+    dataset: Annotated[
+        str | None, Field(description="Training dataset (local path or Hub id).")
     ] = None
-    method: Annotated[str | None, Field(description="Training method (sft, dpo, grpo, kto).")] = None
-    pipeline_run_id: Annotated[str | None, Field(description="Prefect flow run that produced the model.")] = None
+    dataset_sha256: Annotated[
+        str | None,
+        Field(
+            pattern=r"^[0-9a-f]{64}$",
+            description="sha256 of the dataset's files (local) or of id@revision (Hub).",
+        ),
+    ] = None
+    method: Annotated[str | None, Field(description="Training method (sft, dpo, grpo, kto).")] = (
+        None
+    )
+    pipeline_run_id: Annotated[
+        str | None, Field(description="Prefect flow run that produced the model.")
+    ] = None
     name: Annotated[str | None, Field(description="Model name written as general.name.")] = None
 
 
@@ -97,9 +109,16 @@ class GGUFSettings(_Strict):
     quant_types: Annotated[
         list[QuantType], Field(description="Quantized variants to build besides the f16 reference.")
     ] = list(DEFAULT_QUANT_TYPES)
-    reference_type: Annotated[QuantType, Field(description="Unquantized reference: F16 or BF16.")] = QuantType.F16
+    reference_type: Annotated[
+        QuantType, Field(description="Unquantized reference: F16 or BF16.")
+    ] = QuantType.F16
     max_nll_increase: Annotated[
-        float, Field(gt=0, le=10, description="A variant fails when its mean NLL exceeds the reference's by more (nats/token).")
+        float,
+        Field(
+            gt=0,
+            le=10,
+            description="A variant fails when its mean NLL exceeds the reference's by more (nats/token).",
+        ),
     ] = 0.05
     prompts: Annotated[
         list[str], Field(min_length=1, description="Chat prompts each variant must answer sanely.")
@@ -108,12 +127,18 @@ class GGUFSettings(_Strict):
         "Name the three primary colors.",
         "Write one short sentence about the sea.",
     ]
-    max_answer_tokens: Annotated[int, Field(ge=8, le=2048, description="Token budget per answer.")] = 96
-    context_length: Annotated[int, Field(ge=128, le=32768, description="Context used to score held-out text.")] = 512
+    max_answer_tokens: Annotated[
+        int, Field(ge=8, le=2048, description="Token budget per answer.")
+    ] = 96
+    context_length: Annotated[
+        int, Field(ge=128, le=32768, description="Context used to score held-out text.")
+    ] = 512
     disk_reserve_bytes: Annotated[
         int, Field(ge=0, description="Free space to leave on the output disk after conversion.")
     ] = 256 * 1024 * 1024
-    threads: Annotated[int, Field(ge=0, le=256, description="CPU threads for quantizing and evaluating (0 = all).")] = 0
+    threads: Annotated[
+        int, Field(ge=0, le=256, description="CPU threads for quantizing and evaluating (0 = all).")
+    ] = 0
 
 
 class GGUFVariant(_Strict):
@@ -132,7 +157,9 @@ class GGUFArtifacts(_Strict):
     output_dir: str
     reference: GGUFVariant
     variants: list[GGUFVariant]
-    converter_version: str = Field(description="llama-cpp-python release whose llama.cpp converter wrote the files.")
+    converter_version: str = Field(
+        description="llama-cpp-python release whose llama.cpp converter wrote the files."
+    )
     lineage: GGUFLineage
 
     @property
@@ -147,7 +174,9 @@ class Answer(_Strict):
     text: str
     finish_reason: str | None
     tokens: int
-    degenerate: str | None = Field(default=None, description="Why the answer is degenerate, or None.")
+    degenerate: str | None = Field(
+        default=None, description="Why the answer is degenerate, or None."
+    )
 
 
 class VariantCheck(_Strict):
@@ -162,7 +191,9 @@ class VariantCheck(_Strict):
     delta_nll: float
     answers: list[Answer]
     passed: bool
-    reasons: list[str] = Field(default_factory=list, description="Why it failed (empty when it passed).")
+    reasons: list[str] = Field(
+        default_factory=list, description="Why it failed (empty when it passed)."
+    )
 
 
 class QualityReport(_Strict):
@@ -183,7 +214,9 @@ class HubTarget(_Strict):
 
     namespace: Annotated[str, Field(min_length=1, description="User or organisation on the Hub.")]
     name: Annotated[str, Field(min_length=1, description="Model name; the repo is '{name}-GGUF'.")]
-    endpoint: Annotated[str | None, Field(description="Hub endpoint (default https://huggingface.co).")] = None
+    endpoint: Annotated[
+        str | None, Field(description="Hub endpoint (default https://huggingface.co).")
+    ] = None
     private: bool = True
 
     @property

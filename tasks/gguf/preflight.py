@@ -29,12 +29,16 @@ def read_architecture(model_dir: Path) -> str:
     """The Hugging Face architecture the converter will dispatch on (as its `get_model_architecture` does)."""
     config_file = model_dir / "config.json"
     if not config_file.exists():
-        raise PreflightError(f"{model_dir} has no config.json; give a Hugging Face model folder (save_pretrained output)")
+        raise PreflightError(
+            f"{model_dir} has no config.json; give a Hugging Face model folder (save_pretrained output)"
+        )
     config = json.loads(config_file.read_text())
     text_config = config.get("text_config") or {}
     architectures = text_config.get("architectures") or config.get("architectures") or []
     if not architectures:
-        raise PreflightError(f"{config_file} names no 'architectures'; the converter needs one (e.g. LlamaForCausalLM)")
+        raise PreflightError(
+            f"{config_file} names no 'architectures'; the converter needs one (e.g. LlamaForCausalLM)"
+        )
     return architectures[0]
 
 
@@ -42,7 +46,10 @@ def has_chat_template(model_dir: Path) -> bool:
     """True when the tokenizer files carry a chat template the converter embeds (same places it looks)."""
     if (model_dir / "chat_template.jinja").is_file():
         return True
-    for name, key in (("chat_template.json", "chat_template"), ("tokenizer_config.json", "chat_template")):
+    for name, key in (
+        ("chat_template.json", "chat_template"),
+        ("tokenizer_config.json", "chat_template"),
+    ):
         file = model_dir / name
         if file.is_file() and json.loads(file.read_text()).get(key):
             return True
@@ -55,7 +62,9 @@ def count_parameters(model_dir: Path) -> int:
 
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
-        raise PreflightError(f"{model_dir} holds no *.safetensors weights; save the model with safe_serialization")
+        raise PreflightError(
+            f"{model_dir} holds no *.safetensors weights; save the model with safe_serialization"
+        )
     total = 0
     for file in files:
         with safe_open(file, framework="pt") as handle:
@@ -76,7 +85,12 @@ def estimate_output_bytes(parameters: int, settings: GGUFSettings) -> int:
 
 
 def check_model(
-    model_dir: Path, converter: Converter, settings: GGUFSettings, output_dir: Path, *, has_training_text: bool = False
+    model_dir: Path,
+    converter: Converter,
+    settings: GGUFSettings,
+    output_dir: Path,
+    *,
+    has_training_text: bool = False,
 ) -> PreflightReport:
     """Refuse, with a clear error, a model the converter cannot handle or a disk too small for it."""
     architecture = read_architecture(model_dir)
@@ -99,7 +113,9 @@ def check_model(
                 "dataset (or held-out texts), or use a K-quant such as Q4_K_M or Q5_K_M"
             )
     if settings.reference_type not in (QuantType.F16, QuantType.BF16):
-        raise PreflightError(f"reference_type: {settings.reference_type.value} is quantized; the reference must be F16 or BF16")
+        raise PreflightError(
+            f"reference_type: {settings.reference_type.value} is quantized; the reference must be F16 or BF16"
+        )
     parameters = count_parameters(model_dir)
     needed = estimate_output_bytes(parameters, settings) + settings.disk_reserve_bytes
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -110,4 +126,6 @@ def check_model(
             f"(including a {settings.disk_reserve_bytes / 1e9:.2f} GB reserve), {free / 1e9:.2f} GB are free; "
             "free some space, choose another output folder, or build fewer quant_types"
         )
-    return PreflightReport(architecture=architecture, parameters=parameters, needed_bytes=needed, free_bytes=free)
+    return PreflightReport(
+        architecture=architecture, parameters=parameters, needed_bytes=needed, free_bytes=free
+    )

@@ -35,7 +35,11 @@ def model_card(artifacts: GGUFArtifacts, report: QualityReport, repo_id: str) ->
     front = ["---", "library_name: gguf", "tags:", "- gguf", "- lm-fine-tuning", "- llama.cpp"]
     if "/" in lineage.base_model and not lineage.base_model.startswith((".", "/", "~")):
         front += ["base_model:", f"- {lineage.base_model}"]
-    if lineage.dataset and "/" in lineage.dataset and not lineage.dataset.startswith((".", "/", "~")):
+    if (
+        lineage.dataset
+        and "/" in lineage.dataset
+        and not lineage.dataset.startswith((".", "/", "~"))
+    ):
         front += ["datasets:", f"- {lineage.dataset}"]
     front.append("---")
     rows = []
@@ -46,7 +50,9 @@ def model_card(artifacts: GGUFArtifacts, report: QualityReport, repo_id: str) ->
             f"| `{Path(check.path).name}`{chosen} | {check.quant_type.value} | {check.size_bytes / 1e6:.1f} MB | "
             f"{check.delta_nll:+.4f} | {check.tokens_per_second:.1f} | {verdict} |"
         )
-    return "\n".join(front) + f"""
+    return (
+        "\n".join(front)
+        + f"""
 
 # {repo_id}
 
@@ -69,10 +75,13 @@ GGUF files of a model fine-tuned with lm-fine-tuning, converted by llama.cpp's o
 
 Each file carries its lineage in its metadata (`general.base_model.*`, `general.dataset.*`, `lmft.*`).
 """
+    )
 
 
 @task(name="upload-gguf", retries=2, retry_delay_seconds=[10, 30])
-def upload_gguf(artifacts: GGUFArtifacts, report: QualityReport, hub: HubTarget, token: SecretStr | None = None) -> str:
+def upload_gguf(
+    artifacts: GGUFArtifacts, report: QualityReport, hub: HubTarget, token: SecretStr | None = None
+) -> str:
     """Create `{namespace}/{name}-GGUF` if needed and upload every GGUF with a model card; return the repo URL."""
     from huggingface_hub import HfApi
 
@@ -83,7 +92,9 @@ def upload_gguf(artifacts: GGUFArtifacts, report: QualityReport, hub: HubTarget,
     (folder / "README.md").write_text(model_card(artifacts, report, hub.repo_id))
     names = [Path(v.path).name for v in artifacts.all_files]
     api.upload_folder(
-        repo_id=hub.repo_id, folder_path=folder, allow_patterns=[*names, "README.md"],
+        repo_id=hub.repo_id,
+        folder_path=folder,
+        allow_patterns=[*names, "README.md"],
         commit_message=f"GGUF files ({', '.join(v.quant_type.value for v in artifacts.all_files)})",
     )
     return str(url)

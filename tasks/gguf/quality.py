@@ -65,12 +65,14 @@ def render_chat(llm, messages: list[dict[str, str]]) -> str:
 
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
-        raise ValueError("the GGUF has no tokenizer.chat_template; convert a model whose tokenizer has one")
+        raise ValueError(
+            "the GGUF has no tokenizer.chat_template; convert a model whose tokenizer has one"
+        )
     eos = llm.detokenize([llm.token_eos()], special=True).decode()
     bos = llm.detokenize([llm.token_bos()], special=True).decode() if llm.token_bos() >= 0 else ""
-    return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos, add_generation_prompt=False)(
-        messages=messages
-    ).prompt
+    return Jinja2ChatFormatter(
+        template=template, eos_token=eos, bos_token=bos, add_generation_prompt=False
+    )(messages=messages).prompt
 
 
 def _chat(llm, prompts: list[str], max_tokens: int) -> tuple[list[Answer], float]:
@@ -78,7 +80,10 @@ def _chat(llm, prompts: list[str], max_tokens: int) -> tuple[list[Answer], float
     for prompt in prompts:
         started = time.monotonic()
         reply = llm.create_chat_completion(
-            messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0.0, seed=0
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=max_tokens,
+            temperature=0.0,
+            seed=0,
         )
         seconds += time.monotonic() - started
         choice = reply["choices"][0]
@@ -87,7 +92,10 @@ def _chat(llm, prompts: list[str], max_tokens: int) -> tuple[list[Answer], float
         tokens += used
         answers.append(
             Answer(
-                prompt=prompt, text=text, finish_reason=choice["finish_reason"], tokens=used,
+                prompt=prompt,
+                text=text,
+                finish_reason=choice["finish_reason"],
+                tokens=used,
                 degenerate=find_degeneration(text, choice["finish_reason"], max_tokens),
             )
         )
@@ -99,19 +107,36 @@ def _load(variant: GGUFVariant, settings: GGUFSettings):
 
     started = time.monotonic()
     llm = Llama(
-        model_path=variant.path, n_ctx=max(settings.context_length, 2 * settings.max_answer_tokens + 256),
-        logits_all=True, n_threads=settings.threads or None, seed=0, verbose=False,
+        model_path=variant.path,
+        n_ctx=max(settings.context_length, 2 * settings.max_answer_tokens + 256),
+        logits_all=True,
+        n_threads=settings.threads or None,
+        seed=0,
+        verbose=False,
     )
     return llm, time.monotonic() - started
 
 
-def _check(variant: GGUFVariant, texts: list[str] | None, reference_nll: float | None, settings: GGUFSettings):
+def _check(
+    variant: GGUFVariant,
+    texts: list[str] | None,
+    reference_nll: float | None,
+    settings: GGUFSettings,
+):
     llm, load_seconds = _load(variant, settings)
     try:
         answers, speed = _chat(llm, settings.prompts, settings.max_answer_tokens)
         if texts is None:  # no held-out text: score the reference's own transcripts (built below)
-            texts = [render_chat(llm, [{"role": "user", "content": a.prompt}, {"role": "assistant", "content": a.text}])
-                     for a in answers]
+            texts = [
+                render_chat(
+                    llm,
+                    [
+                        {"role": "user", "content": a.prompt},
+                        {"role": "assistant", "content": a.text},
+                    ],
+                )
+                for a in answers
+            ]
         nll, n_tokens = score_texts(llm, texts, settings.context_length)
     finally:
         llm.close()
@@ -122,14 +147,23 @@ def _check(variant: GGUFVariant, texts: list[str] | None, reference_nll: float |
     if delta > settings.max_nll_increase:
         reasons.append(f"mean NLL rose by {delta:.4f} nats/token (> {settings.max_nll_increase})")
     check = VariantCheck(
-        quant_type=variant.quant_type, path=variant.path, size_bytes=variant.size_bytes,
-        load_seconds=round(load_seconds, 3), tokens_per_second=round(speed, 1), mean_nll=round(nll, 5),
-        delta_nll=round(delta, 5), answers=answers, passed=not reasons, reasons=reasons,
+        quant_type=variant.quant_type,
+        path=variant.path,
+        size_bytes=variant.size_bytes,
+        load_seconds=round(load_seconds, 3),
+        tokens_per_second=round(speed, 1),
+        mean_nll=round(nll, 5),
+        delta_nll=round(delta, 5),
+        answers=answers,
+        passed=not reasons,
+        reasons=reasons,
     )
     return check, texts, n_tokens
 
 
-def choose_variant(reference: VariantCheck, variants: list[VariantCheck], max_nll_increase: float) -> tuple[VariantCheck, str]:
+def choose_variant(
+    reference: VariantCheck, variants: list[VariantCheck], max_nll_increase: float
+) -> tuple[VariantCheck, str]:
     """The smallest passing variant, else the reference; and one sentence saying why."""
     passing = sorted((v for v in variants if v.passed), key=lambda v: v.size_bytes)
     if passing:
@@ -140,7 +174,9 @@ def choose_variant(reference: VariantCheck, variants: list[VariantCheck], max_nl
         )
     else:
         best = reference
-        failures = "; ".join(f"{v.quant_type.value}: {v.reasons[0]}" for v in variants) or "none was built"
+        failures = (
+            "; ".join(f"{v.quant_type.value}: {v.reasons[0]}" for v in variants) or "none was built"
+        )
         decision = f"Deploying the {reference.quant_type.value} reference: no quantized variant passed ({failures})."
     if not reference.passed:
         decision += f" Warning: the reference itself answers badly ({reference.reasons[0]})."
@@ -157,11 +193,18 @@ def check_gguf_quality(
     checks = [_check(v, texts, ref_check.mean_nll, settings)[0] for v in variants]
     chosen, decision = choose_variant(ref_check, checks, settings.max_nll_increase)
     report = QualityReport(
-        reference=ref_check, variants=checks, max_nll_increase=settings.max_nll_increase,
-        held_out_texts=len(texts), held_out_tokens=n_tokens, chosen=chosen.path, chosen_type=chosen.quant_type,
+        reference=ref_check,
+        variants=checks,
+        max_nll_increase=settings.max_nll_increase,
+        held_out_texts=len(texts),
+        held_out_tokens=n_tokens,
+        chosen=chosen.path,
+        chosen_type=chosen.quant_type,
         decision=decision,
     )
-    create_markdown_artifact(quality_markdown(report), key="gguf-quality-report", description=decision)
+    create_markdown_artifact(
+        quality_markdown(report), key="gguf-quality-report", description=decision
+    )
     return report
 
 
@@ -176,7 +219,9 @@ def quality_markdown(report: QualityReport) -> str:
         )
         for answer in check.answers:
             text = answer.text.replace("|", "\\|").replace("\n", " ")[:300]
-            answers.append(f"| {check.quant_type.value} | {answer.prompt} | {text} | {answer.degenerate or 'ok'} |")
+            answers.append(
+                f"| {check.quant_type.value} | {answer.prompt} | {text} | {answer.degenerate or 'ok'} |"
+            )
     return f"""# GGUF quality gate
 
 **{report.decision}**

@@ -52,8 +52,14 @@ def _imatrix(values: dict[str, np.ndarray]):
 
 
 def quantize_file(
-    source: Path, target: Path, quant_type: QuantType, *, metadata: dict[str, str], threads: int = 0,
-    only_copy: bool = False, imatrix: dict[str, np.ndarray] | None = None,
+    source: Path,
+    target: Path,
+    quant_type: QuantType,
+    *,
+    metadata: dict[str, str],
+    threads: int = 0,
+    only_copy: bool = False,
+    imatrix: dict[str, np.ndarray] | None = None,
 ) -> GGUFVariant:
     """Write `target` from `source` as `quant_type` (or as an exact copy) with `metadata` keys added."""
     import llama_cpp
@@ -68,15 +74,26 @@ def quantize_file(
     params.kv_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_kv_override))
     if quant_type.needs_importance_matrix and not only_copy:
         if not imatrix:
-            raise QuantizationError(f"{quant_type.value} needs an importance matrix (compute one from training text)")
+            raise QuantizationError(
+                f"{quant_type.value} needs an importance matrix (compute one from training text)"
+            )
         importance, _buffers = _imatrix(imatrix)  # both kept alive until the call returns
         params.imatrix = ctypes.cast(importance, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     partial = target.with_name(target.name + ".partial")
     started = time.monotonic()
-    code = llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), ctypes.byref(params))
+    code = llama_cpp.llama_model_quantize(
+        str(source).encode(), str(partial).encode(), ctypes.byref(params)
+    )
     seconds = time.monotonic() - started
     if code != 0 or not partial.exists():
         partial.unlink(missing_ok=True)
-        raise QuantizationError(f"llama.cpp could not quantize {source.name} to {quant_type.value} (code {code}); see its log above")
+        raise QuantizationError(
+            f"llama.cpp could not quantize {source.name} to {quant_type.value} (code {code}); see its log above"
+        )
     partial.replace(target)
-    return GGUFVariant(quant_type=quant_type, path=str(target), size_bytes=target.stat().st_size, seconds=round(seconds, 3))
+    return GGUFVariant(
+        quant_type=quant_type,
+        path=str(target),
+        size_bytes=target.stat().st_size,
+        seconds=round(seconds, 3),
+    )

@@ -103,7 +103,12 @@ def _retry_after(exc: BaseException) -> float | None:
 
 
 def call_with_backoff(
-    call: Callable[[], T], *, what: str, attempts: int = 8, base_seconds: float = 1.0, max_seconds: float = 60.0
+    call: Callable[[], T],
+    *,
+    what: str,
+    attempts: int = 8,
+    base_seconds: float = 1.0,
+    max_seconds: float = 60.0,
 ) -> T:
     """Run `call`, retrying transient failures with exponential backoff that honours `Retry-After`.
 
@@ -120,7 +125,14 @@ def call_with_backoff(
                 raise
             wait = _retry_after(exc)
             wait = min(max_seconds, delay if wait is None else wait)
-            logger.warning("%s failed (%s), retry %d/%d in %.1fs", what, _describe(exc), attempt, attempts - 1, wait)
+            logger.warning(
+                "%s failed (%s), retry %d/%d in %.1fs",
+                what,
+                _describe(exc),
+                attempt,
+                attempts - 1,
+                wait,
+            )
             time.sleep(wait)
             delay = min(max_seconds, delay * 2)
     raise AssertionError("unreachable")
@@ -140,7 +152,9 @@ def label_value(value: str) -> str:
     return "h-" + hashlib.sha256(value.encode()).hexdigest()[:40]
 
 
-def job_labels(*, idempotency_key: str, flow_run_id: str | None, estimated_usd: float | None) -> dict[str, str]:
+def job_labels(
+    *, idempotency_key: str, flow_run_id: str | None, estimated_usd: float | None
+) -> dict[str, str]:
     """The labels every training job carries."""
     labels = {"project": PROJECT_LABEL, "idempotency_key": label_value(idempotency_key)}
     if flow_run_id:
@@ -156,7 +170,9 @@ def pinned_dependencies() -> list[str]:
     match = re.search(r"^# /// script\s*$(.*?)^# ///\s*$", text, re.MULTILINE | re.DOTALL)
     if match is None:
         raise RuntimeError(f"{TRAIN_SCRIPT} has no PEP 723 '# /// script' header")
-    header = tomllib.loads("\n".join(line.removeprefix("#").removeprefix(" ") for line in match[1].splitlines()))
+    header = tomllib.loads(
+        "\n".join(line.removeprefix("#").removeprefix(" ") for line in match[1].splitlines())
+    )
     pinned = []
     for dependency in header.get("dependencies", []):
         requirement = Requirement(dependency)
@@ -165,7 +181,11 @@ def pinned_dependencies() -> list[str]:
         except PackageNotFoundError:
             pinned.append(dependency)
             continue
-        pinned.append(f"{requirement.name}=={installed}" if requirement.specifier.contains(installed) else dependency)
+        pinned.append(
+            f"{requirement.name}=={installed}"
+            if requirement.specifier.contains(installed)
+            else dependency
+        )
     return pinned
 
 
@@ -187,7 +207,8 @@ def hf_job_handle(credentials: HuggingFaceCredentials, job_id: str) -> JobHandle
     """The handle of job `job_id` in the credentials' namespace (404 when there is none)."""
     api = credentials.api()
     job = call_with_backoff(
-        lambda: api.inspect_job(job_id=job_id, namespace=credentials.namespace), what=f"inspect job {job_id}"
+        lambda: api.inspect_job(job_id=job_id, namespace=credentials.namespace),
+        what=f"inspect job {job_id}",
     )
     return handle_from_job(job, credentials.namespace)
 
@@ -197,9 +218,14 @@ def find_hf_jobs(credentials: HuggingFaceCredentials, labels: dict[str, str]) ->
     api, namespace = credentials.api(), credentials.namespace
     wanted = {key: label_value(value) for key, value in labels.items()}
     jobs = call_with_backoff(
-        lambda: list(api.list_jobs(labels=wanted, namespace=namespace)), what="list Hugging Face jobs"
+        lambda: list(api.list_jobs(labels=wanted, namespace=namespace)),
+        what="list Hugging Face jobs",
     )
-    return sorted((handle_from_job(job, namespace) for job in jobs), key=lambda h: h.submitted_at, reverse=True)
+    return sorted(
+        (handle_from_job(job, namespace) for job in jobs),
+        key=lambda h: h.submitted_at,
+        reverse=True,
+    )
 
 
 def submit_hf_job(
@@ -244,7 +270,9 @@ def hf_job_status(credentials: HuggingFaceCredentials, handle: JobHandle) -> Job
     """The job's stage, read with `inspect_job`."""
     api = credentials.api()
     job = call_with_backoff(
-        lambda: api.inspect_job(job_id=handle.job_id, namespace=handle.namespace or credentials.namespace),
+        lambda: api.inspect_job(
+            job_id=handle.job_id, namespace=handle.namespace or credentials.namespace
+        ),
         what=f"inspect job {handle.job_id}",
     )
     stage = JobStage(job.status.stage)
@@ -253,7 +281,9 @@ def hf_job_status(credentials: HuggingFaceCredentials, handle: JobHandle) -> Job
     return JobStatus(state=_STAGES[stage], message=message, running_seconds=running)
 
 
-def hf_job_logs(credentials: HuggingFaceCredentials, handle: JobHandle, *, follow: bool = False) -> Iterator[str]:
+def hf_job_logs(
+    credentials: HuggingFaceCredentials, handle: JobHandle, *, follow: bool = False
+) -> Iterator[str]:
     """The job's log lines; with `follow`, until the job ends.
 
     `fetch_job_logs` already resumes a dropped stream by replaying and skipping seen events;
@@ -265,7 +295,9 @@ def hf_job_logs(credentials: HuggingFaceCredentials, handle: JobHandle, *, follo
     failures = 0
     while True:
         try:
-            for index, line in enumerate(api.fetch_job_logs(job_id=handle.job_id, namespace=namespace, follow=follow)):
+            for index, line in enumerate(
+                api.fetch_job_logs(job_id=handle.job_id, namespace=namespace, follow=follow)
+            ):
                 if index >= seen:
                     seen += 1
                     failures = 0
@@ -275,7 +307,12 @@ def hf_job_logs(credentials: HuggingFaceCredentials, handle: JobHandle, *, follo
             if not follow or not is_transient(exc) or failures > 8:
                 raise
             wait = _retry_after(exc) or min(30.0, 2.0 ** (failures - 1))
-            logger.warning("log stream of job %s dropped (%s); reconnecting in %.0fs", handle.job_id, _describe(exc), wait)
+            logger.warning(
+                "log stream of job %s dropped (%s); reconnecting in %.0fs",
+                handle.job_id,
+                _describe(exc),
+                wait,
+            )
             time.sleep(wait)
             continue
         if not follow or hf_job_status(credentials, handle).is_terminal:
@@ -308,8 +345,12 @@ def summarize_metrics(sample: dict) -> GpuMetrics:
         gpu_memory_used_gb=total("memory_used_bytes"),
         gpu_memory_total_gb=total("memory_total_bytes"),
         cpu_usage_pct=sample.get("cpu_usage_pct"),
-        memory_used_gb=round(sample["memory_used_bytes"] / gb, 2) if sample.get("memory_used_bytes") else None,
-        memory_total_gb=round(sample["memory_total_bytes"] / gb, 2) if sample.get("memory_total_bytes") else None,
+        memory_used_gb=round(sample["memory_used_bytes"] / gb, 2)
+        if sample.get("memory_used_bytes")
+        else None,
+        memory_total_gb=round(sample["memory_total_bytes"] / gb, 2)
+        if sample.get("memory_total_bytes")
+        else None,
     )
 
 
@@ -320,7 +361,9 @@ def cancel_hf_job(credentials: HuggingFaceCredentials, handle: JobHandle) -> Job
         return status
     api = credentials.api()
     call_with_backoff(
-        lambda: api.cancel_job(job_id=handle.job_id, namespace=handle.namespace or credentials.namespace),
+        lambda: api.cancel_job(
+            job_id=handle.job_id, namespace=handle.namespace or credentials.namespace
+        ),
         what=f"cancel job {handle.job_id}",
     )
     return hf_job_status(credentials, handle)

@@ -19,4 +19,9 @@ def cancel_job_of_flow_run(flow, flow_run, state) -> None:
             continue
         for handle in handles:
             status = cancel_job(handle)
-            logger.warning("flow run %s cancelled: job %s is now %s", flow_run.id, handle.job_id, status.state.value)
+            logger.warning(
+                "flow run %s cancelled: job %s is now %s",
+                flow_run.id,
+                handle.job_id,
+                status.state.value,
+            )

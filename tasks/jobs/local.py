@@ -62,13 +62,30 @@ def submit_local_job(
         output_dir=str(output_dir),
         labels={**(labels or {}), "idempotency_key": idempotency_key},
     )
-    command = [sys.executable, "-u", str(TRAIN_SCRIPT), *script_args, "--output_dir", str(output_dir)]
-    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [
+        sys.executable,
+        "-u",
+        str(TRAIN_SCRIPT),
+        *script_args,
+        "--output_dir",
+        str(output_dir),
+    ]
+    child_env = {
+        **os.environ,
+        **(env or {}),
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     log = open(directory / "train.log", "wb")  # noqa: SIM115 - handed to the child, closed below
     try:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=child_env, start_new_session=True, cwd=directory,
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=child_env,
+            start_new_session=True,
+            cwd=directory,
         )
     finally:
         log.close()
@@ -109,18 +126,26 @@ def local_job_status(handle: JobHandle) -> JobStatus:
             return JobStatus(state=JobState.CANCELLED, exit_code=code, message="cancelled")
         if code == 0:
             return JobStatus(state=JobState.COMPLETED, exit_code=0)
-        return JobStatus(state=JobState.ERROR, exit_code=code, message=f"training exited with code {code}")
+        return JobStatus(
+            state=JobState.ERROR, exit_code=code, message=f"training exited with code {code}"
+        )
     if _pid_alive(_read_pid(directory)):
         return JobStatus(state=JobState.CANCELLED if cancelled else JobState.RUNNING)
     # The process is gone and nobody recorded its exit (the worker that started it died).
     if cancelled:
         return JobStatus(state=JobState.CANCELLED, message="cancelled")
     if (directory / "output" / "result.json").exists():
-        return JobStatus(state=JobState.COMPLETED, message="exit code not recorded; result.json present")
-    return JobStatus(state=JobState.ERROR, message="training process ended without recording a result")
+        return JobStatus(
+            state=JobState.COMPLETED, message="exit code not recorded; result.json present"
+        )
+    return JobStatus(
+        state=JobState.ERROR, message="training process ended without recording a result"
+    )
 
 
-def local_job_logs(handle: JobHandle, *, follow: bool = False, poll_seconds: float = 0.2) -> Iterator[str]:
+def local_job_logs(
+    handle: JobHandle, *, follow: bool = False, poll_seconds: float = 0.2
+) -> Iterator[str]:
     """Yield the job's log lines; with `follow`, keep yielding until the job has ended."""
     path = job_dir(handle.job_id) / "train.log"
     with open(path, "rb") as f:
@@ -145,8 +170,9 @@ def local_job_logs(handle: JobHandle, *, follow: bool = False, poll_seconds: flo
             time.sleep(poll_seconds)
 
 
-
-def cancel_local_job(handle: JobHandle, *, grace_seconds: float = CANCEL_GRACE_SECONDS) -> JobStatus:
+def cancel_local_job(
+    handle: JobHandle, *, grace_seconds: float = CANCEL_GRACE_SECONDS
+) -> JobStatus:
     """Stop the job's whole process group: SIGTERM, then SIGKILL after `grace_seconds`."""
     directory = job_dir(handle.job_id)
     status = local_job_status(handle)

@@ -35,7 +35,9 @@ class JobHandle(BaseModel):
     idempotency_key: str
     submitted_at: datetime
     url: str | None = Field(default=None, description="Job page (HF Jobs) or log file (local).")
-    output_dir: str | None = Field(default=None, description="Where the job writes its model (local).")
+    output_dir: str | None = Field(
+        default=None, description="Where the job writes its model (local)."
+    )
     namespace: str | None = None
     labels: dict[str, str] = {}
 
@@ -46,7 +48,9 @@ class JobStatus(BaseModel):
     state: JobState
     exit_code: int | None = None
     message: str | None = None
-    running_seconds: float | None = Field(default=None, description="Billed running time, when the backend reports it.")
+    running_seconds: float | None = Field(
+        default=None, description="Billed running time, when the backend reports it."
+    )
 
     @property
     def is_terminal(self) -> bool:

@@ -37,12 +37,18 @@ class MonitorSettings(BaseModel):
     """How often the monitor looks, and when it calls a job stalled."""
 
     poll_seconds: float = Field(default=5.0, gt=0, description="Stage checks this often.")
-    metrics_seconds: float = Field(default=60.0, gt=0, description="Resource samples this often while running.")
+    metrics_seconds: float = Field(
+        default=60.0, gt=0, description="Resource samples this often while running."
+    )
     stall_seconds: float = Field(
-        default=1800.0, gt=0, description="A running job with no new log line for this long is reported stalled."
+        default=1800.0,
+        gt=0,
+        description="A running job with no new log line for this long is reported stalled.",
     )
     log_grace_seconds: float = Field(
-        default=30.0, ge=0, description="After the job ends, wait this long for the log stream to drain."
+        default=30.0,
+        ge=0,
+        description="After the job ends, wait this long for the log stream to drain.",
     )
 
 
@@ -83,7 +89,9 @@ def follow_job(
     """Follow `handle` until it ends and its log has drained; report to `watcher` along the way."""
     settings = settings or MonitorSettings()
     lines: queue.Queue = queue.Queue()
-    reader = threading.Thread(target=_read_logs, args=(handle, lines), daemon=True, name=f"logs-{handle.job_id}")
+    reader = threading.Thread(
+        target=_read_logs, args=(handle, lines), daemon=True, name=f"logs-{handle.job_id}"
+    )
     reader.start()
 
     tail: deque[str] = deque(maxlen=40)

@@ -51,7 +51,9 @@ class DeploymentFailed(RuntimeError):
     """The model did not serve; the change was rolled back."""
 
 
-def resolve_gguf_location(gguf_path: str, name: str, target: ServerlessLLMTarget, hf_repo: str | None) -> tuple[str, str]:
+def resolve_gguf_location(
+    gguf_path: str, name: str, target: ServerlessLLMTarget, hf_repo: str | None
+) -> tuple[str, str]:
     """(hf_repo, hf_file) the server will download, uploading a local file first."""
     if gguf_path.startswith(HF_URI_PREFIX):
         return parse_hf_uri(gguf_path)
@@ -64,7 +66,9 @@ def resolve_gguf_location(gguf_path: str, name: str, target: ServerlessLLMTarget
     return publish_gguf(gguf_path, hf_repo=repo)
 
 
-def pull_request_body(name: str, entry: ModelEntry, quality_report_md: str | None, lineage: dict | None) -> str:
+def pull_request_body(
+    name: str, entry: ModelEntry, quality_report_md: str | None, lineage: dict | None
+) -> str:
     """Model card summary, quality report and lineage for the PR description."""
     parts = [
         f"Adds or updates the `{name}` model in `config/models.py` (opened by lm-fine-tuning).",
@@ -81,13 +85,33 @@ def pull_request_body(name: str, entry: ModelEntry, quality_report_md: str | Non
     return "\n".join(parts) + "\n"
 
 
-def _entry(name: str, target: ServerlessLLMTarget, hf: tuple[str, str], description: str | None, lineage: dict | None) -> ModelEntry:
+def _entry(
+    name: str,
+    target: ServerlessLLMTarget,
+    hf: tuple[str, str],
+    description: str | None,
+    lineage: dict | None,
+) -> ModelEntry:
     base = (lineage or {}).get("base_model")
     return ModelEntry(
-        name=name, category=target.category, model_id=name, display_name=name,
-        description=description or (f"Fine-tuned from {base} with lm-fine-tuning" if base else "Fine-tuned with lm-fine-tuning"),
-        hf_repo=hf[0], hf_file=hf[1], owned_by=target.owned_by, n_ctx=target.n_ctx, n_threads=target.n_threads,
-        n_batch=target.n_batch, max_concurrent=target.max_concurrent, routing_category=target.routing_category,
+        name=name,
+        category=target.category,
+        model_id=name,
+        display_name=name,
+        description=description
+        or (
+            f"Fine-tuned from {base} with lm-fine-tuning"
+            if base
+            else "Fine-tuned with lm-fine-tuning"
+        ),
+        hf_repo=hf[0],
+        hf_file=hf[1],
+        owned_by=target.owned_by,
+        n_ctx=target.n_ctx,
+        n_threads=target.n_threads,
+        n_batch=target.n_batch,
+        max_concurrent=target.max_concurrent,
+        routing_category=target.routing_category,
     ).check()
 
 
@@ -95,7 +119,9 @@ def edit_clone(clone: GitClone, entry: ModelEntry, workflow: str) -> tuple[int, 
     """Write the entry into the clone, run the sync scripts, check it; return (port, previous entry)."""
     path = clone.path / MODELS_FILE
     if not path.exists():
-        raise ModelsFileError(f"{MODELS_FILE} does not exist in the repository; is this serverless-llm?")
+        raise ModelsFileError(
+            f"{MODELS_FILE} does not exist in the repository; is this serverless-llm?"
+        )
     edit = upsert_model_entry(path.read_text(), entry, str(MODELS_FILE))
     path.write_text(edit.source)
     run_sync_scripts(clone.path, entry.name, workflow)
@@ -110,14 +136,24 @@ def edit_clone(clone: GitClone, entry: ModelEntry, workflow: str) -> tuple[int, 
 
 def _same_tree_as_remote(clone: GitClone, branch: str) -> bool:
     try:
-        clone.run("fetch", "--quiet", "origin", f"+refs/heads/{branch}:refs/remotes/origin/{branch}")
+        clone.run(
+            "fetch", "--quiet", "origin", f"+refs/heads/{branch}:refs/remotes/origin/{branch}"
+        )
     except GitError:
         return False  # the branch does not exist yet
-    return clone.run("rev-parse", "HEAD^{tree}") == clone.run("rev-parse", f"origin/{branch}^{{tree}}")
+    return clone.run("rev-parse", "HEAD^{tree}") == clone.run(
+        "rev-parse", f"origin/{branch}^{{tree}}"
+    )
 
 
 def publish_change(
-    clone: GitClone, repo: Repository, target: ServerlessLLMTarget, entry: ModelEntry, record: Deployment, *, body: str
+    clone: GitClone,
+    repo: Repository,
+    target: ServerlessLLMTarget,
+    entry: ModelEntry,
+    record: Deployment,
+    *,
+    body: str,
 ) -> tuple[PullRequest | None, str]:
     """Commit the edited clone and bring it to GitHub (pull request or push); return (pull, ref to run)."""
     name = entry.name
@@ -131,19 +167,28 @@ def publish_change(
             record.commit_sha = clone.run("rev-parse", f"origin/{ref}")
         else:
             clone.push(ref, force=True)
-        pull = open_or_update_pull(repo, head=ref, base=target.base_branch, title=f"Deploy model {name}", body=body)
+        pull = open_or_update_pull(
+            repo, head=ref, base=target.base_branch, title=f"Deploy model {name}", body=body
+        )
         record.branch, record.pull_request_url = ref, pull.html_url
         logger.info("pull request %s", pull.html_url)
         if target.wait_for_merge:
-            record.commit_sha = wait_for_merge(pull, timeout=target.merge_timeout_seconds, poll_interval=target.poll_seconds)
+            record.commit_sha = wait_for_merge(
+                pull, timeout=target.merge_timeout_seconds, poll_interval=target.poll_seconds
+            )
             ref = target.base_branch
     else:
         record.commit_sha = clone.commit_all(message)
         clone.push(target.base_branch)
         record.branch = target.base_branch
     if ref == target.base_branch and target.build_workflow:
-        build = wait_for_workflow_run(repo, target.build_workflow, head_sha=record.commit_sha,
-                                      timeout=target.build_timeout_seconds, poll_interval=target.poll_seconds)
+        build = wait_for_workflow_run(
+            repo,
+            target.build_workflow,
+            head_sha=record.commit_sha,
+            timeout=target.build_timeout_seconds,
+            poll_interval=target.poll_seconds,
+        )
         record.build_run_url = build.html_url
     return pull, ref
 
@@ -170,11 +215,18 @@ def deploy_to_serverless_llm(
     entry = _entry(name, target, hf, description, lineage)
     token = target.token()
     record = Deployment(
-        target=target_name, name=name, status=DeploymentStatus.DISPATCHED, gguf_path=gguf_path,
-        repository=target.repository, hf_repo=hf[0], hf_file=hf[1],
+        target=target_name,
+        name=name,
+        status=DeploymentStatus.DISPATCHED,
+        gguf_path=gguf_path,
+        repository=target.repository,
+        hf_repo=hf[0],
+        hf_file=hf[1],
     )
     with tempfile.TemporaryDirectory(prefix="lmft-serverless-") as tmp:
-        clone = GitClone.clone(target.resolved_clone_url(), Path(tmp) / "repo", branch=target.base_branch, token=token)
+        clone = GitClone.clone(
+            target.resolved_clone_url(), Path(tmp) / "repo", branch=target.base_branch, token=token
+        )
         record.port, previous = edit_clone(clone, entry, target.inference_workflow)
         record.models_entry_changed = clone.has_changes()
         repo = open_repository(target)
@@ -185,35 +237,54 @@ def deploy_to_serverless_llm(
             pull, ref = None, target.base_branch
             record.commit_sha = clone.head()
             logger.info("%s is already up to date for %s; nothing to commit", MODELS_FILE, name)
-        run = dispatch_inference(repo, target.inference_workflow, ref=ref, model=name, poll_interval=target.poll_seconds)
+        run = dispatch_inference(
+            repo, target.inference_workflow, ref=ref, model=name, poll_interval=target.poll_seconds
+        )
         record.inference_run_url = run.html_url
         if not target.health_url_pattern:
-            logger.warning("no health_url_pattern on the target: dispatched %s, not checking that it serves", run.html_url)
+            logger.warning(
+                "no health_url_pattern on the target: dispatched %s, not checking that it serves",
+                run.html_url,
+            )
             return record
         health_url = target.health_url_pattern.format(name=name, port=record.port, subdomain=name)
         record.url = health_url.rsplit("/health", 1)[0]
         try:
-            wait_for_health(health_url, timeout=target.health_timeout_seconds, poll_interval=target.poll_seconds)
+            wait_for_health(
+                health_url, timeout=target.health_timeout_seconds, poll_interval=target.poll_seconds
+            )
             record.smoke = smoke_chat(record.url, model=name)
         except SmokeTestFailed as exc:
             run.cancel()
             if pull is not None and not pull.merged:
-                close_pull(pull, comment=f"Closing: the model did not pass its smoke test.\n\n> {exc}")
+                close_pull(
+                    pull, comment=f"Closing: the model did not pass its smoke test.\n\n> {exc}"
+                )
                 clone.run("push", "--quiet", "origin", "--delete", deploy_branch(name))
             elif record.models_entry_changed:
                 roll_back_entry(target, name, previous, token=token, reason=str(exc))
-            raise DeploymentFailed(f"{name} did not serve on serverless-llm and was rolled back: {exc}") from None
-    record.status = DeploymentStatus.SERVING if pull is None or pull.merged else DeploymentStatus.AWAITING_MERGE
+            raise DeploymentFailed(
+                f"{name} did not serve on serverless-llm and was rolled back: {exc}"
+            ) from None
+    record.status = (
+        DeploymentStatus.SERVING if pull is None or pull.merged else DeploymentStatus.AWAITING_MERGE
+    )
     return record
 
 
-def roll_back_entry(target: ServerlessLLMTarget, name: str, previous: str | None, *, token: str | None, reason: str) -> str:
+def roll_back_entry(
+    target: ServerlessLLMTarget, name: str, previous: str | None, *, token: str | None, reason: str
+) -> str:
     """Restore the entry as it was before the deployment (or remove it); return the commit or PR URL."""
     with tempfile.TemporaryDirectory(prefix="lmft-rollback-") as tmp:
-        clone = GitClone.clone(target.resolved_clone_url(), Path(tmp) / "repo", branch=target.base_branch, token=token)
+        clone = GitClone.clone(
+            target.resolved_clone_url(), Path(tmp) / "repo", branch=target.base_branch, token=token
+        )
         path = clone.path / MODELS_FILE
         path.write_text(restore_model_entry(path.read_text(), name, previous, str(MODELS_FILE)))
-        run_sync_scripts(clone.path, name, target.inference_workflow, require_choice=previous is not None)
+        run_sync_scripts(
+            clone.path, name, target.inference_workflow, require_choice=previous is not None
+        )
         if not clone.has_changes():
             return clone.head()
         message = f"Roll back {name}: smoke test failed"
@@ -225,6 +296,11 @@ def roll_back_entry(target: ServerlessLLMTarget, name: str, previous: str | None
         clone.switch_to_new_branch(branch)
         clone.commit_all(message)
         clone.push(branch, force=True)
-        pull = open_or_update_pull(open_repository(target), head=branch, base=target.base_branch,
-                                   title=f"Roll back model {name}", body=f"The deployment of `{name}` failed its smoke test:\n\n> {reason}\n")
+        pull = open_or_update_pull(
+            open_repository(target),
+            head=branch,
+            base=target.base_branch,
+            title=f"Roll back model {name}",
+            body=f"The deployment of `{name}` failed its smoke test:\n\n> {reason}\n",
+        )
         return pull.html_url

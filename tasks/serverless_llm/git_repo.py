@@ -38,26 +38,37 @@ class GitClone:
         }
         if self._token:
             basic = base64.b64encode(f"x-access-token:{self._token}".encode()).decode()
-            env.update({
-                "GIT_CONFIG_COUNT": "1",
-                "GIT_CONFIG_KEY_0": "http.extraheader",
-                "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
-            })
+            env.update(
+                {
+                    "GIT_CONFIG_COUNT": "1",
+                    "GIT_CONFIG_KEY_0": "http.extraheader",
+                    "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
+                }
+            )
         return env
 
     def _scrub(self, text: str) -> str:
         if self._token:
             text = text.replace(self._token, "***")
-            text = text.replace(base64.b64encode(f"x-access-token:{self._token}".encode()).decode(), "***")
+            text = text.replace(
+                base64.b64encode(f"x-access-token:{self._token}".encode()).decode(), "***"
+            )
         return text
 
     def run(self, *args: str, cwd: Path | None = None) -> str:
         """Run `git ARGS` in the clone; return stdout."""
         completed = subprocess.run(
-            ["git", *args], cwd=cwd or self.path, env=self._env(), capture_output=True, text=True, timeout=600
+            ["git", *args],
+            cwd=cwd or self.path,
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         if completed.returncode != 0:
-            raise GitError(f"git {args[0]} failed (exit {completed.returncode}): {self._scrub(completed.stderr.strip())[-800:]}")
+            raise GitError(
+                f"git {args[0]} failed (exit {completed.returncode}): {self._scrub(completed.stderr.strip())[-800:]}"
+            )
         return completed.stdout.rstrip()
 
     @classmethod
@@ -65,9 +76,21 @@ class GitClone:
         """Clone `branch` of `url` into `dest` (which must not exist)."""
         check_branch_name(branch)
         if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
-            raise ValueError("the clone URL must not carry credentials; put the token in the GitHub credentials block")
+            raise ValueError(
+                "the clone URL must not carry credentials; put the token in the GitHub credentials block"
+            )
         repo = cls(dest, token=token)
-        repo.run("clone", "--quiet", "--single-branch", "--branch", branch, "--", url, str(dest), cwd=dest.parent)
+        repo.run(
+            "clone",
+            "--quiet",
+            "--single-branch",
+            "--branch",
+            branch,
+            "--",
+            url,
+            str(dest),
+            cwd=dest.parent,
+        )
         return repo
 
     def head(self) -> str:
@@ -83,7 +106,16 @@ class GitClone:
         """Stage every change and commit it; return the commit id."""
         self.run("add", "--all")
         name, email = COMMITTER
-        self.run("-c", f"user.name={name}", "-c", f"user.email={email}", "commit", "--quiet", "-m", message)
+        self.run(
+            "-c",
+            f"user.name={name}",
+            "-c",
+            f"user.email={email}",
+            "commit",
+            "--quiet",
+            "-m",
+            message,
+        )
         return self.head()
 
     def push(self, branch: str, *, force: bool = False) -> None:

@@ -26,7 +26,9 @@ class GitHubStepFailed(RuntimeError):
 def open_repository(target: ServerlessLLMTarget) -> Repository:
     """The target repository through an authenticated PyGithub client."""
     token = target.token()
-    client = Github(base_url=target.api_base_url, auth=Auth.Token(token) if token else None, retry=None)
+    client = Github(
+        base_url=target.api_base_url, auth=Auth.Token(token) if token else None, retry=None
+    )
     try:
         return client.get_repo(check_repository(target.repository))
     except GithubException as exc:
@@ -36,7 +38,9 @@ def open_repository(target: ServerlessLLMTarget) -> Repository:
         ) from None
 
 
-def open_or_update_pull(repo: Repository, *, head: str, base: str, title: str, body: str) -> PullRequest:
+def open_or_update_pull(
+    repo: Repository, *, head: str, base: str, title: str, body: str
+) -> PullRequest:
     """The open pull request from `head` into `base`, created or with its body refreshed."""
     check_branch_name(head)
     check_branch_name(base)
@@ -44,7 +48,9 @@ def open_or_update_pull(repo: Repository, *, head: str, base: str, title: str, b
     for pull in repo.get_pulls(state="open", head=f"{owner}:{head}", base=base):
         pull.edit(title=title, body=body)
         return pull
-    return repo.create_pull(base=base, head=head, title=title, body=body, maintainer_can_modify=True)
+    return repo.create_pull(
+        base=base, head=head, title=title, body=body, maintainer_can_modify=True
+    )
 
 
 def close_pull(pull: PullRequest, *, comment: str) -> None:
@@ -63,7 +69,9 @@ def wait_for_merge(pull: PullRequest, *, timeout: float, poll_interval: float = 
         if pull.state == "closed":
             raise GitHubStepFailed(f"pull request {pull.html_url} was closed without being merged")
         if time.monotonic() >= deadline:
-            raise GitHubStepFailed(f"pull request {pull.html_url} was not merged within {timeout:.0f}s")
+            raise GitHubStepFailed(
+                f"pull request {pull.html_url} was not merged within {timeout:.0f}s"
+            )
         time.sleep(poll_interval)
 
 
@@ -83,12 +91,20 @@ def wait_for_workflow_run(
                 return run
         if time.monotonic() >= deadline:
             state = f"{runs[0].status}" if runs else "no run started"
-            raise GitHubStepFailed(f"{workflow} did not finish for {head_sha[:12]} within {timeout:.0f}s ({state})")
+            raise GitHubStepFailed(
+                f"{workflow} did not finish for {head_sha[:12]} within {timeout:.0f}s ({state})"
+            )
         time.sleep(poll_interval)
 
 
 def dispatch_inference(
-    repo: Repository, workflow: str, *, ref: str, model: str, timeout: float = 120, poll_interval: float = 3
+    repo: Repository,
+    workflow: str,
+    *,
+    ref: str,
+    model: str,
+    timeout: float = 120,
+    poll_interval: float = 3,
 ) -> WorkflowRun:
     """Dispatch `workflow` with `model=NAME` on `ref`; return the run it started.
 
@@ -103,7 +119,9 @@ def dispatch_inference(
     # GitHub stores created_at with second precision; leave some slack for clock skew.
     since = datetime.now(UTC) - timedelta(seconds=5)
     try:
-        started = handle.create_dispatch(ref=ref, inputs={"model": model}, throw=True, return_run_details=True)
+        started = handle.create_dispatch(
+            ref=ref, inputs={"model": model}, throw=True, return_run_details=True
+        )
     except GithubException as exc:
         raise GitHubStepFailed(
             f"GitHub refused to dispatch {workflow} with model={model} on {ref} (HTTP {exc.status}): {exc.data}"
@@ -117,5 +135,7 @@ def dispatch_inference(
             if run.created_at >= since:
                 return run
         if time.monotonic() >= deadline:
-            raise GitHubStepFailed(f"{workflow} was dispatched but no run appeared within {timeout:.0f}s")
+            raise GitHubStepFailed(
+                f"{workflow} was dispatched but no run appeared within {timeout:.0f}s"
+            )
         time.sleep(poll_interval)

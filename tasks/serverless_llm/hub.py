@@ -32,6 +32,10 @@ def publish_gguf(gguf_path: str, *, hf_repo: str, endpoint: str | None = None) -
     check_hf_location(hf_repo, path.name)
     api = HfApi(endpoint=endpoint)
     api.create_repo(hf_repo, private=True, exist_ok=True)
-    api.upload_file(path_or_fileobj=str(path), path_in_repo=path.name, repo_id=hf_repo,
-                    commit_message=f"Upload {path.name} (lm-fine-tuning)")
+    api.upload_file(
+        path_or_fileobj=str(path),
+        path_in_repo=path.name,
+        repo_id=hf_repo,
+        commit_message=f"Upload {path.name} (lm-fine-tuning)",
+    )
     return hf_repo, path.name

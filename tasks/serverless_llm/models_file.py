@@ -42,7 +42,12 @@ class ModelEntry(BaseModel):
 
     name: str
     category: str = "SMALL"
-    port: int | None = Field(default=None, ge=1024, le=65535, description="None: keep the current port or allocate a free one.")
+    port: int | None = Field(
+        default=None,
+        ge=1024,
+        le=65535,
+        description="None: keep the current port or allocate a free one.",
+    )
     model_id: str
     display_name: str
     description: str
@@ -70,7 +75,9 @@ class EditResult(BaseModel):
     port: int
     added: bool
     changed: bool
-    previous_entry: str | None = Field(default=None, description="Source text of the entry before the edit.")
+    previous_entry: str | None = Field(
+        default=None, description="Source text of the entry before the edit."
+    )
 
 
 @dataclass
@@ -118,12 +125,18 @@ def _parse(source: str, path: str) -> _Layout:
                     target, value = small.targets[0].target, small.value
                 if isinstance(target, cst.Name) and target.value == "MODELS":
                     if not isinstance(value, cst.Dict):
-                        raise ModelsFileError(f"{path}: MODELS is not a dict literal; cannot edit it safely")
+                        raise ModelsFileError(
+                            f"{path}: MODELS is not a dict literal; cannot edit it safely"
+                        )
                     dict_node = value
     if dict_node is None:
-        raise ModelsFileError(f"{path} has no top-level 'MODELS = {{...}}' dict; is this a serverless-llm repository?")
+        raise ModelsFileError(
+            f"{path} has no top-level 'MODELS = {{...}}' dict; is this a serverless-llm repository?"
+        )
     if not fields:
-        raise ModelsFileError(f"{path} has no 'class ModelConfig' dataclass; is this a serverless-llm repository?")
+        raise ModelsFileError(
+            f"{path} has no 'class ModelConfig' dataclass; is this a serverless-llm repository?"
+        )
     return _Layout(module, positions, dict_node, fields, enums)
 
 
@@ -134,7 +147,9 @@ def _enum_members(node: cst.ClassDef) -> dict[str, str]:
             for small in line.body:
                 if isinstance(small, cst.Assign) and isinstance(small.targets[0].target, cst.Name):
                     try:
-                        members[small.targets[0].target.value] = ast.literal_eval(cst.Module([]).code_for_node(small.value))
+                        members[small.targets[0].target.value] = ast.literal_eval(
+                            cst.Module([]).code_for_node(small.value)
+                        )
                     except (ValueError, SyntaxError):
                         continue
     return members
@@ -147,7 +162,11 @@ def _dataclass_fields(module: cst.Module, node: cst.ClassDef) -> dict[str, _Fiel
             for small in line.body:
                 if isinstance(small, cst.AnnAssign) and isinstance(small.target, cst.Name):
                     name = small.target.value
-                    fields[name] = _Field(name, module.code_for_node(small.annotation.annotation), small.value is not None)
+                    fields[name] = _Field(
+                        name,
+                        module.code_for_node(small.annotation.annotation),
+                        small.value is not None,
+                    )
     return fields
 
 
@@ -228,13 +247,17 @@ def _wanted_values(layout: _Layout, entry: ModelEntry, port: int) -> dict[str, s
         "routing_category": entry.routing_category,
         "dockerfile": entry.dockerfile,
     }
-    missing = [f.name for f in layout.fields.values() if not f.has_default and raw.get(f.name) is None]
+    missing = [
+        f.name for f in layout.fields.values() if not f.has_default and raw.get(f.name) is None
+    ]
     if missing:
         raise ModelsFileError(
             f"ModelConfig requires {', '.join(missing)}, which this project does not know how to fill; "
             "update tasks/serverless_llm/models_file.py for this serverless-llm version"
         )
-    return {k: _literal(layout, k, v) for k, v in raw.items() if v is not None and k in layout.fields}
+    return {
+        k: _literal(layout, k, v) for k, v in raw.items() if v is not None and k in layout.fields
+    }
 
 
 def _allocate_port(entries: dict[str, dict[str, object]], name: str, category: str) -> int:
@@ -246,7 +269,9 @@ def _allocate_port(entries: dict[str, dict[str, object]], name: str, category: s
     for port in candidates:
         if port not in used:
             return port
-    raise ModelsFileError(f"no free port left in {candidates.start}-{candidates.stop - 1} for category {category}")
+    raise ModelsFileError(
+        f"no free port left in {candidates.start}-{candidates.stop - 1} for category {category}"
+    )
 
 
 def upsert_model_entry(source: str, entry: ModelEntry, path: str = str(MODELS_FILE)) -> EditResult:
@@ -275,27 +300,37 @@ def upsert_model_entry(source: str, entry: ModelEntry, path: str = str(MODELS_FI
         start, end = _span(layout, existing, starts)
         new_source = _update_entry(layout, source, starts, existing, wanted)
         result = EditResult(
-            source=new_source, port=port, added=False, changed=new_source != source, previous_entry=source[start:end]
+            source=new_source,
+            port=port,
+            added=False,
+            changed=new_source != source,
+            previous_entry=source[start:end],
         )
     check_models_source(result.source, entry.name, path)
     return result
 
 
-def _append_entry(layout: _Layout, source: str, starts: list[int], name: str, wanted: dict[str, str]) -> str:
+def _append_entry(
+    layout: _Layout, source: str, starts: list[int], name: str, wanted: dict[str, str]
+) -> str:
     elements = list(layout.dict_node.elements)
     indent = " " * 4
     if elements:
         first = layout.positions[elements[0]].start
         indent = source[starts[first.line - 1] : starts[first.line - 1] + first.column]
         if indent.strip():
-            raise ModelsFileError("MODELS entries are not one per line; cannot edit the dict safely")
+            raise ModelsFileError(
+                "MODELS entries are not one per line; cannot edit the dict safely"
+            )
     args = "".join(f"{indent * 2}{k}={v},\n" for k, v in wanted.items())
     block = f"{indent}{json.dumps(name)}: ModelConfig(\n{args}{indent}),\n"
     rbrace = layout.positions[layout.dict_node].end  # just after '}'
     brace_at = starts[rbrace.line - 1] + rbrace.column - 1
     line_start = starts[rbrace.line - 1]
     if source[line_start:brace_at].strip():
-        raise ModelsFileError("the closing '}' of MODELS shares a line with an entry; cannot edit the dict safely")
+        raise ModelsFileError(
+            "the closing '}' of MODELS shares a line with an entry; cannot edit the dict safely"
+        )
     prefix = source[:line_start]
     if elements and elements[-1].comma is cst.MaybeSentinel.DEFAULT:
         last_end = _span(layout, elements[-1], starts)[1]
@@ -303,10 +338,18 @@ def _append_entry(layout: _Layout, source: str, starts: list[int], name: str, wa
     return prefix + block + source[line_start:]
 
 
-def _update_entry(layout: _Layout, source: str, starts: list[int], element: cst.DictElement, wanted: dict[str, str]) -> str:
+def _update_entry(
+    layout: _Layout,
+    source: str,
+    starts: list[int],
+    element: cst.DictElement,
+    wanted: dict[str, str],
+) -> str:
     call = element.value
     if not isinstance(call, cst.Call):
-        raise ModelsFileError(f"MODELS[{_key(element)!r}] is not a ModelConfig(...) call; cannot update it safely")
+        raise ModelsFileError(
+            f"MODELS[{_key(element)!r}] is not a ModelConfig(...) call; cannot update it safely"
+        )
     edits: list[tuple[int, int, str]] = []
     present = {}
     for arg in call.args:
@@ -324,7 +367,9 @@ def _update_entry(layout: _Layout, source: str, starts: list[int], element: cst.
         line_start = starts[layout.positions[last].start.line - 1]
         indent = source[line_start:last_start]
         if indent.strip():
-            raise ModelsFileError(f"MODELS[{_key(element)!r}] is not one argument per line; cannot update it safely")
+            raise ModelsFileError(
+                f"MODELS[{_key(element)!r}] is not one argument per line; cannot update it safely"
+            )
         added = "".join(f"\n{indent}{f}={wanted[f]}," for f in missing)
         has_comma = last.comma is not cst.MaybeSentinel.DEFAULT
         value_end = _span(layout, last.value, starts)[1]
@@ -343,7 +388,9 @@ def check_models_source(source: str, name: str, path: str = str(MODELS_FILE)) ->
     try:
         compile(source, path, "exec")
     except SyntaxError as exc:
-        raise ModelsFileError(f"the edit left {path} unparsable ({exc.msg}, line {exc.lineno}); nothing was committed") from None
+        raise ModelsFileError(
+            f"the edit left {path} unparsable ({exc.msg}, line {exc.lineno}); nothing was committed"
+        ) from None
     entries = read_entries(source, path)
     if name not in entries:
         raise ModelsFileError(f"the edit did not leave {name!r} in MODELS; nothing was committed")
@@ -351,7 +398,9 @@ def check_models_source(source: str, name: str, path: str = str(MODELS_FILE)) ->
     for key, values in entries.items():
         port = values.get("port")
         if port in seen:
-            raise ModelsFileError(f"{path}: models {seen[port]!r} and {key!r} share port {port}; fix the base branch first")
+            raise ModelsFileError(
+                f"{path}: models {seen[port]!r} and {key!r} share port {port}; fix the base branch first"
+            )
         seen[port] = key
 
 
@@ -360,7 +409,12 @@ def run_models_script(clone: Path, name: str, *, timeout: float = 60) -> dict:
     check_model_name(name)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1"}
     completed = subprocess.run(
-        [sys.executable, str(MODELS_FILE), name], cwd=clone, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, str(MODELS_FILE), name],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if completed.returncode != 0:
         raise ModelsFileError(
@@ -376,7 +430,9 @@ def run_models_script(clone: Path, name: str, *, timeout: float = 60) -> dict:
         ) from None
 
 
-def restore_model_entry(source: str, name: str, previous_entry: str | None, path: str = str(MODELS_FILE)) -> str:
+def restore_model_entry(
+    source: str, name: str, previous_entry: str | None, path: str = str(MODELS_FILE)
+) -> str:
     """Undo a deployment's edit: put `previous_entry` back, or remove the entry it added."""
     check_model_name(name)
     layout = _parse(source, path)

@@ -31,7 +31,9 @@ def check_model_name(name: str) -> str:
 
 def check_branch_name(branch: str) -> str:
     if not BRANCH_PATTERN.match(branch) or branch.startswith("-"):
-        raise ValueError(f"branch {branch!r} is not a plain git branch name (letters, digits, '.', '_', '/', '-')")
+        raise ValueError(
+            f"branch {branch!r} is not a plain git branch name (letters, digits, '.', '_', '/', '-')"
+        )
     return branch
 
 
@@ -43,14 +45,18 @@ def check_repository(repository: str) -> str:
 
 def check_hf_location(hf_repo: str, hf_file: str) -> None:
     if not HF_REPO_PATTERN.match(hf_repo) or ".." in hf_repo:
-        raise ValueError(f"hf_repo {hf_repo!r} must be a Hugging Face repo id like 'user/name-GGUF'")
+        raise ValueError(
+            f"hf_repo {hf_repo!r} must be a Hugging Face repo id like 'user/name-GGUF'"
+        )
     if not HF_FILE_PATTERN.match(hf_file) or ".." in hf_file:
         raise ValueError(f"hf_file {hf_file!r} must be a relative path ending in .gguf")
 
 
 def check_workflow_file(workflow: str) -> str:
     if not WORKFLOW_FILE_PATTERN.match(workflow):
-        raise ValueError(f"workflow {workflow!r} must be a workflow file name such as 'inference.yml'")
+        raise ValueError(
+            f"workflow {workflow!r} must be a workflow file name such as 'inference.yml'"
+        )
     return workflow
 
 

@@ -38,10 +38,17 @@ class SyncReport(BaseModel):
 def _run_script(clone: Path, script: Path) -> str:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1"}
     completed = subprocess.run(
-        [sys.executable, str(script)], cwd=clone, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, str(script)],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     if completed.returncode != 0:
-        raise SyncError(f"{script} failed (exit {completed.returncode}): {completed.stderr.strip()[-500:]}")
+        raise SyncError(
+            f"{script} failed (exit {completed.returncode}): {completed.stderr.strip()[-500:]}"
+        )
     return completed.stdout
 
 
@@ -49,7 +56,9 @@ def workflow_choices(clone: Path, workflow: str) -> list[str] | None:
     """The `model` choice options of a workflow_dispatch workflow, or None when it has no choice list."""
     path = clone / ".github" / "workflows" / check_workflow_file(workflow)
     if not path.exists():
-        raise SyncError(f"{path.relative_to(clone)} does not exist in the repository; check the target's inference_workflow")
+        raise SyncError(
+            f"{path.relative_to(clone)} does not exist in the repository; check the target's inference_workflow"
+        )
     data = yaml.safe_load(path.read_text()) or {}
     triggers = data.get("on", data.get(True, {})) or {}
     model_input = ((triggers.get("workflow_dispatch") or {}).get("inputs") or {}).get("model") or {}
@@ -58,7 +67,9 @@ def workflow_choices(clone: Path, workflow: str) -> list[str] | None:
     return [str(option) for option in model_input.get("options") or []]
 
 
-def run_sync_scripts(clone: Path, name: str, workflow: str, *, require_choice: bool = True) -> SyncReport:
+def run_sync_scripts(
+    clone: Path, name: str, workflow: str, *, require_choice: bool = True
+) -> SyncReport:
     """Run the repository's generators (when present) and check `name` is dispatchable."""
     check_model_name(name)
     ran = []
@@ -74,7 +85,9 @@ def run_sync_scripts(clone: Path, name: str, workflow: str, *, require_choice: b
             try:
                 json.loads(printed)
             except json.JSONDecodeError:
-                raise SyncError(f"{GENERATE_MODELS_JSON} printed something that is not JSON") from None
+                raise SyncError(
+                    f"{GENERATE_MODELS_JSON} printed something that is not JSON"
+                ) from None
             (clone / MODELS_JSON).parent.mkdir(parents=True, exist_ok=True)
             (clone / MODELS_JSON).write_text(printed if printed.endswith("\n") else printed + "\n")
         ran.append(str(GENERATE_MODELS_JSON))

@@ -48,7 +48,9 @@ def serve_dir() -> Path:
 
 def check_local_name(name: str) -> str:
     if not LOCAL_NAME_PATTERN.match(name):
-        raise ValueError(f"model name {name!r} must be 1-64 lowercase letters, digits, '.', '_' or '-'")
+        raise ValueError(
+            f"model name {name!r} must be 1-64 lowercase letters, digits, '.', '_' or '-'"
+        )
     return name
 
 
@@ -99,7 +101,12 @@ def list_local_servers() -> list[LocalServer]:
 
 
 def start_local_server(
-    gguf_path: str, name: str, *, port: int | None = None, n_ctx: int = 2048, n_threads: int | None = None,
+    gguf_path: str,
+    name: str,
+    *,
+    port: int | None = None,
+    n_ctx: int = 2048,
+    n_threads: int | None = None,
     health_timeout: float = 180,
 ) -> LocalServer:
     """Serve `gguf_path` as model `name` on 127.0.0.1 and wait until it lists its model.
@@ -125,23 +132,47 @@ def start_local_server(
     port = port or _free_port()
     log_path = serve_dir() / f"{name}.log"
     command = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", name,
-        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf),
+        "--model_alias",
+        name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
     ]
     if n_threads:
         command += ["--n_threads", str(n_threads)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     server = LocalServer(
-        name=name, pid=process.pid, port=port, url=f"http://127.0.0.1:{port}", gguf_path=str(gguf),
-        log_path=str(log_path), started_at=datetime.now(UTC),
+        name=name,
+        pid=process.pid,
+        port=port,
+        url=f"http://127.0.0.1:{port}",
+        gguf_path=str(gguf),
+        log_path=str(log_path),
+        started_at=datetime.now(UTC),
     )
     _record_path(name).write_text(server.model_dump_json(indent=2))
     try:
-        wait_for_health(f"{server.url}/v1/models", timeout=health_timeout, poll_interval=0.5,
-                        is_alive=lambda: process.poll() is None)
+        wait_for_health(
+            f"{server.url}/v1/models",
+            timeout=health_timeout,
+            poll_interval=0.5,
+            is_alive=lambda: process.poll() is None,
+        )
     except SmokeTestFailed as exc:
         stop_local_server(name)
         tail = log_path.read_text(errors="replace")[-1500:]
@@ -185,5 +216,3 @@ def _is_alive(pid: int) -> bool:
         return False
     state = Path(f"/proc/{pid}/stat")
     return not (state.exists() and state.read_text().split(") ", 1)[-1].startswith("Z"))
-
-

@@ -43,8 +43,9 @@ __all__ = [
 
 
 @task(name="validate-dataset")
-def validate_dataset(request: FineTuneRequest, tokenizer_path: str | None = None,
-                     min_rows: int = DEFAULT_MIN_ROWS) -> ValidationReport:
+def validate_dataset(
+    request: FineTuneRequest, tokenizer_path: str | None = None, min_rows: int = DEFAULT_MIN_ROWS
+) -> ValidationReport:
     """Validate the request's dataset for its method and publish the report."""
     report = check_dataset(request, tokenizer_path=tokenizer_path, min_rows=min_rows)
     publish_report(report)
@@ -58,6 +59,7 @@ def raise_on_errors(report: ValidationReport) -> None:
         lines = [f"- {issue.describe()}" for issue in report.errors[:20]]
         more = len(report.errors) - len(lines)
         raise DatasetInvalid(
-            f"dataset {report.dataset!r} is not valid for {report.method.value} ({counts}):\n" + "\n".join(lines)
+            f"dataset {report.dataset!r} is not valid for {report.method.value} ({counts}):\n"
+            + "\n".join(lines)
             + (f"\n… and {more} more listed in the report" if more > 0 else "")
         )

@@ -10,24 +10,37 @@ from tasks.validation._models import ValidationIssue, ValidationReport
 def _grouped(report: ValidationReport) -> list[dict[str, str | int]]:
     """One line per code: severity, count, the first rows, the first message."""
     table: list[dict[str, str | int]] = []
-    for severity, issues, counts in (("error", report.errors, report.error_counts),
-                                     ("warning", report.warnings, report.warning_counts)):
+    for severity, issues, counts in (
+        ("error", report.errors, report.error_counts),
+        ("warning", report.warnings, report.warning_counts),
+    ):
         by_code: dict[str, list[ValidationIssue]] = {}
         for issue in issues:
             by_code.setdefault(issue.code.value, []).append(issue)
         for code, count in counts.items():
             kept = by_code.get(code, [])
             rows = ", ".join(
-                (f"{i.file}:" if i.file else "") + str(i.row) for i in kept[:10] if i.row is not None
+                (f"{i.file}:" if i.file else "") + str(i.row)
+                for i in kept[:10]
+                if i.row is not None
             )
-            table.append({"severity": severity, "code": code, "count": count, "first rows": rows or "-",
-                          "example": kept[0].message if kept else ""})
+            table.append(
+                {
+                    "severity": severity,
+                    "code": code,
+                    "count": count,
+                    "first rows": rows or "-",
+                    "example": kept[0].message if kept else "",
+                }
+            )
     return table
 
 
 def render_markdown(report: ValidationReport) -> str:
     """The report as markdown: verdict, format, statistics, problems grouped by code."""
-    verdict = "**valid**" if report.ok else f"**invalid**: {sum(report.error_counts.values())} errors"
+    verdict = (
+        "**valid**" if report.ok else f"**invalid**: {sum(report.error_counts.values())} errors"
+    )
     lines = [
         f"# Dataset validation: `{report.dataset}`",
         "",
@@ -53,17 +66,39 @@ def render_markdown(report: ValidationReport) -> str:
         ]
     table = _grouped(report)
     if table:
-        lines += ["", "## Problems by code", "", "| severity | code | count | first rows | example |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {r['severity']} | `{r['code']}` | {r['count']:,} | {r['first rows']} | "
-                  f"{str(r['example']).replace('|', '/')} |" for r in table]
+        lines += [
+            "",
+            "## Problems by code",
+            "",
+            "| severity | code | count | first rows | example |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['severity']} | `{r['code']}` | {r['count']:,} | {r['first rows']} | "
+            f"{str(r['example']).replace('|', '/')} |"
+            for r in table
+        ]
     return "\n".join(lines) + "\n"
 
 
 def publish_report(report: ValidationReport) -> None:
     """Publish the markdown summary and the problems table as Prefect artifacts."""
-    create_markdown_artifact(render_markdown(report), key="dataset-validation",
-                             description=f"Validation of {report.dataset}")
-    create_table_artifact(_grouped(report) or [{"severity": "-", "code": "none", "count": 0,
-                                                "first rows": "-", "example": "no problems found"}],
-                          key="dataset-validation-problems", description="Problems grouped by code")
+    create_markdown_artifact(
+        render_markdown(report),
+        key="dataset-validation",
+        description=f"Validation of {report.dataset}",
+    )
+    create_table_artifact(
+        _grouped(report)
+        or [
+            {
+                "severity": "-",
+                "code": "none",
+                "count": 0,
+                "first rows": "-",
+                "example": "no problems found",
+            }
+        ],
+        key="dataset-validation-problems",
+        description="Problems grouped by code",
+    )

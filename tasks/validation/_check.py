@@ -78,8 +78,11 @@ class _Totals:
             rows += chunk.rows
             for line, code, column, message in chunk.issues:
                 if self.counts[code] < KEEP_PER_CODE:
-                    self.issues.append(ValidationIssue(code=code, message=message, row=offset + line,
-                                                       column=column, file=file))
+                    self.issues.append(
+                        ValidationIssue(
+                            code=code, message=message, row=offset + line, column=column, file=file
+                        )
+                    )
             self.counts.update(chunk.counts)
             self.formats.update(chunk.formats)
             for fmt, lines in chunk.first_rows.items():
@@ -89,8 +92,12 @@ class _Totals:
             if len(chunk.hashes) and self.hashed < DUPLICATE_ROWS_LIMIT:
                 self.hashes.append(np.frombuffer(chunk.hashes, dtype=np.uint64))
                 rows_here = np.frombuffer(chunk.hash_lines, dtype=np.uint64) + offset
-                self.hash_rows.append((rows_here.astype(np.uint32 if offset + chunk.lines < 2**32 else np.uint64),
-                                       file_index))
+                self.hash_rows.append(
+                    (
+                        rows_here.astype(np.uint32 if offset + chunk.lines < 2**32 else np.uint64),
+                        file_index,
+                    )
+                )
                 self.hashed += len(chunk.hashes)
             offset += chunk.lines
         self.rows += rows
@@ -159,20 +166,30 @@ def _scan_hub(request: FineTuneRequest, totals: _Totals) -> tuple[list[str], Any
     return columns, dataset
 
 
-def _decide_format(request: FineTuneRequest, report: ValidationReport, totals: _Totals,
-                   raw_columns: list[str]) -> None:
+def _decide_format(
+    request: FineTuneRequest, report: ValidationReport, totals: _Totals, raw_columns: list[str]
+) -> None:
     """Majority format, mixed rows, suitability for the method, a proposed column map."""
     column_map = request.dataset.column_map
     mapped = {column_map.get(c, c) for c in raw_columns}
     for name in column_map:
         if raw_columns and name not in raw_columns:
-            totals.add_issue(_issue(IssueCode.COLUMN_MAP_UNKNOWN_COLUMN,
-                                    f"column_map renames {name!r}, but the dataset has no such column "
-                                    f"(columns: {', '.join(raw_columns)})", column=name))
+            totals.add_issue(
+                _issue(
+                    IssueCode.COLUMN_MAP_UNKNOWN_COLUMN,
+                    f"column_map renames {name!r}, but the dataset has no such column "
+                    f"(columns: {', '.join(raw_columns)})",
+                    column=name,
+                )
+            )
     if not totals.formats:
         if totals.rows:
             # Not one row has a recognised format: one dataset-level error, not one per row.
-            totals.issues = [i for i in totals.issues if not (i.code is IssueCode.MISSING_COLUMNS and i.column is None)]
+            totals.issues = [
+                i
+                for i in totals.issues
+                if not (i.code is IssueCode.MISSING_COLUMNS and i.column is None)
+            ]
             totals.counts.pop(IssueCode.MISSING_COLUMNS, None)
             _propose(request, report, totals, mapped, None)
         return
@@ -185,29 +202,51 @@ def _decide_format(request: FineTuneRequest, report: ValidationReport, totals: _
         if other == fmt:
             continue
         for file, row in totals.first_rows.get(other, []):
-            totals.add_issue(_issue(IssueCode.MIXED_FORMATS,
-                                    f"the row is {describe_format(other)}, but most rows ({count}) are "
-                                    f"{describe_format(fmt)}; use one format for the whole dataset",
-                                    row=row, file=file), count=0)
+            totals.add_issue(
+                _issue(
+                    IssueCode.MIXED_FORMATS,
+                    f"the row is {describe_format(other)}, but most rows ({count}) are "
+                    f"{describe_format(fmt)}; use one format for the whole dataset",
+                    row=row,
+                    file=file,
+                ),
+                count=0,
+            )
         totals.counts[IssueCode.MIXED_FORMATS] += other_count
     if request.method not in SUITABLE_METHODS[kind]:
         _propose(request, report, totals, mapped, fmt)
     if kind is FormatKind.UNPAIRED_PREFERENCE and request.method is Method.KTO:
         true, false, _ = totals.labels
         if not (true and false):
-            totals.add_issue(_issue(IssueCode.SINGLE_LABEL_VALUE,
-                                    f"every label is {'true' if true else 'false'}; KTO needs desirable (true) "
-                                    "and undesirable (false) examples", column="label"))
+            totals.add_issue(
+                _issue(
+                    IssueCode.SINGLE_LABEL_VALUE,
+                    f"every label is {'true' if true else 'false'}; KTO needs desirable (true) "
+                    "and undesirable (false) examples",
+                    column="label",
+                )
+            )
     if request.method is Method.GRPO and "prompt" in mapped:
-        report.reward_columns = [c for c in (column_map.get(c, c) for c in raw_columns) if c != "prompt"]
+        report.reward_columns = [
+            c for c in (column_map.get(c, c) for c in raw_columns) if c != "prompt"
+        ]
         if report.reward_columns:
-            totals.add_issue(_issue(IssueCode.REWARD_COLUMNS,
-                                    f"columns {', '.join(report.reward_columns)} are passed to the reward "
-                                    "functions as keyword arguments"))
+            totals.add_issue(
+                _issue(
+                    IssueCode.REWARD_COLUMNS,
+                    f"columns {', '.join(report.reward_columns)} are passed to the reward "
+                    "functions as keyword arguments",
+                )
+            )
 
 
-def _propose(request: FineTuneRequest, report: ValidationReport, totals: _Totals, mapped: set[str],
-             fmt: FormatId | None) -> None:
+def _propose(
+    request: FineTuneRequest,
+    report: ValidationReport,
+    totals: _Totals,
+    mapped: set[str],
+    fmt: FormatId | None,
+) -> None:
     """Error for a dataset whose columns do not fit the method, with a column map when one would."""
     method = request.method
     proposal = propose_column_map(mapped)
@@ -218,14 +257,23 @@ def _propose(request: FineTuneRequest, report: ValidationReport, totals: _Totals
         note = ""
         if proposal.get("conversations") == "messages":
             note = " (ShareGPT turns: 'from' human/gpt/system becomes role user/assistant/system, 'value' content)"
-        totals.add_issue(_issue(IssueCode.NEEDS_COLUMN_MAP,
-                                f"{method.value} needs {_needs(method)}; the columns match with "
-                                f"dataset.column_map = {report.column_map}{note}"))
+        totals.add_issue(
+            _issue(
+                IssueCode.NEEDS_COLUMN_MAP,
+                f"{method.value} needs {_needs(method)}; the columns match with "
+                f"dataset.column_map = {report.column_map}{note}",
+            )
+        )
         return
     found = describe_format(fmt) if fmt else "no recognised format"
     code = IssueCode.UNSUITABLE_FORMAT if fmt else IssueCode.MISSING_COLUMNS
-    totals.add_issue(_issue(code, f"{method.value} needs {_needs(method)}; the dataset is {found} "
-                                  f"(columns: {', '.join(sorted(mapped)) or 'none'})"))
+    totals.add_issue(
+        _issue(
+            code,
+            f"{method.value} needs {_needs(method)}; the dataset is {found} "
+            f"(columns: {', '.join(sorted(mapped)) or 'none'})",
+        )
+    )
 
 
 def _needs(method: Method) -> str:
@@ -237,18 +285,26 @@ def _needs(method: Method) -> str:
     }[method]
 
 
-def _token_rows(request: FineTuneRequest, files: list[DataFile], dataset: Any) -> Iterator[tuple[Any, dict]]:
+def _token_rows(
+    request: FineTuneRequest, files: list[DataFile], dataset: Any
+) -> Iterator[tuple[Any, dict]]:
     column_map = request.dataset.column_map
     if dataset is not None:
-        return ((( None, n), row) for n, row in iter_hub_rows(dataset, column_map))
+        return (((None, n), row) for n, row in iter_hub_rows(dataset, column_map))
     several = len(files) > 1
     return chain.from_iterable(
-        (((f.name if several else None, n), row) for n, row in iter_file_rows(f, column_map)) for f in files
+        (((f.name if several else None, n), row) for n, row in iter_file_rows(f, column_map))
+        for f in files
     )
 
 
-def check_dataset(request: FineTuneRequest, *, tokenizer_path: str | None = None,
-                  min_rows: int = DEFAULT_MIN_ROWS, token_rows: int = TOKEN_ROWS) -> ValidationReport:
+def check_dataset(
+    request: FineTuneRequest,
+    *,
+    tokenizer_path: str | None = None,
+    min_rows: int = DEFAULT_MIN_ROWS,
+    token_rows: int = TOKEN_ROWS,
+) -> ValidationReport:
     """Check the request's dataset for its method; never raises for a bad dataset.
 
     `tokenizer_path` names the model whose tokenizer counts tokens (default: the request's
@@ -267,23 +323,48 @@ def check_dataset(request: FineTuneRequest, *, tokenizer_path: str | None = None
             raw_columns, dataset = _scan_hub(request, totals)
     except SourceError as exc:
         totals.add_issue(_issue(exc.code, str(exc), file=exc.file))
-    report = ValidationReport(dataset=source.path, method=request.method, row_count=totals.rows,
-                              columns=[source.column_map.get(c, c) for c in raw_columns])
-    readable = not any(i.code in (IssueCode.HUB_UNREACHABLE, IssueCode.DATASET_NOT_FOUND,
-                                  IssueCode.SPLIT_NOT_FOUND, IssueCode.NO_DATA_FILES) for i in totals.issues)
+    report = ValidationReport(
+        dataset=source.path,
+        method=request.method,
+        row_count=totals.rows,
+        columns=[source.column_map.get(c, c) for c in raw_columns],
+    )
+    readable = not any(
+        i.code
+        in (
+            IssueCode.HUB_UNREACHABLE,
+            IssueCode.DATASET_NOT_FOUND,
+            IssueCode.SPLIT_NOT_FOUND,
+            IssueCode.NO_DATA_FILES,
+        )
+        for i in totals.issues
+    )
     complete = readable and not totals.counts[IssueCode.UNREADABLE_FILE]
     if readable:
         if totals.rows == 0 and not totals.issues:
             totals.add_issue(_issue(IssueCode.EMPTY_FILE, "the dataset has no rows"))
         elif 0 < totals.rows < min_rows:
-            totals.add_issue(_issue(IssueCode.TOO_FEW_ROWS,
-                                    f"{totals.rows} rows; at least {min_rows} are needed to train"))
+            totals.add_issue(
+                _issue(
+                    IssueCode.TOO_FEW_ROWS,
+                    f"{totals.rows} rows; at least {min_rows} are needed to train",
+                )
+            )
         _decide_format(request, report, totals, raw_columns)
         repeated, examples = totals.duplicates()
         for file_index, row, first_file, first_row in examples:
-            where = f"row {first_row}" + ("" if first_file == file_index else f" of {totals.files[first_file]}")
-            totals.add_issue(_issue(IssueCode.DUPLICATE_ROW, f"the same as {where}",
-                                    row=row, file=totals.files[file_index]), count=0)
+            where = f"row {first_row}" + (
+                "" if first_file == file_index else f" of {totals.files[first_file]}"
+            )
+            totals.add_issue(
+                _issue(
+                    IssueCode.DUPLICATE_ROW,
+                    f"the same as {where}",
+                    row=row,
+                    file=totals.files[file_index],
+                ),
+                count=0,
+            )
         totals.counts[IssueCode.DUPLICATE_ROW] += repeated
     report.seconds = round(time.perf_counter() - started, 3)
     if complete and report.format_kind is not None and totals.rows and token_rows > 0:
@@ -299,23 +380,42 @@ def check_dataset(request: FineTuneRequest, *, tokenizer_path: str | None = None
     return report
 
 
-def _add_token_stats(request: FineTuneRequest, report: ValidationReport, totals: _Totals, files: list[DataFile],
-                     dataset: Any, tokenizer_path: str | None, token_rows: int) -> None:
+def _add_token_stats(
+    request: FineTuneRequest,
+    report: ValidationReport,
+    totals: _Totals,
+    files: list[DataFile],
+    dataset: Any,
+    tokenizer_path: str | None,
+    token_rows: int,
+) -> None:
     tokenizer, name = load_tokenizer(request.base_model, tokenizer_path)
     if tokenizer is None:
         totals.add_issue(_issue(IssueCode.TOKENS_NOT_COUNTED, f"token lengths not checked: {name}"))
         return
     try:
         stats, too_long = count_tokens(
-            _token_rows(request, files, dataset), kind=report.format_kind, conversational=bool(report.conversational),
-            tokenizer=tokenizer, tokenizer_name=name, max_length=request.hyperparameters.max_length,
-            row_count=totals.rows, limit=token_rows)
+            _token_rows(request, files, dataset),
+            kind=report.format_kind,
+            conversational=bool(report.conversational),
+            tokenizer=tokenizer,
+            tokenizer_name=name,
+            max_length=request.hyperparameters.max_length,
+            row_count=totals.rows,
+            limit=token_rows,
+        )
     except SourceError as exc:
         totals.add_issue(_issue(IssueCode.TOKENS_NOT_COUNTED, f"token lengths not checked: {exc}"))
         return
     report.token_stats = stats
     for file, row in too_long[:KEEP_PER_CODE]:
-        totals.add_issue(_issue(IssueCode.TOO_LONG,
-                                f"longer than max_length {stats.max_length} tokens; the trainer truncates it",
-                                row=row, file=file), count=0)
+        totals.add_issue(
+            _issue(
+                IssueCode.TOO_LONG,
+                f"longer than max_length {stats.max_length} tokens; the trainer truncates it",
+                row=row,
+                file=file,
+            ),
+            count=0,
+        )
     totals.counts[IssueCode.TOO_LONG] += len(too_long)

@@ -85,7 +85,15 @@ _TYPED_COLUMNS: dict[str, Any] = {
     "labels": msgspec.Raw | UnsetType,
     "conversations": msgspec.Raw | UnsetType,
 }
-_BITS = {"messages": 1, "text": 2, "prompt": 4, "completion": 8, "chosen": 16, "rejected": 32, "label": 64}
+_BITS = {
+    "messages": 1,
+    "text": 2,
+    "prompt": 4,
+    "completion": 8,
+    "chosen": 16,
+    "rejected": 32,
+    "label": 64,
+}
 _KIND_BY_MASK: dict[int, FormatKind | None] = {
     mask: detect_kind({c for c, bit in _BITS.items() if mask & bit}) for mask in range(128)
 }
@@ -103,9 +111,19 @@ def _decoder(column_map: dict[str, str], messages_only: bool) -> msgspec.json.De
             source = {target: name for name, target in column_map.items()}
             # A column renamed away no longer exists under its own name: its field gets a
             # name no dataset column has.
-            fields = [(col, typ, msgspec.field(default=UNSET, name=source.get(
-                          col, f"lmft: {col} renamed away" if col in column_map else col)))
-                      for col, typ in _TYPED_COLUMNS.items()]
+            fields = [
+                (
+                    col,
+                    typ,
+                    msgspec.field(
+                        default=UNSET,
+                        name=source.get(
+                            col, f"lmft: {col} renamed away" if col in column_map else col
+                        ),
+                    ),
+                )
+                for col, typ in _TYPED_COLUMNS.items()
+            ]
             _decoders[key] = msgspec.json.Decoder(msgspec.defstruct("Row", fields))
     return _decoders[key]
 
@@ -145,7 +163,11 @@ _CONVERSATION = (FormatKind.LANGUAGE_MODELING, True)
 
 
 def _blank(value: Any) -> bool:
-    return value.isspace() if isinstance(value, str) else (not value or any([m.content.isspace() for m in value]))
+    return (
+        value.isspace()
+        if isinstance(value, str)
+        else (not value or any([m.content.isspace() for m in value]))
+    )
 
 
 def _fast_row(row: Any) -> tuple[FormatId, tuple[RowIssue, ...], Any] | None:
@@ -154,12 +176,21 @@ def _fast_row(row: Any) -> tuple[FormatId, tuple[RowIssue, ...], Any] | None:
         messages = row.messages
         if not messages or any([m.content.isspace() for m in messages]):
             return None
-        return _CONVERSATION, sequence_issues(tuple([m.role for m in messages]), "messages", True, False), None
+        return (
+            _CONVERSATION,
+            sequence_issues(tuple([m.role for m in messages]), "messages", True, False),
+            None,
+        )
     if row.completions is not UNSET or row.labels is not UNSET or row.conversations is not UNSET:
         return None
-    mask = ((row.text is not UNSET) << 1 | (row.prompt is not UNSET) << 2
-            | (row.completion is not UNSET) << 3 | (row.chosen is not UNSET) << 4
-            | (row.rejected is not UNSET) << 5 | (row.label is not UNSET) << 6)
+    mask = (
+        (row.text is not UNSET) << 1
+        | (row.prompt is not UNSET) << 2
+        | (row.completion is not UNSET) << 3
+        | (row.chosen is not UNSET) << 4
+        | (row.rejected is not UNSET) << 5
+        | (row.label is not UNSET) << 6
+    )
     kind = _KIND_BY_MASK[mask]
     if kind is None:
         return None
@@ -173,8 +204,13 @@ def _fast_row(row: Any) -> tuple[FormatId, tuple[RowIssue, ...], Any] | None:
         if isinstance(value, list) is not conversational or _blank(value):
             return None
         if conversational:
-            found += sequence_issues(tuple([m.role for m in value]), column, need_assistant, end_assistant)
-    if kind in (FormatKind.PREFERENCE_EXPLICIT, FormatKind.PREFERENCE_IMPLICIT) and row.chosen == row.rejected:
+            found += sequence_issues(
+                tuple([m.role for m in value]), column, need_assistant, end_assistant
+            )
+    if (
+        kind in (FormatKind.PREFERENCE_EXPLICIT, FormatKind.PREFERENCE_IMPLICIT)
+        and row.chosen == row.rejected
+    ):
         return None
     return (kind, conversational), found, row.label
 
@@ -190,15 +226,28 @@ def _slow_line(line: bytes, column_map: dict[str, str], sharegpt: bool):
         try:
             text = stripped.decode("utf-8")
         except UnicodeDecodeError as bad:
-            return None, [(IssueCode.INVALID_UTF8, None,
-                           f"byte {stripped[bad.start]:#04x} at column {bad.start + 1} is not valid UTF-8; "
-                           "re-encode the file as UTF-8")], None
+            return (
+                None,
+                [
+                    (
+                        IssueCode.INVALID_UTF8,
+                        None,
+                        f"byte {stripped[bad.start]:#04x} at column {bad.start + 1} is not valid UTF-8; "
+                        "re-encode the file as UTF-8",
+                    )
+                ],
+                None,
+            )
         try:
             # The standard library accepts what orjson refuses on purpose (integers wider
             # than 64 bits, NaN): such a row is still a JSON object the trainer can read.
             row = json.loads(text)
         except (ValueError, RecursionError):
-            return None, [(IssueCode.NOT_JSON, None, f"not valid JSON: {exc.msg} at column {exc.colno}")], None
+            return (
+                None,
+                [(IssueCode.NOT_JSON, None, f"not valid JSON: {exc.msg} at column {exc.colno}")],
+                None,
+            )
     if column_map and isinstance(row, dict):
         row = {column_map.get(k, k): v for k, v in row.items()}
     fmt, issues = check_row(row, sharegpt_messages=sharegpt)
@@ -209,12 +258,18 @@ _REFER: tuple[RowIssue, ...] = ((IssueCode.NOT_JSON, None, "refer to the referen
 """Marks, in the role-sequence cache, rows the fast loop leaves to the reference rules."""
 
 
-def _check_conversations(lines: list[bytes], result: ChunkResult, other: Callable[[int, bytes], None]) -> None:
+def _check_conversations(
+    lines: list[bytes], result: ChunkResult, other: Callable[[int, bytes], None]
+) -> None:
     """The loop over `messages` rows: it is the whole cost of validating a big file, so it
     is written flat. Rows it is not sure about go to `other` (the general path)."""
     decode = _decoder({}, True).decode
     typed_errors = (msgspec.ValidationError, msgspec.DecodeError)
-    hash_line, add_hash, add_hash_line = xxhash.xxh3_64_intdigest, result.hashes.append, result.hash_lines.append
+    hash_line, add_hash, add_hash_line = (
+        xxhash.xxh3_64_intdigest,
+        result.hashes.append,
+        result.hash_lines.append,
+    )
     # Role sequence → its issues; None stands for a message with blank content.
     sequences: dict[tuple[str | None, ...], tuple[RowIssue, ...]] = {(): _REFER}
     referred_hashed: set[int] = set()  # rows `other` checked and hashed
@@ -223,7 +278,9 @@ def _check_conversations(lines: list[bytes], result: ChunkResult, other: Callabl
             key = tuple([None if m.content.isspace() else m.role for m in decode(line).messages])
             issues = sequences[key]
         except KeyError:
-            issues = sequences[key] = _REFER if None in key else sequence_issues(key, "messages", True, False)
+            issues = sequences[key] = (
+                _REFER if None in key else sequence_issues(key, "messages", True, False)
+            )
         except typed_errors:
             issues = _REFER
         if issues is _REFER:
@@ -242,19 +299,22 @@ def _check_conversations(lines: list[bytes], result: ChunkResult, other: Callabl
         result.rows += conversations
         result.formats[_CONVERSATION] = result.formats.get(_CONVERSATION, 0) + conversations
         kept = result.first_rows.get(_CONVERSATION, [])
-        fast_rows = islice((n for n in result.hash_lines if n not in referred_hashed), KEEP_PER_CODE)
+        fast_rows = islice(
+            (n for n in result.hash_lines if n not in referred_hashed), KEEP_PER_CODE
+        )
         result.first_rows[_CONVERSATION] = sorted(kept + list(fast_rows))[:KEEP_PER_CODE]
 
 
-def check_lines(lines: list[bytes], column_map: dict[str, str], *, file_start: bool,
-                messages_only: bool = False) -> ChunkResult:
+def check_lines(
+    lines: list[bytes], column_map: dict[str, str], *, file_start: bool, messages_only: bool = False
+) -> ChunkResult:
     """Check JSONL lines (without their newline); `file_start` when the first is the file's first.
 
     `messages_only` (most rows have `messages`) runs the loop specialised for them first.
     """
     result = ChunkResult()
     if file_start and lines and lines[0].startswith(BOM):
-        lines[0] = lines[0][len(BOM):]
+        lines[0] = lines[0][len(BOM) :]
     decode = _decoder(column_map, False).decode
     sharegpt = column_map.get("conversations") == "messages"
     typed_errors = (msgspec.ValidationError, msgspec.DecodeError)
@@ -344,8 +404,13 @@ def sniff_jsonl(path: str, rows: int = 1000) -> tuple[list[str], bool]:
     return list(columns), with_messages * 2 > seen
 
 
-def scan_jsonl(path: str, column_map: dict[str, str], *, messages_only: bool = False,
-               workers: int | None = None) -> Iterator[ChunkResult]:
+def scan_jsonl(
+    path: str,
+    column_map: dict[str, str],
+    *,
+    messages_only: bool = False,
+    workers: int | None = None,
+) -> Iterator[ChunkResult]:
     """Check a JSONL file (or .jsonl.gz) range by range, in file order."""
     if path.endswith(".gz"):
         # A gzip stream cannot be cut into ranges: read it in one process, block by block.
@@ -353,13 +418,17 @@ def scan_jsonl(path: str, column_map: dict[str, str], *, messages_only: bool = F
             file_start = True
             while block := handle.readlines(CHUNK_BYTES):
                 lines = [line.rstrip(b"\n") for line in block]
-                yield check_lines(lines, column_map, file_start=file_start, messages_only=messages_only)
+                yield check_lines(
+                    lines, column_map, file_start=file_start, messages_only=messages_only
+                )
                 file_start = False
             return
     size = os.path.getsize(path)
     ranges = _ranges(path, size, CHUNK_BYTES)
     tasks = [(path, start, end, column_map, messages_only) for start, end in ranges]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
     workers = workers or min(cores, len(tasks))
     if size < PARALLEL_MIN_BYTES or workers < 2:
         yield from map(_check_range, tasks)

@@ -127,8 +127,12 @@ class ValidationIssue(BaseModel):
 class TokenStats(BaseModel):
     """Tokenised lengths of the rows, as the training will see them."""
 
-    rows: int = Field(description="Rows tokenised (all of them, or the first `rows` of a big dataset).")
-    total_tokens: int = Field(description="Tokens in the whole dataset (extrapolated when `exact` is false).")
+    rows: int = Field(
+        description="Rows tokenised (all of them, or the first `rows` of a big dataset)."
+    )
+    total_tokens: int = Field(
+        description="Tokens in the whole dataset (extrapolated when `exact` is false)."
+    )
     mean_tokens: float
     max_tokens: int
     p95_tokens: int
@@ -147,7 +151,9 @@ class ValidationReport(BaseModel):
     method: Method
     row_count: int
     columns: list[str] = []
-    detected_format: str | None = Field(default=None, description="e.g. 'conversational prompt-completion'.")
+    detected_format: str | None = Field(
+        default=None, description="e.g. 'conversational prompt-completion'."
+    )
     format_kind: FormatKind | None = None
     conversational: bool | None = None
     suitable_methods: list[Method] = []
@@ -155,13 +161,17 @@ class ValidationReport(BaseModel):
         default=[], description="The first few errors of each code; `error_counts` has the totals."
     )
     warnings: list[ValidationIssue] = []
-    error_counts: dict[str, int] = Field(default_factory=dict, description="Errors per code, all rows counted.")
+    error_counts: dict[str, int] = Field(
+        default_factory=dict, description="Errors per code, all rows counted."
+    )
     warning_counts: dict[str, int] = Field(default_factory=dict)
     column_map: dict[str, str] = Field(
         default_factory=dict,
         description="Proposed renames to the expected columns; pass it as dataset.column_map.",
     )
-    reward_columns: list[str] = Field(default=[], description="GRPO: extra columns the reward functions receive.")
+    reward_columns: list[str] = Field(
+        default=[], description="GRPO: extra columns the reward functions receive."
+    )
     token_stats: TokenStats | None = None
     seconds: float = Field(default=0.0, description="Wall time of the structural check.")
 

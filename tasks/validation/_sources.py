@@ -56,10 +56,16 @@ def local_files(source: DatasetSource) -> list[DataFile]:
     root = Path(source.path).expanduser()
     if root.is_file():
         return [DataFile(root, root.name, _kind(root))]
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(LOCAL_DATASET_SUFFIXES))
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.name.lower().endswith(LOCAL_DATASET_SUFFIXES)
+    )
     if not files:
-        raise SourceError(IssueCode.NO_DATA_FILES,
-                          f"the folder {source.path} holds no {', '.join(LOCAL_DATASET_SUFFIXES)} files")
+        raise SourceError(
+            IssueCode.NO_DATA_FILES,
+            f"the folder {source.path} holds no {', '.join(LOCAL_DATASET_SUFFIXES)} files",
+        )
     return [DataFile(p, str(p.relative_to(root)), _kind(p)) for p in files]
 
 
@@ -92,9 +98,13 @@ def check_rows(rows: Iterable[Any], column_map: dict[str, str]) -> Iterator[Chun
             if isinstance(label, bool):
                 result.labels[0 if label else 1] += 1
             try:
-                encoded = orjson.dumps(row, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)
+                encoded = orjson.dumps(
+                    row, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str
+                )
             except (TypeError, orjson.JSONEncodeError):
-                encoded = None  # a value orjson cannot serialise: the row is not compared for duplicates
+                encoded = (
+                    None  # a value orjson cannot serialise: the row is not compared for duplicates
+                )
             if encoded is not None:
                 result.hashes.append(xxhash.xxh3_64_intdigest(encoded))
                 result.hash_lines.append(number)
@@ -113,7 +123,10 @@ def _json_array(path: Path) -> list[Any]:
     except orjson.JSONDecodeError as exc:
         raise SourceError(IssueCode.NOT_JSON, f"not valid JSON: {exc}") from None
     if not isinstance(rows, list):
-        raise SourceError(IssueCode.NOT_AN_OBJECT, "a .json file must hold an array of row objects (or JSON lines)")
+        raise SourceError(
+            IssueCode.NOT_AN_OBJECT,
+            "a .json file must hold an array of row objects (or JSON lines)",
+        )
     return rows
 
 
@@ -139,15 +152,21 @@ def _csv_rows(path: Path) -> Iterator[dict]:
             yield {k: v for k, v in row.items() if k is not None}
 
 
-def scan_file(data: DataFile, column_map: dict[str, str]) -> tuple[list[str], Iterator[ChunkResult]]:
+def scan_file(
+    data: DataFile, column_map: dict[str, str]
+) -> tuple[list[str], Iterator[ChunkResult]]:
     """The file's columns (from its first rows) and its checked chunks."""
     try:
         if data.kind == "jsonl" or (data.kind == "json" and not _json_is_array(data.path)):
             columns, messages_only = sniff_jsonl(str(data.path))
-            return columns, _reading(scan_jsonl(str(data.path), column_map, messages_only=messages_only), data.name)
+            return columns, _reading(
+                scan_jsonl(str(data.path), column_map, messages_only=messages_only), data.name
+            )
         if data.kind == "json":
             rows = _json_array(data.path)
-            columns = list(dict.fromkeys(k for row in rows[:1000] if isinstance(row, dict) for k in row))
+            columns = list(
+                dict.fromkeys(k for row in rows[:1000] if isinstance(row, dict) for k in row)
+            )
             return columns, check_rows(rows, column_map)
         if data.kind == "parquet":
             import pyarrow.parquet as pq
@@ -156,16 +175,21 @@ def scan_file(data: DataFile, column_map: dict[str, str]) -> tuple[list[str], It
             return columns, check_rows(_reading(_parquet_rows(data.path), data.name), column_map)
         if data.kind == "csv":
             with _open(data.path) as raw:
-                header = next(csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")), [])
+                header = next(
+                    csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")), []
+                )
             return header, check_rows(_reading(_csv_rows(data.path), data.name), column_map)
     except (OSError, UnicodeDecodeError, csv.Error, ValueError, EOFError) as exc:
-        raise SourceError(IssueCode.UNREADABLE_FILE, f"cannot read {data.name}: {exc}", data.name) from None
+        raise SourceError(
+            IssueCode.UNREADABLE_FILE, f"cannot read {data.name}: {exc}", data.name
+        ) from None
     raise SourceError(IssueCode.UNREADABLE_FILE, f"{data.name}: unsupported file type", data.name)
 
 
 def iter_file_rows(data: DataFile, column_map: dict[str, str]) -> Iterator[tuple[int, Any]]:
     """(row number, row) for every row that decodes, with the column map applied."""
     if data.kind == "jsonl" or (data.kind == "json" and not _json_is_array(data.path)):
+
         def decoded() -> Iterator[tuple[int, Any]]:
             with _open(data.path) as handle:
                 for number, line in enumerate(handle, start=1):
@@ -173,6 +197,7 @@ def iter_file_rows(data: DataFile, column_map: dict[str, str]) -> Iterator[tuple
                         yield number, orjson.loads(line.removeprefix(BOM) if number == 1 else line)
                     except orjson.JSONDecodeError:
                         continue
+
         rows = decoded()
     elif data.kind == "json":
         rows = enumerate(_json_array(data.path), start=1)
@@ -190,25 +215,37 @@ def open_hub(source: DatasetSource):
     from datasets import load_dataset
     from datasets.exceptions import DatasetNotFoundError
 
-    where = source.path + (f" (config {source.config})" if source.config else "") + (
-        f" at revision {source.revision}" if source.revision else "")
+    where = (
+        source.path
+        + (f" (config {source.config})" if source.config else "")
+        + (f" at revision {source.revision}" if source.revision else "")
+    )
     try:
-        return load_dataset(source.path, source.config, split=source.split, revision=source.revision, streaming=True)
+        return load_dataset(
+            source.path, source.config, split=source.split, revision=source.revision, streaming=True
+        )
     except DatasetNotFoundError as exc:
-        raise SourceError(IssueCode.DATASET_NOT_FOUND,
-                          f"the Hub has no dataset {where} you can read ({exc}); check the id, or log in "
-                          "with a token that can read it") from None
+        raise SourceError(
+            IssueCode.DATASET_NOT_FOUND,
+            f"the Hub has no dataset {where} you can read ({exc}); check the id, or log in "
+            "with a token that can read it",
+        ) from None
     except ConnectionError as exc:
-        raise SourceError(IssueCode.HUB_UNREACHABLE,
-                          f"cannot reach the Hugging Face Hub for {where} ({exc}); check the network "
-                          "(HF_HUB_OFFLINE, HF_ENDPOINT), or download the dataset and pass a local path") from None
+        raise SourceError(
+            IssueCode.HUB_UNREACHABLE,
+            f"cannot reach the Hugging Face Hub for {where} ({exc}); check the network "
+            "(HF_HUB_OFFLINE, HF_ENDPOINT), or download the dataset and pass a local path",
+        ) from None
     except ValueError as exc:
         if "split" in str(exc).lower():
-            raise SourceError(IssueCode.SPLIT_NOT_FOUND,
-                              f"{where} has no split {source.split!r}: {exc}") from None
+            raise SourceError(
+                IssueCode.SPLIT_NOT_FOUND, f"{where} has no split {source.split!r}: {exc}"
+            ) from None
         raise SourceError(IssueCode.UNREADABLE_FILE, f"cannot load {where}: {exc}") from None
     except OSError as exc:
-        raise SourceError(IssueCode.HUB_UNREACHABLE, f"cannot load {where} from the Hub: {exc}") from None
+        raise SourceError(
+            IssueCode.HUB_UNREACHABLE, f"cannot load {where} from the Hub: {exc}"
+        ) from None
 
 
 def hub_rows(dataset: Any) -> Iterator[Any]:
@@ -216,7 +253,9 @@ def hub_rows(dataset: Any) -> Iterator[Any]:
     try:
         yield from dataset
     except (ConnectionError, OSError) as exc:
-        raise SourceError(IssueCode.HUB_UNREACHABLE, f"lost the Hub while streaming: {exc}") from None
+        raise SourceError(
+            IssueCode.HUB_UNREACHABLE, f"lost the Hub while streaming: {exc}"
+        ) from None
     except ValueError as exc:
         if "split" in str(exc).lower():
             raise SourceError(IssueCode.SPLIT_NOT_FOUND, str(exc)) from None
@@ -239,9 +278,13 @@ def load_rows(source: DatasetSource):
 
     if source.is_local:
         files = local_files(source)
-        builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}[files[0].kind]
+        builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}[
+            files[0].kind
+        ]
         dataset = load_dataset(builder, data_files=[str(f.path) for f in files], split="train")
     else:
-        dataset = load_dataset(source.path, source.config, split=source.split, revision=source.revision, streaming=True)
+        dataset = load_dataset(
+            source.path, source.config, split=source.split, revision=source.revision, streaming=True
+        )
     renames = {k: v for k, v in source.column_map.items() if k in (dataset.column_names or [])}
     return dataset.rename_columns(renames) if renames else dataset

@@ -35,7 +35,9 @@ def load_tokenizer(base_model: str, tokenizer_path: str | None) -> tuple[Any | N
             gguf = embedded_gguf_path()
         except RuntimeError as exc:
             return None, str(exc)
-        return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name), f"{DEFAULT_BASE_MODEL} (embedded GGUF)"
+        return AutoTokenizer.from_pretrained(
+            gguf.parent, gguf_file=gguf.name
+        ), f"{DEFAULT_BASE_MODEL} (embedded GGUF)"
     folder = Path(model).expanduser()
     try:
         if folder.is_dir():
@@ -51,8 +53,11 @@ def _join(value: Any) -> str:
     return str(value or "")
 
 
-def _texts(rows: list[dict], kind: FormatKind, conversational: bool, tokenizer: Any, templated: bool) -> list[list[str]]:
+def _texts(
+    rows: list[dict], kind: FormatKind, conversational: bool, tokenizer: Any, templated: bool
+) -> list[list[str]]:
     """For each row, the strings whose token counts make its length (the longest counts)."""
+
     def render(conversations: list[list[dict]]) -> list[str]:
         if templated:
             return tokenizer.apply_chat_template(conversations, tokenize=False)
@@ -66,15 +71,29 @@ def _texts(rows: list[dict], kind: FormatKind, conversational: bool, tokenizer: 
     columns: list[list[str]] = []
     for side in sides:
         if conversational:
-            columns.append(render([list(r.get("prompt") or []) + (list(r[side]) if side else []) for r in rows]))
+            columns.append(
+                render(
+                    [list(r.get("prompt") or []) + (list(r[side]) if side else []) for r in rows]
+                )
+            )
         else:
-            columns.append([str(r.get("prompt") or "") + (str(r[side]) if side else "") for r in rows])
+            columns.append(
+                [str(r.get("prompt") or "") + (str(r[side]) if side else "") for r in rows]
+            )
     return [list(parts) for parts in zip(*columns, strict=True)]
 
 
-def count_tokens(rows: Iterable[tuple[Any, dict]], *, kind: FormatKind, conversational: bool, tokenizer: Any,
-                 tokenizer_name: str, max_length: int, row_count: int, limit: int = TOKEN_ROWS,
-                 ) -> tuple[TokenStats, list[Any]]:
+def count_tokens(
+    rows: Iterable[tuple[Any, dict]],
+    *,
+    kind: FormatKind,
+    conversational: bool,
+    tokenizer: Any,
+    tokenizer_name: str,
+    max_length: int,
+    row_count: int,
+    limit: int = TOKEN_ROWS,
+) -> tuple[TokenStats, list[Any]]:
     """Token statistics of the first `limit` rows, and where (the rows' keys) rows exceed `max_length`."""
     from jinja2 import TemplateError
 
@@ -105,7 +124,7 @@ def count_tokens(rows: Iterable[tuple[Any, dict]], *, kind: FormatKind, conversa
         ids = tokenizer(flat, add_special_tokens=not templated)["input_ids"]
         position = 0
         for (number, _), parts in zip(batch, texts, strict=True):
-            length = max(len(i) for i in ids[position:position + len(parts)])
+            length = max(len(i) for i in ids[position : position + len(parts)])
             position += len(parts)
             lengths.append(length)
             if length > max_length:

@@ -15,13 +15,17 @@ LIMITS = ["--monthly-limit", "200", "--approval-threshold", "20", "--per-job-max
 
 def test_budget_set_can_require_approval_for_every_run(prefect_server):
     name = f"cli-{uuid.uuid4().hex[:8]}"
-    saved = runner.invoke(app, ["budget", "set", *LIMITS, "--require-approval-for-all-runs", "--name", name])
+    saved = runner.invoke(
+        app, ["budget", "set", *LIMITS, "--require-approval-for-all-runs", "--name", name]
+    )
     assert saved.exit_code == 0, saved.output
     assert "every run needs approval" in saved.output
     assert load_budget_policy(name).require_approval_for_all_runs is True
     shown = runner.invoke(app, ["budget", "show", "--name", name])
     assert "approve every run    yes, free local runs too" in shown.output
 
-    off = runner.invoke(app, ["budget", "set", *LIMITS, "--approval-above-threshold-only", "--name", name])
+    off = runner.invoke(
+        app, ["budget", "set", *LIMITS, "--approval-above-threshold-only", "--name", name]
+    )
     assert off.exit_code == 0 and "approval above $20.00" in off.output
     assert load_budget_policy(name).require_approval_for_all_runs is False

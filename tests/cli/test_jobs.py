@@ -10,7 +10,9 @@ from cli.app import app
 
 
 def test_cancel_a_hugging_face_job_by_id(hf_server):
-    job = hf_server.create_job(hf_server.namespace, {"command": ["python"], "dockerImage": "python:3.12"})
+    job = hf_server.create_job(
+        hf_server.namespace, {"command": ["python"], "dockerImage": "python:3.12"}
+    )
     hf_server.set_stage(job.id, "RUNNING")
 
     outcome = CliRunner().invoke(app, ["cancel", job.id])
@@ -23,9 +25,20 @@ def test_cancel_a_hugging_face_job_by_id(hf_server):
 
 def test_cancel_by_flow_run_cancels_every_job_it_started(prefect_server, hf_server):
     run_id = str(uuid.uuid4())
-    mine = [hf_server.create_job(hf_server.namespace, {"command": ["python"], "dockerImage": "python:3.12",
-                                                        "labels": {"flow_run_id": run_id}}) for _ in range(2)]
-    other = hf_server.create_job(hf_server.namespace, {"command": ["python"], "dockerImage": "python:3.12"})
+    mine = [
+        hf_server.create_job(
+            hf_server.namespace,
+            {
+                "command": ["python"],
+                "dockerImage": "python:3.12",
+                "labels": {"flow_run_id": run_id},
+            },
+        )
+        for _ in range(2)
+    ]
+    other = hf_server.create_job(
+        hf_server.namespace, {"command": ["python"], "dockerImage": "python:3.12"}
+    )
 
     outcome = CliRunner().invoke(app, ["cancel", run_id])
 

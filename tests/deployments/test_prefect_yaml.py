@@ -17,7 +17,16 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.settings import PREFECT_API_URL
 
 ROOT = Path(__file__).resolve().parents[2]
-EXPECTED = {"finetune", "validate", "estimate", "convert", "deploy", "retrain", "cost_report", "health_check"}
+EXPECTED = {
+    "finetune",
+    "validate",
+    "estimate",
+    "convert",
+    "deploy",
+    "retrain",
+    "cost_report",
+    "health_check",
+}
 
 
 def load_prefect_yaml() -> dict:

@@ -38,21 +38,65 @@ from urllib.parse import parse_qs, urlencode, urlparse
 TERMINAL = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
 
 HARDWARE = [
-    {"name": "cpu-basic", "prettyName": "CPU Basic", "cpu": "2 vCPU", "ram": "16 GB",
-     "unitCostMicroUSD": 167, "unitCostUSD": 0.000167, "unitLabel": "minute"},
-    {"name": "t4-small", "prettyName": "Nvidia T4 - small", "cpu": "4 vCPU", "ram": "15 GB",
-     "accelerator": {"type": "gpu", "model": "T4", "quantity": "1", "vram": "16 GB", "manufacturer": "Nvidia"},
-     "unitCostMicroUSD": 6667, "unitCostUSD": 0.006667, "unitLabel": "minute"},
-    {"name": "a10g-small", "prettyName": "Nvidia A10G - small", "cpu": "4 vCPU", "ram": "15 GB",
-     "accelerator": {"type": "gpu", "model": "A10G", "quantity": "1", "vram": "24 GB", "manufacturer": "Nvidia"},
-     "unitCostMicroUSD": 16667, "unitCostUSD": 0.016667, "unitLabel": "minute"},
+    {
+        "name": "cpu-basic",
+        "prettyName": "CPU Basic",
+        "cpu": "2 vCPU",
+        "ram": "16 GB",
+        "unitCostMicroUSD": 167,
+        "unitCostUSD": 0.000167,
+        "unitLabel": "minute",
+    },
+    {
+        "name": "t4-small",
+        "prettyName": "Nvidia T4 - small",
+        "cpu": "4 vCPU",
+        "ram": "15 GB",
+        "accelerator": {
+            "type": "gpu",
+            "model": "T4",
+            "quantity": "1",
+            "vram": "16 GB",
+            "manufacturer": "Nvidia",
+        },
+        "unitCostMicroUSD": 6667,
+        "unitCostUSD": 0.006667,
+        "unitLabel": "minute",
+    },
+    {
+        "name": "a10g-small",
+        "prettyName": "Nvidia A10G - small",
+        "cpu": "4 vCPU",
+        "ram": "15 GB",
+        "accelerator": {
+            "type": "gpu",
+            "model": "A10G",
+            "quantity": "1",
+            "vram": "24 GB",
+            "manufacturer": "Nvidia",
+        },
+        "unitCostMicroUSD": 16667,
+        "unitCostUSD": 0.016667,
+        "unitLabel": "minute",
+    },
 ]
 
 
 _DEFAULT_METRICS = {
-    "cpu_usage_pct": 12, "cpu_millicores": 4000, "memory_used_bytes": 2 * 2**30, "memory_total_bytes": 15 * 2**30,
-    "rx_bps": 0, "tx_bps": 0, "replica": "r0",
-    "gpus": {"gpu0": {"utilization": 87, "memory_used_bytes": 18 * 10**9, "memory_total_bytes": 24 * 10**9}},
+    "cpu_usage_pct": 12,
+    "cpu_millicores": 4000,
+    "memory_used_bytes": 2 * 2**30,
+    "memory_total_bytes": 15 * 2**30,
+    "rx_bps": 0,
+    "tx_bps": 0,
+    "replica": "r0",
+    "gpus": {
+        "gpu0": {
+            "utilization": 87,
+            "memory_used_bytes": 18 * 10**9,
+            "memory_total_bytes": 24 * 10**9,
+        }
+    },
 }
 
 
@@ -101,7 +145,10 @@ class FakeJobRecord:
             "labels": self.spec.get("labels") or {},
             "volumes": self.spec.get("volumes"),
             "status": {"stage": self.stage, "message": self.message},
-            "durations": {"runningSecs": running, "totalSecs": int((now - self.created_at).total_seconds())},
+            "durations": {
+                "runningSecs": running,
+                "totalSecs": int((now - self.created_at).total_seconds()),
+            },
             "owner": {"id": "0" * 24, "name": self.namespace, "type": "user"},
             "initiator": {"type": "user", "id": "0" * 24, "name": self.namespace},
         }
@@ -141,7 +188,9 @@ class HfJobsServer:
         self.autoplay: Callable[[HfJobsServer, str], None] | None = None
         self._faults: list[_Fault] = []
         self._slow: list[tuple[re.Pattern, float]] = []
-        self._drop_streams: dict[str, int] = {}  # job id -> events to send before cutting the stream
+        self._drop_streams: dict[
+            str, int
+        ] = {}  # job id -> events to send before cutting the stream
         self._changed = threading.Condition()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
@@ -154,7 +203,9 @@ class HfJobsServer:
         return f"http://127.0.0.1:{self._httpd.server_port}"
 
     def start(self) -> HfJobsServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True, name="hf-jobs-server")
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, daemon=True, name="hf-jobs-server"
+        )
         self._thread.start()
         return self
 
@@ -221,7 +272,9 @@ class HfJobsServer:
         after_commit: bool = False,
     ) -> None:
         """Answer the next `times` matching requests with `status` (`after_commit`: do the work first)."""
-        self._faults.append(_Fault(method, re.compile(route), status, times, retry_after, after_commit))
+        self._faults.append(
+            _Fault(method, re.compile(route), status, times, retry_after, after_commit)
+        )
 
     def slow(self, route: str, seconds: float) -> None:
         """Delay every answer on `route` by `seconds`."""
@@ -245,7 +298,9 @@ class HfJobsServer:
     # -- server side -------------------------------------------------------------------------
     def create_job(self, namespace: str, spec: dict) -> FakeJobRecord:
         with self._changed:
-            job = FakeJobRecord(id=secrets.token_hex(12), namespace=namespace, spec=spec, created_at=_now())
+            job = FakeJobRecord(
+                id=secrets.token_hex(12), namespace=namespace, spec=spec, created_at=_now()
+            )
             job.stage_changed_at["SCHEDULING"] = time.monotonic()
             self.jobs[job.id] = job
             self._changed.notify_all()
@@ -278,7 +333,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.rfile.readline()
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    def _send(self, status: int, body: object = None, headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: int, body: object = None, headers: dict[str, str] | None = None
+    ) -> None:
         data = b"" if body is None else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -337,8 +394,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- routes ------------------------------------------------------------------------------
     def whoami(self, match, query, body) -> None:
-        self._send(200, {"type": "user", "name": self.hub.namespace, "fullname": "Test User",
-                         "orgs": [], "auth": {"type": "access_token", "accessToken": {"role": "write"}}})
+        self._send(
+            200,
+            {
+                "type": "user",
+                "name": self.hub.namespace,
+                "fullname": "Test User",
+                "orgs": [],
+                "auth": {"type": "access_token", "accessToken": {"role": "write"}},
+            },
+        )
 
     def hardware(self, match, query, body) -> None:
         self._send(200, HARDWARE)
@@ -348,8 +413,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not spec.get("command") or not (spec.get("dockerImage") or spec.get("spaceId")):
             return self._error(400, "command and dockerImage (or spaceId) are required")
         for key, value in (spec.get("labels") or {}).items():
-            if not re.fullmatch(r"[A-Za-z0-9_-]{1,100}", key) or not re.fullmatch(r"[A-Za-z0-9_-]{0,100}", value):
-                return self._error(400, f"invalid label {key}={value}: alphanumerics, '-' and '_' only")
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,100}", key) or not re.fullmatch(
+                r"[A-Za-z0-9_-]{0,100}", value
+            ):
+                return self._error(
+                    400, f"invalid label {key}={value}: alphanumerics, '-' and '_' only"
+                )
         job = self.hub.create_job(match["ns"], spec)
         self._send(200, job.info())
 
@@ -359,7 +428,8 @@ class _Handler(BaseHTTPRequestHandler):
         with self.hub._changed:
             jobs = [j for j in self.hub.jobs.values() if j.namespace == match["ns"]]
         jobs = [
-            j for j in jobs
+            j
+            for j in jobs
             if all((j.spec.get("labels") or {}).get(k) == v for k, v in wanted.items())
             and (not stages or j.stage in stages)
         ]
@@ -370,7 +440,9 @@ class _Handler(BaseHTTPRequestHandler):
         if start + self.hub.page_size < len(jobs):
             params = [(k, v) for k, values in query.items() if k != "cursor" for v in values]
             params.append(("cursor", str(start + self.hub.page_size)))
-            headers["Link"] = f'<{self.hub.url}/api/jobs/{match["ns"]}?{urlencode(params)}>; rel="next"'
+            headers["Link"] = (
+                f'<{self.hub.url}/api/jobs/{match["ns"]}?{urlencode(params)}>; rel="next"'
+            )
         self._send(200, [j.info() for j in page], headers)
 
     def _job(self, match) -> FakeJobRecord | None:
@@ -413,7 +485,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _cut_stream(self) -> None:
         # Half a chunk, then the socket goes away: the client sees an incomplete chunked body.
-        self.wfile.write(b"40\r\ndata: {\"data\": \"trunc")
+        self.wfile.write(b'40\r\ndata: {"data": "trunc')
         self.wfile.flush()
         self.close_connection = True
         self.connection.shutdown(2)
@@ -445,7 +517,9 @@ class _Handler(BaseHTTPRequestHandler):
                 for timestamp, line in pending:
                     if drop_after is not None and drop_after <= 0:
                         return self._cut_stream()
-                    self._chunk("data: " + json.dumps({"data": line, "timestamp": timestamp}) + "\n\n")
+                    self._chunk(
+                        "data: " + json.dumps({"data": line, "timestamp": timestamp}) + "\n\n"
+                    )
                     sent += 1
                     if drop_after is not None:
                         drop_after -= 1
@@ -482,16 +556,28 @@ class _Handler(BaseHTTPRequestHandler):
     def create_bucket(self, match, query, body) -> None:
         bucket_id = f"{match['ns']}/{match['name']}"
         answer = {"url": f"{self.hub.url}/buckets/{bucket_id}", "id": bucket_id}
-        if bucket_id in self.hub.buckets:  # the Hub's 409 still names the bucket (create_bucket reads it)
+        if (
+            bucket_id in self.hub.buckets
+        ):  # the Hub's 409 still names the bucket (create_bucket reads it)
             return self._send(409, {**answer, "error": "You already created this bucket"})
         self.hub.buckets[bucket_id] = {}
         self._send(200, answer)
 
     def xet_write_token(self, match, query, body) -> None:
-        cas, token, exp = f"{self.hub.url}/cas", "xet-" + secrets.token_hex(8), int(time.time()) + 3600
-        self._send(200, {"casUrl": cas, "accessToken": token, "exp": exp}, {
-            "X-Xet-Cas-Url": cas, "X-Xet-Access-Token": token, "X-Xet-Token-Expiration": str(exp),
-        })
+        cas, token, exp = (
+            f"{self.hub.url}/cas",
+            "xet-" + secrets.token_hex(8),
+            int(time.time()) + 3600,
+        )
+        self._send(
+            200,
+            {"casUrl": cas, "accessToken": token, "exp": exp},
+            {
+                "X-Xet-Cas-Url": cas,
+                "X-Xet-Access-Token": token,
+                "X-Xet-Token-Expiration": str(exp),
+            },
+        )
 
     def bucket_batch(self, match, query, body) -> None:
         files = self.hub.buckets.setdefault(f"{match['ns']}/{match['name']}", {})
@@ -531,7 +617,11 @@ _ROUTES: list[tuple[str, str, Callable]] = [
     ("POST", rf"/api/jobs/{_NS}/{_ID}/cancel", _Handler.cancel_job),
     ("PUT", rf"/api/jobs/{_NS}/{_ID}/labels", _Handler.update_labels),
     ("POST", rf"/api/buckets/{_NS}/(?P<name>[A-Za-z0-9_.-]+)", _Handler.create_bucket),
-    ("GET", rf"/api/buckets/{_NS}/(?P<name>[A-Za-z0-9_.-]+)/xet-write-token", _Handler.xet_write_token),
+    (
+        "GET",
+        rf"/api/buckets/{_NS}/(?P<name>[A-Za-z0-9_.-]+)/xet-write-token",
+        _Handler.xet_write_token,
+    ),
     ("POST", rf"/api/buckets/{_NS}/(?P<name>[A-Za-z0-9_.-]+)/batch", _Handler.bucket_batch),
     ("GET", r"/cas/v1/chunks/.*", _Handler.cas_not_found),
     ("POST", r"/cas/v1/xorb-grants/.*", _Handler.cas_not_found),

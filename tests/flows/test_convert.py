@@ -14,17 +14,38 @@ EXAMPLE = Path(__file__).parents[2] / "examples" / "pirate_chat.jsonl"
 def test_convert_builds_loads_and_gates_every_variant(prefect_server, tiny_llama, tmp_path):
     dataset = DatasetSource(path=str(EXAMPLE))
     lineage = GGUFLineage(
-        base_model="HuggingFaceTB/SmolLM2-135M-Instruct", dataset=str(EXAMPLE), dataset_sha256=hash_dataset(dataset),
-        method="sft", pipeline_run_id="run-tiny", name="tiny-llama",
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        dataset=str(EXAMPLE),
+        dataset_sha256=hash_dataset(dataset),
+        method="sft",
+        pipeline_run_id="run-tiny",
+        name="tiny-llama",
     )
-    quant_types = [QuantType.Q4_K_M, QuantType.Q8_0, QuantType.IQ4_XS]  # IQ4_XS: imatrix from the dataset
-    settings = GGUFSettings(quant_types=quant_types, prompts=["What is the capital of France?"], max_answer_tokens=16)
+    quant_types = [
+        QuantType.Q4_K_M,
+        QuantType.Q8_0,
+        QuantType.IQ4_XS,
+    ]  # IQ4_XS: imatrix from the dataset
+    settings = GGUFSettings(
+        quant_types=quant_types, prompts=["What is the capital of France?"], max_answer_tokens=16
+    )
 
-    result = convert(str(tiny_llama), lineage=lineage, settings=settings, output_dir=str(tmp_path), dataset=dataset)
+    result = convert(
+        str(tiny_llama),
+        lineage=lineage,
+        settings=settings,
+        output_dir=str(tmp_path),
+        dataset=dataset,
+    )
 
     files = {v.quant_type: Path(v.path) for v in result.artifacts.all_files}
     assert set(files) == {QuantType.F16, *quant_types}
-    file_types = {QuantType.F16: 1, QuantType.Q8_0: 7, QuantType.Q4_K_M: 15, QuantType.IQ4_XS: 30}  # llama_ftype values
+    file_types = {
+        QuantType.F16: 1,
+        QuantType.Q8_0: 7,
+        QuantType.Q4_K_M: 15,
+        QuantType.IQ4_XS: 30,
+    }  # llama_ftype values
     for quant_type, path in files.items():
         metadata = read_metadata(path)
         assert metadata["general.file_type"] == file_types[quant_type]

@@ -16,11 +16,16 @@ def test_lmft_deploy_serves_the_embedded_model_locally_until_stopped(prefect_ser
     result = runner.invoke(app, ["deploy", "--name", "smollm2"])
     try:
         assert result.exit_code == 0, result.output
-        assert "smollm2: serving" in result.output and "url           http://127.0.0.1:" in result.output
+        assert (
+            "smollm2: serving" in result.output
+            and "url           http://127.0.0.1:" in result.output
+        )
         record = json.loads((deployments_dir() / "smollm2.json").read_text())
         assert record["target"] == "local" and record["smoke"]["reply"]
         server = find_local_server("smollm2")
-        assert server is not None and server.url == record["url"]  # still running after the flow ended
+        assert (
+            server is not None and server.url == record["url"]
+        )  # still running after the flow ended
         listed = runner.invoke(app, ["serve", "list"])
         assert '"name": "smollm2"' in listed.output
     finally:
@@ -34,7 +39,10 @@ def test_lmft_deploy_refuses_unknown_target_and_missing_file(prefect_server):
     missing = runner.invoke(app, ["deploy", "/nowhere/model.gguf"])
     assert missing.exit_code == 2 and "does not exist" in missing.output
     unknown = runner.invoke(app, ["deploy", "--name", "smollm2", "--target", "no-such-block"])
-    assert unknown.exit_code == 1 and "neither 'local' nor a saved ServerlessLLMTarget" in unknown.output
+    assert (
+        unknown.exit_code == 1
+        and "neither 'local' nor a saved ServerlessLLMTarget" in unknown.output
+    )
 
 
 def test_deploy_flow_to_a_saved_serverless_llm_target(prefect_server, tmp_path):
@@ -49,12 +57,27 @@ def test_deploy_flow_to_a_saved_serverless_llm_target(prefect_server, tmp_path):
     model_server = FakeModelServer()
     with FakeGitHub(bare, token=token) as hub:
         ServerlessLLMTarget(
-            repository=hub.repository, credentials=GitHubCredentials(token=token), api_base_url=hub.base_url,
-            clone_url=str(bare), health_url_pattern=model_server.url + "/health", mode=DeployMode.PUSH,
-            build_workflow=None, poll_seconds=0.05, health_timeout_seconds=5,
+            repository=hub.repository,
+            credentials=GitHubCredentials(token=token),
+            api_base_url=hub.base_url,
+            clone_url=str(bare),
+            health_url_pattern=model_server.url + "/health",
+            mode=DeployMode.PUSH,
+            build_workflow=None,
+            poll_seconds=0.05,
+            health_timeout_seconds=5,
         ).save("sllm-test", overwrite=True)
-        result = CliRunner().invoke(app, ["deploy", "hf://me/pirate-GGUF/pirate.Q4_K_M.gguf", "--name", "pirate",
-                                          "--target", "sllm-test"])
+        result = CliRunner().invoke(
+            app,
+            [
+                "deploy",
+                "hf://me/pirate-GGUF/pirate.Q4_K_M.gguf",
+                "--name",
+                "pirate",
+                "--target",
+                "sllm-test",
+            ],
+        )
     model_server.close()
     assert result.exit_code == 0, result.output
     assert "pirate: serving" in result.output and "inference run" in result.output

@@ -12,16 +12,27 @@ from tasks.request import FineTuneRequest
 
 USER = {"role": "user", "content": "Say hello to the crew."}
 DATASETS = {
-    "sft": [{"messages": [USER, {"role": "assistant", "content": f"Ahoy crew number {i}!"}]} for i in range(12)],
-    "dpo": [
-        {"prompt": [USER], "chosen": [{"role": "assistant", "content": f"Ahoy {i}!"}],
-         "rejected": [{"role": "assistant", "content": f"Hello {i}."}]}
+    "sft": [
+        {"messages": [USER, {"role": "assistant", "content": f"Ahoy crew number {i}!"}]}
         for i in range(12)
     ],
-    "grpo": [{"prompt": [{"role": "user", "content": f"Tell me about ship {i}."}]} for i in range(12)],
+    "dpo": [
+        {
+            "prompt": [USER],
+            "chosen": [{"role": "assistant", "content": f"Ahoy {i}!"}],
+            "rejected": [{"role": "assistant", "content": f"Hello {i}."}],
+        }
+        for i in range(12)
+    ],
+    "grpo": [
+        {"prompt": [{"role": "user", "content": f"Tell me about ship {i}."}]} for i in range(12)
+    ],
     "kto": [
-        {"prompt": [USER], "completion": [{"role": "assistant", "content": f"Ahoy {i}!" if i % 2 else f"Hi {i}."}],
-         "label": bool(i % 2)}
+        {
+            "prompt": [USER],
+            "completion": [{"role": "assistant", "content": f"Ahoy {i}!" if i % 2 else f"Hi {i}."}],
+            "label": bool(i % 2),
+        }
         for i in range(12)
     ],
 }
@@ -33,7 +44,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 @pytest.mark.parametrize("method", ["sft", "dpo", "grpo", "kto"])
-def test_each_method_trains_and_the_checkpoint_generates(prefect_server, tiny_llama, tmp_path, method):
+def test_each_method_trains_and_the_checkpoint_generates(
+    prefect_server, tiny_llama, tmp_path, method
+):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -46,8 +59,13 @@ def test_each_method_trains_and_the_checkpoint_generates(prefect_server, tiny_ll
             "output_name": f"tiny-{method}",
             "gguf": None,
             "deploy": None,
-            "hyperparameters": {"max_steps": 2, "batch_size": 2, "num_generations": 2,
-                                "max_length": 64, "max_completion_length": 8},
+            "hyperparameters": {
+                "max_steps": 2,
+                "batch_size": 2,
+                "num_generations": 2,
+                "max_length": 64,
+                "max_completion_length": 8,
+            },
         }
     )
 
@@ -59,14 +77,18 @@ def test_each_method_trains_and_the_checkpoint_generates(prefect_server, tiny_ll
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     assert tokenizer.chat_template, "the chat template must travel with the model"
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    prompt = tokenizer.apply_chat_template([USER], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    prompt = tokenizer.apply_chat_template(
+        [USER], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     with torch.no_grad():
         out = model.generate(**prompt, max_new_tokens=4, do_sample=False)
     assert out.shape[1] == prompt["input_ids"].shape[1] + 4
     assert not any("lora" in k for k in model.state_dict()), "the adapter must be merged"
 
 
-def test_whole_pipeline_publishes_artifacts_converts_and_serves(prefect_server, tiny_llama, tmp_path):
+def test_whole_pipeline_publishes_artifacts_converts_and_serves(
+    prefect_server, tiny_llama, tmp_path
+):
     """validate → … → GGUF + quality gate → local server that answers; progress and summary artifacts."""
     import anyio
     import httpx
@@ -77,10 +99,14 @@ def test_whole_pipeline_publishes_artifacts_converts_and_serves(prefect_server, 
 
     data = write_jsonl(tmp_path / "sft.jsonl", DATASETS["sft"])
     request = FineTuneRequest.model_validate(
-        {"base_model": str(tiny_llama), "dataset": {"path": str(data)}, "output_name": "tiny-artifacts",
-         "hyperparameters": {"max_steps": 2, "batch_size": 2, "max_length": 64},
-         "gguf": {"quant_types": ["Q8_0"], "prompts": ["Hello?"], "max_answer_tokens": 8},
-         "deploy": {"target": "local", "name": "tinyartifacts"}}
+        {
+            "base_model": str(tiny_llama),
+            "dataset": {"path": str(data)},
+            "output_name": "tiny-artifacts",
+            "hyperparameters": {"max_steps": 2, "batch_size": 2, "max_length": 64},
+            "gguf": {"quant_types": ["Q8_0"], "prompts": ["Hello?"], "max_answer_tokens": 8},
+            "deploy": {"target": "local", "name": "tinyartifacts"},
+        }
     )
     try:
         summary = finetune(request)
@@ -96,7 +122,9 @@ def test_whole_pipeline_publishes_artifacts_converts_and_serves(prefect_server, 
     async def read():
         async with get_client() as client:
             progress = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=f"training-progress-{summary.job_id[:14]}"))
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(like_=f"training-progress-{summary.job_id[:14]}")
+                )
             )
             run_artifacts = await client.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["finetune-summary"]))
@@ -108,10 +136,18 @@ def test_whole_pipeline_publishes_artifacts_converts_and_serves(prefect_server, 
     assert any("tiny-artifacts" in a.data and "Wall time per step" in a.data for a in summaries)
 
 
-def test_bad_dataset_columns_stop_the_flow_before_training(prefect_server, tiny_llama, tmp_path, lmft_home):
+def test_bad_dataset_columns_stop_the_flow_before_training(
+    prefect_server, tiny_llama, tmp_path, lmft_home
+):
     data = write_jsonl(tmp_path / "wrong.jsonl", [{"question": "q", "answer": "a"}] * 4)
     request = FineTuneRequest.model_validate(
-        {"base_model": str(tiny_llama), "dataset": {"path": str(data)}, "method": "dpo", "gguf": None, "deploy": None}
+        {
+            "base_model": str(tiny_llama),
+            "dataset": {"path": str(data)},
+            "method": "dpo",
+            "gguf": None,
+            "deploy": None,
+        }
     )
     jobs_before = set((lmft_home / "jobs").glob("*")) if (lmft_home / "jobs").exists() else set()
 

@@ -14,18 +14,34 @@ from tasks.ledger import Ledger
 from tasks.request import DEFAULT_BASE_MODEL, Backend, DatasetSource, FineTuneRequest
 
 
-def test_paid_run_over_the_per_job_maximum_fails_before_submission(prefect_server, embedded_base_model: Path, tmp_path):
+def test_paid_run_over_the_per_job_maximum_fails_before_submission(
+    prefect_server, embedded_base_model: Path, tmp_path
+):
     # A remote backend trains a Hub model; the estimate reads the embedded default's config locally.
     rows = tmp_path / "chat.jsonl"
-    rows.write_text("".join(
-        json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}) + "\n"
-        for i in range(50)
-    ))
-    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    BudgetPolicy(monthly_limit_usd=1, approval_threshold_usd=0.5, per_job_max_usd=0.001, ledger_url=url).save(
-        "default", overwrite=True
+    rows.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"q{i}"},
+                        {"role": "assistant", "content": "a"},
+                    ]
+                }
+            )
+            + "\n"
+            for i in range(50)
+        )
     )
-    request = FineTuneRequest(base_model=DEFAULT_BASE_MODEL, dataset=DatasetSource(path=str(rows)), backend=Backend.HF_JOBS)
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    BudgetPolicy(
+        monthly_limit_usd=1, approval_threshold_usd=0.5, per_job_max_usd=0.001, ledger_url=url
+    ).save("default", overwrite=True)
+    request = FineTuneRequest(
+        base_model=DEFAULT_BASE_MODEL,
+        dataset=DatasetSource(path=str(rows)),
+        backend=Backend.HF_JOBS,
+    )
 
     state = finetune(request, idempotency_key="over-budget", return_state=True)
 
@@ -33,7 +49,9 @@ def test_paid_run_over_the_per_job_maximum_fails_before_submission(prefect_serve
     assert Ledger(url).entries() == []
     with get_client(sync_client=True) as client:
         ran = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
         )
     names = {run.name.rsplit("-", 1)[0] for run in ran}
     assert "estimate-cost" in names and "submit-training" not in names

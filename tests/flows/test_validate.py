@@ -21,8 +21,12 @@ async def _artifact(key: str, flow_run_id):
     )
 
     async with get_client() as client:
-        artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+            )
+        )
         (artifact,) = artifacts
         return artifact.data
 
@@ -33,7 +37,9 @@ def test_validate_flow_publishes_grouped_artifacts(prefect_server, monkeypatch):
 
     monkeypatch.setattr(_jsonl, "CHUNK_BYTES", 512)
     monkeypatch.setattr(_jsonl, "PARALLEL_MIN_BYTES", 0)
-    request = FineTuneRequest(dataset=DatasetSource(path=str(BAD)), base_model="HuggingFaceTB/not-downloaded-here")
+    request = FineTuneRequest(
+        dataset=DatasetSource(path=str(BAD)), base_model="HuggingFaceTB/not-downloaded-here"
+    )
     state = validate(request, min_rows=1, return_state=True)
     report = state.result()
     assert report.error_counts == {"missing_role": 1}
@@ -44,5 +50,10 @@ def test_validate_flow_publishes_grouped_artifacts(prefect_server, monkeypatch):
     table = asyncio.run(_artifact("dataset-validation-problems", run_id))
     assert "| error | `missing_role` | 1 | 3 |" in markdown
     rows = json.loads(table) if isinstance(table, str) else table
-    assert {"severity": "error", "code": "missing_role", "count": 1, "first rows": "3"}.items() <= rows[0].items()
+    assert {
+        "severity": "error",
+        "code": "missing_role",
+        "count": 1,
+        "first rows": "3",
+    }.items() <= rows[0].items()
     assert [r["code"] for r in rows] == ["missing_role", "tokens_not_counted"]

@@ -47,7 +47,9 @@ def wait_for_deployments(names: list[str], process: subprocess.Popen, timeout: f
                     break
                 except ObjectNotFound:
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"deployment {name} was not registered in {timeout} s") from None
+                        raise TimeoutError(
+                            f"deployment {name} was not registered in {timeout} s"
+                        ) from None
                     time.sleep(0.5)
 
 
@@ -59,7 +61,10 @@ def flow_worker(prefect_server, lmft_home: Path, tmp_path_factory: pytest.TempPa
     log = open(tmp_path_factory.mktemp("worker") / "worker.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.mcp_adapter.flow_worker"],
-        cwd=ROOT, env=prefect_env(), stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=prefect_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         from deployments.serve import SERVED_FLOWS
@@ -78,7 +83,12 @@ def flow_worker(prefect_server, lmft_home: Path, tmp_path_factory: pytest.TempPa
 
 
 CHAT_ROWS = [
-    {"messages": [{"role": "user", "content": f"Say hello number {i}"}, {"role": "assistant", "content": f"Arr, hello {i}, matey!"}]}
+    {
+        "messages": [
+            {"role": "user", "content": f"Say hello number {i}"},
+            {"role": "assistant", "content": f"Arr, hello {i}, matey!"},
+        ]
+    }
     for i in range(12)  # the validator wants at least 10 rows
 ]
 

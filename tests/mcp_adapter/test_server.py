@@ -60,8 +60,18 @@ async def test_tools_are_typed_and_annotated():
     async with Client(server) as client:
         tools = {tool.name: tool for tool in await client.list_tools()}
     assert set(tools) == {
-        "validate_dataset", "estimate_cost", "create_job", "get_job_status", "list_jobs", "approve_job",
-        "reject_job", "cancel_job", "get_job_logs", "convert_to_gguf", "deploy_model", "get_costs",
+        "validate_dataset",
+        "estimate_cost",
+        "create_job",
+        "get_job_status",
+        "list_jobs",
+        "approve_job",
+        "reject_job",
+        "cancel_job",
+        "get_job_logs",
+        "convert_to_gguf",
+        "deploy_model",
+        "get_costs",
     }
     for tool in tools.values():
         assert tool.output_schema["properties"]["error"], tool.name
@@ -81,8 +91,16 @@ async def test_tools_are_typed_and_annotated():
         ("create_job", {}, "request"),
         ("create_job", {"request": {"dataset": {"path": "/no/such/file.jsonl"}}}, "does not exist"),
         ("create_job", {"request": {"dataset": {"path": "x.jsonl"}, "colour": "red"}}, "colour"),
-        ("validate_dataset", {"request": {"dataset": {"path": "a/b"}}, "wait_seconds": 9999}, "wait_seconds"),
-        ("create_job", {"request": {"dataset": {"path": "a/b"}}, "idempotency_key": "no spaces"}, "idempotency_key"),
+        (
+            "validate_dataset",
+            {"request": {"dataset": {"path": "a/b"}}, "wait_seconds": 9999},
+            "wait_seconds",
+        ),
+        (
+            "create_job",
+            {"request": {"dataset": {"path": "a/b"}}, "idempotency_key": "no spaces"},
+            "idempotency_key",
+        ),
         ("list_jobs", {"states": ["sleeping"]}, "states"),
         ("get_job_logs", {"run_id": str(uuid.uuid4()), "lines": 0}, "lines"),
         ("deploy_model", {"gguf_path": "m.gguf", "name": "Bad Name; rm -rf"}, "name"),
@@ -118,7 +136,9 @@ async def test_get_costs_and_deploy_model_start_their_flows(flow_worker):
     assert report["type"] == "table" and isinstance(report["data"], list)
 
     assert started["error"] is None and started["run"]["flow"] == "deploy"
-    status = await wait_until(started["run"]["id"], lambda s: s["run"]["state"] in FINAL, timeout=180)
+    status = await wait_until(
+        started["run"]["id"], lambda s: s["run"]["state"] in FINAL, timeout=180
+    )
     assert status["run"]["state"] == "failed"
     assert "/no/such/model.gguf" in status["run"]["state_message"]
     assert status["gate"] is None
@@ -132,7 +152,9 @@ async def test_validate_dataset_returns_the_report(flow_worker, chat_dataset: Pa
 
     async def validate_good() -> tuple[dict, dict]:
         """Return at the wait bound, then pick the same run up again by its key."""
-        started = await call("validate_dataset", {"request": request_for(chat_dataset), "wait_seconds": 0})
+        started = await call(
+            "validate_dataset", {"request": request_for(chat_dataset), "wait_seconds": 0}
+        )
         finished = await call(
             "validate_dataset",
             {"request": request_for(chat_dataset), "idempotency_key": started["idempotency_key"]},
@@ -141,7 +163,8 @@ async def test_validate_dataset_returns_the_report(flow_worker, chat_dataset: Pa
         return started, finished
 
     (started, good), bad = await gather(
-        validate_good(), call("validate_dataset", {"request": request_for(chat_dataset, method="dpo")})
+        validate_good(),
+        call("validate_dataset", {"request": request_for(chat_dataset, method="dpo")}),
     )
     assert started["finished"] is False
     assert f"idempotency_key={started['idempotency_key']!r}" in started["error"]
@@ -174,7 +197,10 @@ async def test_cancel_job_on_a_run_not_started(flow_worker):
     from tests.mcp_adapter.flow_worker import APPROVAL_PROBE
 
     run = await arun_deployment(
-        APPROVAL_PROBE, timeout=0, as_subflow=False, scheduled_time=datetime.now(UTC) + timedelta(hours=1)
+        APPROVAL_PROBE,
+        timeout=0,
+        as_subflow=False,
+        scheduled_time=datetime.now(UTC) + timedelta(hours=1),
     )
     result = await call("cancel_job", {"run_id": str(run.id), "wait_seconds": 0})
     assert result["error"] is None
@@ -191,7 +217,9 @@ async def test_approve_and_reject_resume_the_paused_run(flow_worker):
         status = await wait_until(str(run.id), lambda s: s["gate"] is not None, timeout=120)
         assert status["gate"] == "awaiting_approval" and status["run"]["state"] == "paused"
 
-    approved = await call("approve_job", {"run_id": str(runs[0].id), "note": "fits the budget", "approver": "ana"})
+    approved = await call(
+        "approve_job", {"run_id": str(runs[0].id), "note": "fits the budget", "approver": "ana"}
+    )
     rejected = await call("reject_job", {"run_id": str(runs[1].id), "note": "too dear"})
     assert approved["error"] is None and approved["approved"] is True
     assert rejected["error"] is None and rejected["approved"] is False
@@ -207,7 +235,11 @@ async def test_approve_and_reject_resume_the_paused_run(flow_worker):
         async with get_client() as client:
             finished = await client.read_flow_run(run.id)
         decisions.append(await finished.state.aresult())
-    assert (decisions[0].approve, decisions[0].note, decisions[0].approver) == (True, "fits the budget", "ana")
+    assert (decisions[0].approve, decisions[0].note, decisions[0].approver) == (
+        True,
+        "fits the budget",
+        "ana",
+    )
     assert (decisions[1].approve, decisions[1].note) == (False, "too dear")
 
 
@@ -222,7 +254,9 @@ async def test_paid_job_waits_at_the_budget_gate_and_is_rejected(
     await BudgetPolicy(
         monthly_limit_usd=1000, approval_threshold_usd=0, per_job_max_usd=1000, ledger_url=ledger
     ).save("default", overwrite=True)
-    request = request_for(chat_dataset, backend="hf-jobs")  # the embedded default, trained on the Hub
+    request = request_for(
+        chat_dataset, backend="hf-jobs"
+    )  # the embedded default, trained on the Hub
 
     created = await call("create_job", {"request": request, "wait_seconds": 120})
     assert created["error"] is None
@@ -230,38 +264,58 @@ async def test_paid_job_waits_at_the_budget_gate_and_is_rejected(
     assert created["estimate"]["backend"] == "hf-jobs" and created["estimate"]["high_usd"] > 0
     run_id = created["run"]["id"]
 
-    rejected = await call("reject_job", {"run_id": run_id, "note": "not this month", "approver": "ana"})
+    rejected = await call(
+        "reject_job", {"run_id": run_id, "note": "not this month", "approver": "ana"}
+    )
     assert rejected["error"] is None
     status = await wait_until(run_id, lambda s: s["run"]["state"] in FINAL, timeout=120)
     assert status["run"]["state"] == "failed" and "rejected" in status["run"]["state_message"]
     assert status["gate"] == "stopped"
     (entry,) = Ledger(ledger).entries(flow_run_id=run_id)
-    assert (entry.decision, entry.approver, entry.note) == (Decision.REJECTED, "ana", "not this month")
+    assert (entry.decision, entry.approver, entry.note) == (
+        Decision.REJECTED,
+        "ana",
+        "not this month",
+    )
 
 
 async def test_jobs_complete_and_cancel(flow_worker, chat_dataset: Path, tiny_llama: Path):
     """Two fine-tuning jobs of the tiny model at once: one runs to completion, one is cancelled."""
-    await gather(complete_a_job(chat_dataset, tiny_llama), cancel_a_running_job(chat_dataset, tiny_llama))
+    await gather(
+        complete_a_job(chat_dataset, tiny_llama), cancel_a_running_job(chat_dataset, tiny_llama)
+    )
 
 
 async def complete_a_job(chat_dataset: Path, tiny_llama: Path) -> None:
     request = request_for(
-        chat_dataset, base_model=str(tiny_llama), output_name="tiny-pirate", gguf=None, deploy=None,
+        chat_dataset,
+        base_model=str(tiny_llama),
+        output_name="tiny-pirate",
+        gguf=None,
+        deploy=None,
         hyperparameters={"max_steps": 3, "batch_size": 2, "max_length": 64},
     )
-    created = await call("create_job", {"request": request, "idempotency_key": "e2e-tiny-pirate", "wait_seconds": 60})
+    created = await call(
+        "create_job", {"request": request, "idempotency_key": "e2e-tiny-pirate", "wait_seconds": 60}
+    )
     assert created["error"] is None
     run_id = created["run"]["id"]
     assert created["idempotency_key"] == "e2e-tiny-pirate"
 
-    repeated = await call("create_job", {"request": request, "idempotency_key": "e2e-tiny-pirate", "wait_seconds": 0})
+    repeated = await call(
+        "create_job", {"request": request, "idempotency_key": "e2e-tiny-pirate", "wait_seconds": 0}
+    )
     assert repeated["run"]["id"] == run_id
     other = dict(request, output_name="another-name")
-    clash = await call("create_job", {"request": other, "idempotency_key": "e2e-tiny-pirate", "wait_seconds": 0})
+    clash = await call(
+        "create_job", {"request": other, "idempotency_key": "e2e-tiny-pirate", "wait_seconds": 0}
+    )
     assert "different request" in clash["error"]
 
     status = await wait_until(run_id, lambda s: s["gate"] != "not_reached")
-    if status["gate"] == "awaiting_approval":  # the budget gate asks for approval above its threshold
+    if (
+        status["gate"] == "awaiting_approval"
+    ):  # the budget gate asks for approval above its threshold
         assert (await call("approve_job", {"run_id": run_id, "note": "e2e"}))["error"] is None
     status = await wait_until(run_id, lambda s: s["run"]["state"] in FINAL)
     assert status["run"]["state"] == "completed", status["run"]["state_message"]
@@ -278,19 +332,27 @@ async def complete_a_job(chat_dataset: Path, tiny_llama: Path) -> None:
 
     listed = await call("list_jobs", {"states": ["completed"]})
     assert run_id in [job["id"] for job in listed["jobs"]]
-    assert run_id not in [job["id"] for job in (await call("list_jobs", {"states": ["running"]}))["jobs"]]
+    assert run_id not in [
+        job["id"] for job in (await call("list_jobs", {"states": ["running"]}))["jobs"]
+    ]
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     assert (await call("list_jobs", {"since": later}))["jobs"] == []
 
 
 async def cancel_a_running_job(chat_dataset: Path, tiny_llama: Path) -> None:
     request = request_for(
-        chat_dataset, base_model=str(tiny_llama), output_name="tiny-cancelled", gguf=None, deploy=None,
+        chat_dataset,
+        base_model=str(tiny_llama),
+        output_name="tiny-cancelled",
+        gguf=None,
+        deploy=None,
         hyperparameters={"max_steps": 1_000_000, "batch_size": 2, "max_length": 64},
     )
     created = await call("create_job", {"request": request, "wait_seconds": 0})
     run_id = created["run"]["id"]
-    status = await wait_until(run_id, lambda s: (s["progress"] or {}).get("step") or s["run"]["state"] in FINAL)
+    status = await wait_until(
+        run_id, lambda s: (s["progress"] or {}).get("step") or s["run"]["state"] in FINAL
+    )
     assert status["run"]["state"] == "running" and status["progress"]["step"] >= 1
 
     cancelled = await call("cancel_job", {"run_id": run_id, "wait_seconds": 60})
@@ -319,8 +381,12 @@ async def approve_every_run(prefect_server, tmp_path: Path):
         previous = None
     url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     await BudgetPolicy(
-        monthly_limit_usd=100, approval_threshold_usd=10, per_job_max_usd=50, approval_timeout_seconds=600,
-        require_approval_for_all_runs=True, ledger_url=url,
+        monthly_limit_usd=100,
+        approval_threshold_usd=10,
+        per_job_max_usd=50,
+        approval_timeout_seconds=600,
+        require_approval_for_all_runs=True,
+        ledger_url=url,
     ).save(BUDGET_BLOCK_NAME, overwrite=True)
     try:
         yield Ledger(url)
@@ -339,7 +405,9 @@ async def test_local_job_waits_for_approval_then_completes(
 
     ledger = approve_every_run
     tiny = {
-        "base_model": str(tiny_llama), "gguf": None, "deploy": None,
+        "base_model": str(tiny_llama),
+        "gguf": None,
+        "deploy": None,
         "hyperparameters": {"max_steps": 2, "batch_size": 2, "max_length": 64},
     }
     approved_request = request_for(chat_dataset, output_name="tiny-approved", **tiny)
@@ -351,16 +419,26 @@ async def test_local_job_waits_for_approval_then_completes(
     run_id, refused_id = created["run"]["id"], refused["run"]["id"]
 
     for paused_id in (run_id, refused_id):
-        status = await wait_until(paused_id, lambda s: s["run"]["state"] in FINAL | {"paused"}, timeout=240)
+        status = await wait_until(
+            paused_id, lambda s: s["run"]["state"] in FINAL | {"paused"}, timeout=240
+        )
         assert status["run"]["state"] == "paused", status["run"]["state_message"]
         assert status["gate"] == "awaiting_approval"
         assert status["estimate"]["backend"] == "local" and status["estimate"]["high_usd"] == 0.0
-        assert status["progress"] is None or status["progress"]["step"] is None  # nothing trained yet
-    again = await call("create_job", {"request": approved_request, "idempotency_key": created["idempotency_key"]})
+        assert (
+            status["progress"] is None or status["progress"]["step"] is None
+        )  # nothing trained yet
+    again = await call(
+        "create_job", {"request": approved_request, "idempotency_key": created["idempotency_key"]}
+    )
     assert again["run"]["id"] == run_id and again["approval_required"] is True
 
-    approved = await call("approve_job", {"run_id": run_id, "approver": "ana", "note": "fine on the lab box"})
-    rejected = await call("reject_job", {"run_id": refused_id, "approver": "bo", "note": "wrong dataset"})
+    approved = await call(
+        "approve_job", {"run_id": run_id, "approver": "ana", "note": "fine on the lab box"}
+    )
+    rejected = await call(
+        "reject_job", {"run_id": refused_id, "approver": "bo", "note": "wrong dataset"}
+    )
     assert approved["error"] is None and approved["approved"] is True
     assert rejected["error"] is None and rejected["approved"] is False
 
@@ -377,10 +455,20 @@ async def test_local_job_waits_for_approval_then_completes(
     assert stopped["gate"] == "stopped"
 
     (entry,) = ledger.entries(flow_run_id=run_id)
-    assert (entry.decision, entry.approver, entry.note) == (Decision.APPROVED, "ana", "fine on the lab box")
+    assert (entry.decision, entry.approver, entry.note) == (
+        Decision.APPROVED,
+        "ana",
+        "fine on the lab box",
+    )
     assert entry.status is ReservationStatus.SETTLED and entry.actual_usd == 0.0
     (refusal,) = ledger.entries(flow_run_id=refused_id)
-    assert (refusal.decision, refusal.approver, refusal.note) == (Decision.REJECTED, "bo", "wrong dataset")
+    assert (refusal.decision, refusal.approver, refusal.note) == (
+        Decision.REJECTED,
+        "bo",
+        "wrong dataset",
+    )
     assert refusal.status is ReservationStatus.RELEASED
     logs = await call("get_job_logs", {"run_id": run_id, "lines": 200})
-    assert any("ana approved the run: fine on the lab box" in line["message"] for line in logs["lines"])
+    assert any(
+        "ana approved the run: fine on the lab box" in line["message"] for line in logs["lines"]
+    )

@@ -33,8 +33,22 @@ def http_server(prefect_server):
     """`lmft mcp --http` on a free port, allowing a burst of 4 requests then one every 10 s."""
     port = free_port()
     env = {**prefect_env(), "LMFT_MCP_TOKEN": TOKEN}
-    command = [sys.executable, "-m", "cli", "mcp", "--http", "--port", str(port), "--rate-limit", "0.1", "--burst", "4"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    command = [
+        sys.executable,
+        "-m",
+        "cli",
+        "mcp",
+        "--http",
+        "--port",
+        str(port),
+        "--rate-limit",
+        "0.1",
+        "--burst",
+        "4",
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     url = f"http://127.0.0.1:{port}/mcp"
     deadline = time.monotonic() + 60
     while True:
@@ -44,7 +58,9 @@ def http_server(prefect_server):
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError(f"lmft mcp --http did not start: {process.stderr.read().decode()[-2000:]}") from None
+                raise RuntimeError(
+                    f"lmft mcp --http did not start: {process.stderr.read().decode()[-2000:]}"
+                ) from None
             time.sleep(0.2)
     yield url
     process.terminate()
@@ -52,7 +68,9 @@ def http_server(prefect_server):
 
 
 async def test_stdio_subprocess_serves_the_tools(prefect_server):
-    transport = StdioTransport(command=sys.executable, args=["-m", "cli", "mcp"], env=prefect_env(), cwd=str(ROOT))
+    transport = StdioTransport(
+        command=sys.executable, args=["-m", "cli", "mcp"], env=prefect_env(), cwd=str(ROOT)
+    )
     async with Client(transport) as client:
         assert "create_job" in {tool.name for tool in await client.list_tools()}
         missing = str(uuid.uuid4())
@@ -62,13 +80,23 @@ async def test_stdio_subprocess_serves_the_tools(prefect_server):
 
 async def test_http_requires_the_bearer_token(http_server: str):
     initialize = {
-        "jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
     }
     headers = {"Accept": "application/json, text/event-stream"}
     async with httpx.AsyncClient() as http:
         anonymous = await http.post(http_server, json=initialize, headers=headers)
-        wrong = await http.post(http_server, json=initialize, headers={**headers, "Authorization": "Bearer nope-" + TOKEN})
+        wrong = await http.post(
+            http_server,
+            json=initialize,
+            headers={**headers, "Authorization": "Bearer nope-" + TOKEN},
+        )
     assert anonymous.status_code == 401
     assert wrong.status_code == 401
     assert TOKEN not in anonymous.text + wrong.text

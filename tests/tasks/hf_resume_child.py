@@ -18,19 +18,32 @@ from tasks.request import Backend, DatasetSource, FineTuneRequest
 from tasks.training import monitor_training, submit_training
 
 ESTIMATE = CostEstimate(
-    backend=Backend.HF_JOBS, hardware="t4-small", price_per_hour=0.4, low_usd=0.1, expected_usd=0.2,
-    high_usd=0.4, timeout_seconds=3600, source="test table",
+    backend=Backend.HF_JOBS,
+    hardware="t4-small",
+    price_per_hour=0.4,
+    low_usd=0.1,
+    expected_usd=0.2,
+    high_usd=0.4,
+    timeout_seconds=3600,
+    source="test table",
 )
 
 
 @flow(name="resume-child")
 def train(key: str) -> str:
     request = FineTuneRequest(
-        dataset=DatasetSource(path="trl-lib/Capybara"), backend=Backend.HF_JOBS, output_name="smol-pirate", gguf=None, deploy=None
+        dataset=DatasetSource(path="trl-lib/Capybara"),
+        backend=Backend.HF_JOBS,
+        output_name="smol-pirate",
+        gguf=None,
+        deploy=None,
     )
     handle = submit_training(
-        request, "HuggingFaceTB/SmolLM2-135M-Instruct", idempotency_key=key,
-        labels={"flow_run_id": str(flow_run.id)}, estimate=ESTIMATE,
+        request,
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        idempotency_key=key,
+        labels={"flow_run_id": str(flow_run.id)},
+        estimate=ESTIMATE,
     )
     settings = MonitorSettings(poll_seconds=0.2, metrics_seconds=0.5, log_grace_seconds=5)
     return monitor_training(handle, ESTIMATE, settings).hub_repo

@@ -22,8 +22,15 @@ from tasks.request import Backend
 
 def estimate(high: float) -> CostEstimate:
     return CostEstimate(
-        backend=Backend.HF_JOBS, hardware="a10g-small", price_per_hour=1.0, low_usd=high / 3,
-        expected_usd=high / 2, high_usd=high, expected_seconds=1800, timeout_seconds=7200, source="test prices",
+        backend=Backend.HF_JOBS,
+        hardware="a10g-small",
+        price_per_hour=1.0,
+        low_usd=high / 3,
+        expected_usd=high / 2,
+        high_usd=high,
+        expected_seconds=1800,
+        timeout_seconds=7200,
+        source="test prices",
     )
 
 
@@ -38,7 +45,11 @@ def policy(prefect_server, tmp_path) -> tuple[str, Ledger]:
     name = f"test-{uuid.uuid4().hex[:8]}"
     url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     BudgetPolicy(
-        monthly_limit_usd=100, approval_threshold_usd=10, per_job_max_usd=50, approval_timeout_seconds=3, ledger_url=url
+        monthly_limit_usd=100,
+        approval_threshold_usd=10,
+        per_job_max_usd=50,
+        approval_timeout_seconds=3,
+        ledger_url=url,
     ).save(name)
     return name, Ledger(url)
 
@@ -101,7 +112,10 @@ def test_a_human_approves_or_rejects_through_the_paused_run(policy, approve):
     run_key = f"expensive-{approve}"
     thread, outcome = run_in_thread(estimate(20), run_key, name)
     flow_run_id = wait_for_pause(ledger, run_key)
-    resume(flow_run_id, {"approve": approve, "approver": "ana@example.com", "note": "checked the estimate"})
+    resume(
+        flow_run_id,
+        {"approve": approve, "approver": "ana@example.com", "note": "checked the estimate"},
+    )
     thread.join(timeout=60)
     entry = ledger.entries()[0]
     assert (entry.approver, entry.note) == ("ana@example.com", "checked the estimate")
@@ -129,8 +143,12 @@ def strict_policy(prefect_server, tmp_path) -> tuple[str, Ledger]:
     name = f"strict-{uuid.uuid4().hex[:8]}"
     url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     BudgetPolicy(
-        monthly_limit_usd=100, approval_threshold_usd=10, per_job_max_usd=50, approval_timeout_seconds=60,
-        require_approval_for_all_runs=True, ledger_url=url,
+        monthly_limit_usd=100,
+        approval_threshold_usd=10,
+        per_job_max_usd=50,
+        approval_timeout_seconds=60,
+        require_approval_for_all_runs=True,
+        ledger_url=url,
     ).save(name)
     return name, Ledger(url)
 
@@ -148,11 +166,21 @@ def test_require_approval_for_all_runs_pauses_a_free_run(strict_policy, approve)
     thread, outcome = run_in_thread(free_estimate(), run_key, name)
     flow_run_id = wait_for_pause(ledger, run_key)
     with get_client(sync_client=True) as client:
-        assert client.read_flow_run(flow_run_id).state.state_details.run_input_keyset  # a form waits for input
-    resume(flow_run_id, {"approve": approve, "approver": "ana@example.com", "note": "fine on the lab box"})
+        assert client.read_flow_run(
+            flow_run_id
+        ).state.state_details.run_input_keyset  # a form waits for input
+    resume(
+        flow_run_id,
+        {"approve": approve, "approver": "ana@example.com", "note": "fine on the lab box"},
+    )
     thread.join(timeout=60)
     (entry,) = ledger.entries()
-    assert (entry.approver, entry.note, entry.high_usd, entry.reserved_usd) == ("ana@example.com", "fine on the lab box", 0, 0)
+    assert (entry.approver, entry.note, entry.high_usd, entry.reserved_usd) == (
+        "ana@example.com",
+        "fine on the lab box",
+        0,
+        0,
+    )
     if approve:
         assert outcome[0].is_completed() and outcome[0].result() == "approved"
         assert entry.decision is Decision.APPROVED and entry.status is ReservationStatus.APPROVED
@@ -175,13 +203,27 @@ def test_require_approval_for_all_runs_pauses_a_paid_run_below_the_threshold(str
 def test_a_free_run_is_not_refused_when_the_month_is_over_its_limit(tmp_path):
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
     spent = ledger.reserve(
-        run_key="paid", backend="hf-jobs", hardware="a10g-small", price_per_hour=1, expected_usd=9, high_usd=9,
-        monthly_limit_usd=10, per_job_max_usd=10, needs_approval=False,
+        run_key="paid",
+        backend="hf-jobs",
+        hardware="a10g-small",
+        price_per_hour=1,
+        expected_usd=9,
+        high_usd=9,
+        monthly_limit_usd=10,
+        per_job_max_usd=10,
+        needs_approval=False,
     )
     ledger.settle(spent.id, 9)
     free = ledger.reserve(
-        run_key="local", backend="local", hardware="local", price_per_hour=0, expected_usd=0, high_usd=0,
-        monthly_limit_usd=5, per_job_max_usd=5, needs_approval=True,  # the limit was lowered below the spend
+        run_key="local",
+        backend="local",
+        hardware="local",
+        price_per_hour=0,
+        expected_usd=0,
+        high_usd=0,
+        monthly_limit_usd=5,
+        per_job_max_usd=5,
+        needs_approval=True,  # the limit was lowered below the spend
     )
     assert free.status is ReservationStatus.AWAITING_APPROVAL and free.reserved_usd == 0
 
@@ -191,16 +233,23 @@ def failing_paid_run(cost: CostEstimate, started_minutes_ago: int | None) -> Non
     reservation = gate_budget(cost, run_key=f"failing-{started_minutes_ago}")
     if started_minutes_ago is not None:
         submitted = datetime.now(UTC) - timedelta(minutes=started_minutes_ago)
-        record_job_start(reservation, JobHandle(backend=Backend.HF_JOBS, job_id="j", idempotency_key="k", submitted_at=submitted))
+        record_job_start(
+            reservation,
+            JobHandle(
+                backend=Backend.HF_JOBS, job_id="j", idempotency_key="k", submitted_at=submitted
+            ),
+        )
     raise RuntimeError("the training job failed")
 
 
 @pytest.mark.parametrize("started_minutes_ago", [None, 30])
-def test_a_failed_run_keeps_what_was_billed_and_releases_the_rest(prefect_server, tmp_path, started_minutes_ago):
+def test_a_failed_run_keeps_what_was_billed_and_releases_the_rest(
+    prefect_server, tmp_path, started_minutes_ago
+):
     url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    BudgetPolicy(monthly_limit_usd=100, approval_threshold_usd=50, per_job_max_usd=50, ledger_url=url).save(
-        "default", overwrite=True
-    )
+    BudgetPolicy(
+        monthly_limit_usd=100, approval_threshold_usd=50, per_job_max_usd=50, ledger_url=url
+    ).save("default", overwrite=True)
     state = failing_paid_run(estimate(20), started_minutes_ago, return_state=True)
     assert state.is_failed()
     entry = Ledger(url).entries()[0]

@@ -33,22 +33,58 @@ from tasks.validation import TokenStats, ValidationReport
 
 # Published config.json files (Hub, as released).
 QWEN25_05B = {
-    "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
-    "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
-    "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 24,
-    "model_type": "qwen2", "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2,
-    "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": True,
-    "torch_dtype": "bfloat16", "use_cache": True, "use_sliding_window": False, "vocab_size": 151936,
+    "architectures": ["Qwen2ForCausalLM"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151643,
+    "hidden_act": "silu",
+    "hidden_size": 896,
+    "initializer_range": 0.02,
+    "intermediate_size": 4864,
+    "max_position_embeddings": 32768,
+    "max_window_layers": 24,
+    "model_type": "qwen2",
+    "num_attention_heads": 14,
+    "num_hidden_layers": 24,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "sliding_window": 32768,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vocab_size": 151936,
 }
 LLAMA31_8B = {
-    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
-    "bos_token_id": 128000, "eos_token_id": 128001, "hidden_act": "silu", "hidden_size": 4096,
-    "initializer_range": 0.02, "intermediate_size": 14336, "max_position_embeddings": 131072,
-    "mlp_bias": False, "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 32,
-    "num_key_value_heads": 8, "pretraining_tp": 1, "rms_norm_eps": 1e-05,
-    "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-    "rope_theta": 500000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "vocab_size": 128256,
+    "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 14336,
+    "max_position_embeddings": 131072,
+    "mlp_bias": False,
+    "model_type": "llama",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": {
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    },
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "vocab_size": 128256,
 }
 
 
@@ -79,7 +115,9 @@ def test_memory_fit_picks_hardware_and_refuses_what_does_not_fit():
     llama_lora = workload(LLAMA31_8B, mode=TrainingMode.LORA)
     assert 24 < memory_needed(llama_lora).total_gb < 48 * 0.85  # too big for an A10G, fits an L40S
     assert catalog.get(estimate_workload(llama_lora, catalog).hardware).gpu_memory_gb >= 48
-    with pytest.raises(HardwareDoesNotFit, match=r"a10g-large has 24 GB.*Flavors that fit: .*l40sx1"):
+    with pytest.raises(
+        HardwareDoesNotFit, match=r"a10g-large has 24 GB.*Flavors that fit: .*l40sx1"
+    ):
         estimate_workload(llama_lora, catalog, hardware="a10g-large")
 
     # Full fine-tuning of 8B needs ~16 bytes/parameter: more than any single GPU holds.
@@ -105,17 +143,42 @@ def test_memory_grows_with_method_and_mode_as_it_should():
 def test_estimate_has_an_ordered_range_a_timeout_and_its_sources():
     estimate = estimate_workload(workload(QWEN25_05B, method=Method.DPO), offline_catalog())
     assert 0 < estimate.low_usd <= estimate.expected_usd <= estimate.high_usd
-    assert estimate.low_seconds < estimate.expected_seconds < estimate.high_seconds <= estimate.timeout_seconds
+    assert (
+        estimate.low_seconds
+        < estimate.expected_seconds
+        < estimate.high_seconds
+        <= estimate.timeout_seconds
+    )
     assert "dated 2026-11-29" in estimate.source and estimate.parameters == 494_032_768
     assert all(q.expected_usd >= estimate.expected_usd for q in estimate.alternatives)
 
 
 HARDWARE = [
-    {"name": "cpu-basic", "prettyName": "CPU Basic", "cpu": "2 vCPU", "ram": "16 GB",
-     "unitCostMicroUSD": 167, "unitCostUSD": 0.000167, "unitLabel": "minute"},
-    {"name": "a10g-small", "prettyName": "Nvidia A10G - small", "cpu": "4 vCPU", "ram": "15 GB",
-     "accelerator": {"type": "gpu", "model": "A10G", "quantity": "1", "vram": "24 GB", "manufacturer": "Nvidia"},
-     "unitCostMicroUSD": 20000, "unitCostUSD": 0.02, "unitLabel": "minute"},
+    {
+        "name": "cpu-basic",
+        "prettyName": "CPU Basic",
+        "cpu": "2 vCPU",
+        "ram": "16 GB",
+        "unitCostMicroUSD": 167,
+        "unitCostUSD": 0.000167,
+        "unitLabel": "minute",
+    },
+    {
+        "name": "a10g-small",
+        "prettyName": "Nvidia A10G - small",
+        "cpu": "4 vCPU",
+        "ram": "15 GB",
+        "accelerator": {
+            "type": "gpu",
+            "model": "A10G",
+            "quantity": "1",
+            "vram": "24 GB",
+            "manufacturer": "Nvidia",
+        },
+        "unitCostMicroUSD": 20000,
+        "unitCostUSD": 0.02,
+        "unitLabel": "minute",
+    },
 ]
 
 
@@ -195,7 +258,9 @@ def test_hub_model_is_sized_from_safetensors_metadata_without_downloading_weight
     assert shape.source == "safetensors metadata of org/tiny on the Hub"
     assert shape.parameters == read_model_shape(str(tiny_llama)).parameters
     weights = [c for c in calls if c.startswith("GET") and "model.safetensors" in c]
-    assert weights and all(" bytes=" in c for c in weights)  # ranged reads of the header, never the weights
+    assert weights and all(
+        " bytes=" in c for c in weights
+    )  # ranged reads of the header, never the weights
     assert (tiny_llama / "model.safetensors").stat().st_size > 100_001
     with pytest.raises(ModelSizeUnavailable, match="cannot read config.json of 'org/missing'"):
         read_model_shape("org/missing", api=api)
@@ -217,19 +282,43 @@ def qwen_dir(tmp_path):
 
 
 def report_for(request: FineTuneRequest, rows: int = 1000) -> ValidationReport:
-    stats = TokenStats(rows=rows, total_tokens=rows * 300, mean_tokens=300, max_tokens=900, p95_tokens=600,
-                       over_max_length=0, max_length=1024, exact=True, tokenizer="t", chat_template=True,
-                       rows_per_second=1000.0)
-    return ValidationReport(dataset=request.dataset.path, method=request.method, row_count=rows, columns=["text"],
-                            token_stats=stats)
+    stats = TokenStats(
+        rows=rows,
+        total_tokens=rows * 300,
+        mean_tokens=300,
+        max_tokens=900,
+        p95_tokens=600,
+        over_max_length=0,
+        max_length=1024,
+        exact=True,
+        tokenizer="t",
+        chat_template=True,
+        rows_per_second=1000.0,
+    )
+    return ValidationReport(
+        dataset=request.dataset.path,
+        method=request.method,
+        row_count=rows,
+        columns=["text"],
+        token_stats=stats,
+    )
 
 
 def test_bad_input_is_refused_before_any_spend(qwen_dir):
-    base = {"base_model": str(qwen_dir), "dataset": {"path": str(qwen_dir / "rows.jsonl")}, "backend": "hf-jobs"}
+    base = {
+        "base_model": str(qwen_dir),
+        "dataset": {"path": str(qwen_dir / "rows.jsonl")},
+        "backend": "hf-jobs",
+    }
     with pytest.raises(UnknownFlavor, match=r"'h100' is not an HF Jobs flavor.*a10g-small"):
         request = FineTuneRequest.model_validate({**base, "hardware": "h100"})
         estimate_request(request, report_for(request), catalog=offline_catalog())
-    for field, value in (("batch_size", -1), ("learning_rate", 5.0), ("max_length", 10_000_000), ("epochs", 0)):
+    for field, value in (
+        ("batch_size", -1),
+        ("learning_rate", 5.0),
+        ("max_length", 10_000_000),
+        ("epochs", 0),
+    ):
         with pytest.raises(ValidationError, match=field):
             FineTuneRequest.model_validate({**base, "hyperparameters": {field: value}})
     with pytest.raises(ValidationError, match="hardware"):
@@ -239,14 +328,25 @@ def test_bad_input_is_refused_before_any_spend(qwen_dir):
         estimate_request(too_long, report_for(too_long), catalog=offline_catalog())
     streamed = FineTuneRequest.model_validate(base)
     with pytest.raises(EstimateRefused, match="max_steps"):
-        estimate_request(streamed, ValidationReport(dataset="x", method=Method.SFT, row_count=0, columns=[]),
-                         catalog=offline_catalog())
+        estimate_request(
+            streamed,
+            ValidationReport(dataset="x", method=Method.SFT, row_count=0, columns=[]),
+            catalog=offline_catalog(),
+        )
 
 
 def test_request_estimate_and_local_backend(qwen_dir):
-    request = FineTuneRequest(base_model=str(qwen_dir), dataset=DatasetSource(path=str(qwen_dir / "rows.jsonl")),
-                              backend=Backend.HF_JOBS, method=Method.SFT)
+    request = FineTuneRequest(
+        base_model=str(qwen_dir),
+        dataset=DatasetSource(path=str(qwen_dir / "rows.jsonl")),
+        backend=Backend.HF_JOBS,
+        method=Method.SFT,
+    )
     estimate = estimate_request(request, report_for(request, rows=5000), catalog=offline_catalog())
-    assert estimate.tokens == 5000 * 300 and estimate.price_per_hour > 0 and estimate.timeout_seconds
-    local = estimate_request(request.model_copy(update={"backend": Backend.LOCAL}), report_for(request))
+    assert (
+        estimate.tokens == 5000 * 300 and estimate.price_per_hour > 0 and estimate.timeout_seconds
+    )
+    local = estimate_request(
+        request.model_copy(update={"backend": Backend.LOCAL}), report_for(request)
+    )
     assert local.high_usd == 0 and local.hardware == "local"

@@ -38,7 +38,9 @@ def copy_model(source: Path, target: Path) -> Path:
 def test_converter_matches_installed_llama_cpp(converter):
     assert converter.version == installed_llama_cpp_version()
     assert converter.script.exists() and (converter.gguf_py / "gguf" / "gguf_writer.py").exists()
-    assert {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"} <= set(converter.architectures)
+    assert {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"} <= set(
+        converter.architectures
+    )
 
 
 def test_preflight_refuses_unsupported_architecture(converter, tiny_llama, tmp_path):
@@ -46,7 +48,9 @@ def test_preflight_refuses_unsupported_architecture(converter, tiny_llama, tmp_p
     config = json.loads((model / "config.json").read_text())
     config["architectures"] = ["TotallyNewForCausalLM"]
     (model / "config.json").write_text(json.dumps(config))
-    with pytest.raises(PreflightError, match="'TotallyNewForCausalLM'.*not supported by llama.cpp's converter"):
+    with pytest.raises(
+        PreflightError, match="'TotallyNewForCausalLM'.*not supported by llama.cpp's converter"
+    ):
         check_model(model, converter, GGUFSettings(), tmp_path / "out")
 
 
@@ -68,7 +72,9 @@ def test_preflight_refuses_when_disk_is_too_small(converter, tiny_llama, tmp_pat
 
 def test_preflight_refuses_i_quants_without_importance_matrix(converter, tiny_llama, tmp_path):
     with pytest.raises(PreflightError, match="IQ4_XS needs an importance matrix"):
-        check_model(tiny_llama, converter, GGUFSettings(quant_types=[QuantType.IQ4_XS]), tmp_path / "out")
+        check_model(
+            tiny_llama, converter, GGUFSettings(quant_types=[QuantType.IQ4_XS]), tmp_path / "out"
+        )
 
 
 @pytest.mark.parametrize(
@@ -76,8 +82,16 @@ def test_preflight_refuses_i_quants_without_importance_matrix(converter, tiny_ll
     [
         ("The capital of France is Paris.", "stop", None),
         ("   ", "stop", "empty answer"),
-        ("L'Étoile, la France, la France, la France, la France, la France, la France", "length", "repeats 'la France,'"),
-        ("A long but varied answer that simply ran out of its token budget before", "length", "no end-of-turn"),
+        (
+            "L'Étoile, la France, la France, la France, la France, la France, la France",
+            "length",
+            "repeats 'la France,'",
+        ),
+        (
+            "A long but varied answer that simply ran out of its token budget before",
+            "length",
+            "no end-of-turn",
+        ),
     ],
 )
 def test_find_degeneration(text, finish, verdict):
@@ -86,10 +100,16 @@ def test_find_degeneration(text, finish, verdict):
 
 
 def test_lineage_overrides_keep_values_llama_cpp_can_store():
-    lineage = GGUFLineage(base_model="b" * 200, method="sft", pipeline_run_id="run-7", dataset_sha256="0" * 64)
+    lineage = GGUFLineage(
+        base_model="b" * 200, method="sft", pipeline_run_id="run-7", dataset_sha256="0" * 64
+    )
     overrides = lineage_overrides(lineage, QuantType.Q8_0)
-    assert overrides == {"lmft.method": "sft", "lmft.pipeline_run_id": "run-7", "lmft.dataset_sha256": "0" * 64,
-                         "lmft.quantization": "Q8_0"}
+    assert overrides == {
+        "lmft.method": "sft",
+        "lmft.pipeline_run_id": "run-7",
+        "lmft.dataset_sha256": "0" * 64,
+        "lmft.quantization": "Q8_0",
+    }
     assert all(len(v.encode()) <= KV_STRING_LIMIT for v in overrides.values())
 
 
@@ -109,7 +129,9 @@ def perturbed_copy(model: Path, target: Path, scale: float) -> Path:
     generator = torch.Generator().manual_seed(0)
     weights = load_file(target / "model.safetensors")
     damaged = {
-        name: (t + torch.randn(t.shape, generator=generator) * t.float().std() * scale).to(t.dtype).contiguous()
+        name: (t + torch.randn(t.shape, generator=generator) * t.float().std() * scale)
+        .to(t.dtype)
+        .contiguous()
         for name, t in weights.items()
     }
     save_file(damaged, target / "model.safetensors", metadata={"format": "pt"})
@@ -117,9 +139,15 @@ def perturbed_copy(model: Path, target: Path, scale: float) -> Path:
 
 
 @pytest.mark.slow
-def test_gate_passes_faithful_file_and_fails_damaged_one_on_smollm2(prefect_server, smollm2, converter, tmp_path):
-    lineage = GGUFLineage(base_model="HuggingFaceTB/SmolLM2-135M-Instruct", method="sft", pipeline_run_id="run-42")
-    settings = GGUFSettings(quant_types=[], prompts=["What is the capital of France?"], max_answer_tokens=48)
+def test_gate_passes_faithful_file_and_fails_damaged_one_on_smollm2(
+    prefect_server, smollm2, converter, tmp_path
+):
+    lineage = GGUFLineage(
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct", method="sft", pipeline_run_id="run-42"
+    )
+    settings = GGUFSettings(
+        quant_types=[], prompts=["What is the capital of France?"], max_answer_tokens=48
+    )
     plan = preflight_gguf.fn(str(smollm2), lineage, settings, output_dir=str(tmp_path / "gguf"))
     reference = convert_to_gguf.fn(plan, lineage, settings)
 
@@ -128,12 +156,16 @@ def test_gate_passes_faithful_file_and_fails_damaged_one_on_smollm2(prefect_serv
     assert metadata["lmft.pipeline_run_id"] == "run-42" and metadata["lmft.quantization"] == "F16"
     assert "tokenizer.chat_template" in metadata
 
-    faithful = quantize_file(Path(reference.path), tmp_path / "faithful.gguf", QuantType.F16, metadata={}, only_copy=True)
+    faithful = quantize_file(
+        Path(reference.path), tmp_path / "faithful.gguf", QuantType.F16, metadata={}, only_copy=True
+    )
     damaged_dir = perturbed_copy(smollm2, tmp_path / "damaged-model", scale=0.3)
     run_converter(converter, damaged_dir, tmp_path / "damaged.gguf")
     damaged = GGUFVariant(
-        quant_type=QuantType.F16, path=str(tmp_path / "damaged.gguf"),
-        size_bytes=(tmp_path / "damaged.gguf").stat().st_size, seconds=0.0,
+        quant_type=QuantType.F16,
+        path=str(tmp_path / "damaged.gguf"),
+        size_bytes=(tmp_path / "damaged.gguf").stat().st_size,
+        seconds=0.0,
     )
     report = check_gguf_quality.fn(reference, [faithful, damaged], [], settings)
 

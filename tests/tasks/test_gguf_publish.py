@@ -45,22 +45,39 @@ class HubDouble(BaseHTTPRequestHandler):
         base = f"http://{self.server.server_address[0]}:{self.server.server_address[1]}"
         if self.path == "/api/repos/create":
             request = json.loads(body)
-            repo_id = f"{request['organization']}/{request['name']}" if request.get("organization") else request["name"]
+            repo_id = (
+                f"{request['organization']}/{request['name']}"
+                if request.get("organization")
+                else request["name"]
+            )
             self.repos.setdefault(repo_id, {})
             return self._reply({"url": f"{base}/{repo_id}", "name": repo_id, "id": repo_id})
-        if self.path == "/api/validate-yaml":  # the client checks README.md front matter before committing
+        if (
+            self.path == "/api/validate-yaml"
+        ):  # the client checks README.md front matter before committing
             return self._reply({"errors": [], "warnings": []})
         parts = self.path.split("/")  # /api/models/{ns}/{name}/{preupload|commit}/{revision}
         repo_id, action = f"{parts[3]}/{parts[4]}", parts[5]
         if action == "preupload":
             files = json.loads(body)["files"]
-            return self._reply({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+            return self._reply(
+                {
+                    "files": [
+                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                        for f in files
+                    ]
+                }
+            )
         if action == "commit":
             for line in body.decode().splitlines():
                 entry = json.loads(line)
                 if entry["key"] == "file":
-                    self.repos[repo_id][entry["value"]["path"]] = base64.b64decode(entry["value"]["content"])
-            return self._reply({"commitUrl": f"{base}/{repo_id}/commit/{'0' * 40}", "commitOid": "0" * 40})
+                    self.repos[repo_id][entry["value"]["path"]] = base64.b64decode(
+                        entry["value"]["content"]
+                    )
+            return self._reply(
+                {"commitUrl": f"{base}/{repo_id}/commit/{'0' * 40}", "commitOid": "0" * 40}
+            )
         return self._reply({"error": f"unexpected {self.path}"}, status=404)
 
 
@@ -68,7 +85,9 @@ class HubDouble(BaseHTTPRequestHandler):
 def hub(monkeypatch):
     from huggingface_hub import constants
 
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the session is offline; this Hub is on 127.0.0.1
+    monkeypatch.setattr(
+        constants, "HF_HUB_OFFLINE", False
+    )  # the session is offline; this Hub is on 127.0.0.1
     server = ThreadingHTTPServer(("127.0.0.1", 0), HubDouble)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -81,9 +100,15 @@ def hub(monkeypatch):
 
 def _check(variant: GGUFVariant, passed: bool) -> VariantCheck:
     return VariantCheck(
-        quant_type=variant.quant_type, path=variant.path, size_bytes=variant.size_bytes, load_seconds=0.1,
-        tokens_per_second=50.0, mean_nll=3.0, delta_nll=0.0 if passed else 0.2,
-        answers=[Answer(prompt="Hi", text="Hello!", finish_reason="stop", tokens=3)], passed=passed,
+        quant_type=variant.quant_type,
+        path=variant.path,
+        size_bytes=variant.size_bytes,
+        load_seconds=0.1,
+        tokens_per_second=50.0,
+        mean_nll=3.0,
+        delta_nll=0.0 if passed else 0.2,
+        answers=[Answer(prompt="Hi", text="Hello!", finish_reason="stop", tokens=3)],
+        passed=passed,
         reasons=[] if passed else ["mean NLL rose by 0.2000 nats/token (> 0.05)"],
     )
 
@@ -93,17 +118,30 @@ def test_upload_gguf_sends_every_file_and_a_model_card(hub, tmp_path):
     for quant in (QuantType.F16, QuantType.Q4_K_M):
         path = tmp_path / f"pirate-{quant.value}.gguf"
         path.write_bytes(b"GGUF" + quant.value.encode())
-        files[quant] = GGUFVariant(quant_type=quant, path=str(path), size_bytes=path.stat().st_size, seconds=0.1)
+        files[quant] = GGUFVariant(
+            quant_type=quant, path=str(path), size_bytes=path.stat().st_size, seconds=0.1
+        )
     (tmp_path / "converter.log").write_text("not uploaded")
-    lineage = GGUFLineage(base_model="HuggingFaceTB/SmolLM2-135M-Instruct", method="sft", pipeline_run_id="run-9")
+    lineage = GGUFLineage(
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct", method="sft", pipeline_run_id="run-9"
+    )
     artifacts = GGUFArtifacts(
-        model="m", output_dir=str(tmp_path), reference=files[QuantType.F16], variants=[files[QuantType.Q4_K_M]],
-        converter_version="0.3.36", lineage=lineage,
+        model="m",
+        output_dir=str(tmp_path),
+        reference=files[QuantType.F16],
+        variants=[files[QuantType.Q4_K_M]],
+        converter_version="0.3.36",
+        lineage=lineage,
     )
     report = QualityReport(
-        reference=_check(files[QuantType.F16], True), variants=[_check(files[QuantType.Q4_K_M], False)],
-        max_nll_increase=0.05, held_out_texts=1, held_out_tokens=10, chosen=files[QuantType.F16].path,
-        chosen_type=QuantType.F16, decision="Deploying the F16 reference: no quantized variant passed.",
+        reference=_check(files[QuantType.F16], True),
+        variants=[_check(files[QuantType.Q4_K_M], False)],
+        max_nll_increase=0.05,
+        held_out_texts=1,
+        held_out_tokens=10,
+        chosen=files[QuantType.F16].path,
+        chosen_type=QuantType.F16,
+        decision="Deploying the F16 reference: no quantized variant passed.",
     )
     target = HubTarget(namespace="captain", name="pirate", endpoint=hub)
 

@@ -20,8 +20,15 @@ def reserve_in_process(url: str, run_key: str, start, results) -> None:
     start.wait()
     try:
         reservation = ledger.reserve(
-            run_key=run_key, backend="hf-jobs", hardware="a10g-small", price_per_hour=1.0, expected_usd=0.8,
-            high_usd=HIGH, monthly_limit_usd=LIMIT, per_job_max_usd=LIMIT, needs_approval=False,
+            run_key=run_key,
+            backend="hf-jobs",
+            hardware="a10g-small",
+            price_per_hour=1.0,
+            expected_usd=0.8,
+            high_usd=HIGH,
+            monthly_limit_usd=LIMIT,
+            per_job_max_usd=LIMIT,
+            needs_approval=False,
         )
         results.put((run_key, reservation.id))
     except BudgetExceeded:
@@ -33,7 +40,10 @@ def test_concurrent_gate_calls_let_exactly_the_budget_through(tmp_path):
     Ledger(url)  # create the schema once, as the first worker would
     ctx = mp.get_context("fork")
     start, results = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=reserve_in_process, args=(url, f"run-{i}", start, results)) for i in range(CALLS)]
+    procs = [
+        ctx.Process(target=reserve_in_process, args=(url, f"run-{i}", start, results))
+        for i in range(CALLS)
+    ]
     for p in procs:
         p.start()
     start.set()
@@ -52,7 +62,7 @@ def test_concurrent_gate_calls_let_exactly_the_budget_through(tmp_path):
     actual = [0.5, 0.75, 1.1]
     for rid, cost in zip(passed, actual, strict=False):
         assert ledger.settle(rid, cost).status is ReservationStatus.SETTLED
-    for rid in passed[len(actual):]:
+    for rid in passed[len(actual) :]:
         assert ledger.release(rid).status is ReservationStatus.RELEASED
     ledger.release(passed[0])  # a late hook on a settled run changes nothing
     totals = ledger.totals(limit_usd=LIMIT)
@@ -64,8 +74,16 @@ def test_concurrent_gate_calls_let_exactly_the_budget_through(tmp_path):
 
 def test_a_retried_run_reuses_its_hold_and_the_per_job_maximum_is_enforced(tmp_path):
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
-    args = dict(backend="hf-jobs", hardware="l4x1", price_per_hour=0.8, expected_usd=1.0, high_usd=2.0,
-                monthly_limit_usd=3.0, per_job_max_usd=2.5, needs_approval=True)
+    args = dict(
+        backend="hf-jobs",
+        hardware="l4x1",
+        price_per_hour=0.8,
+        expected_usd=1.0,
+        high_usd=2.0,
+        monthly_limit_usd=3.0,
+        per_job_max_usd=2.5,
+        needs_approval=True,
+    )
     first = ledger.reserve(run_key="same", **args)
     assert ledger.reserve(run_key="same", **args).id == first.id
     assert first.status is ReservationStatus.AWAITING_APPROVAL

@@ -95,7 +95,9 @@ def test_config_and_revision_only_apply_to_hub_datasets(data_file):
 
 def test_grpo_batch_must_be_a_multiple_of_generations(data_file):
     message = refusal(
-        dataset={"path": data_file}, method="grpo", hyperparameters={"batch_size": 3, "num_generations": 4}
+        dataset={"path": data_file},
+        method="grpo",
+        hyperparameters={"batch_size": 3, "num_generations": 4},
     )
     assert "num_generations" in message
 

@@ -26,7 +26,9 @@ from tasks.validation import (
 DATA = Path(__file__).parents[1] / "data" / "validation"
 
 
-def check(path: Path | str, method: Method = Method.SFT, *, min_rows: int = 1, **source) -> ValidationReport:
+def check(
+    path: Path | str, method: Method = Method.SFT, *, min_rows: int = 1, **source
+) -> ValidationReport:
     request = FineTuneRequest(dataset=DatasetSource(path=str(path), **source), method=method)
     return check_dataset(request, min_rows=min_rows, token_rows=0)
 
@@ -63,9 +65,13 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("name", "method", "code", "row"), BAD, ids=[b[0] + "-" + b[1].value for b in BAD])
+@pytest.mark.parametrize(
+    ("name", "method", "code", "row"), BAD, ids=[b[0] + "-" + b[1].value for b in BAD]
+)
 def test_bad_file_reports_its_code_at_its_row(name, method, code, row):
-    path = DATA / "bad" / f"{name}.jsonl" if name != "messages" else DATA / "good" / "messages.jsonl"
+    path = (
+        DATA / "bad" / f"{name}.jsonl" if name != "messages" else DATA / "good" / "messages.jsonl"
+    )
     report = check(path, method)
     assert [(e.code, e.row) for e in report.errors] == [(code, row)], report.errors
     assert report.error_counts == {code.value: 1}
@@ -146,14 +152,18 @@ def test_folder_errors_name_the_file(tmp_path):
     (tmp_path / "a.jsonl").write_text((DATA / "good" / "folder" / "part-1.jsonl").read_text())
     (tmp_path / "b.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     report = check(tmp_path)
-    assert [(e.code, e.file, e.row) for e in report.errors] == [(IssueCode.NO_ASSISTANT_MESSAGE, "b.jsonl", 1)]
+    assert [(e.code, e.file, e.row) for e in report.errors] == [
+        (IssueCode.NO_ASSISTANT_MESSAGE, "b.jsonl", 1)
+    ]
 
 
 def test_row_numbers_are_exact_line_numbers_across_parallel_chunks(tmp_path, monkeypatch):
     """Small chunks force many ranges over two workers; blank lines still count as lines."""
     monkeypatch.setattr(_jsonl, "CHUNK_BYTES", 4096)
     monkeypatch.setattr(_jsonl, "PARALLEL_MIN_BYTES", 0)
-    good = json.dumps({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]})
+    good = json.dumps(
+        {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}
+    )
     bad_lines = {777, 1501, 2999}
     lines = []
     for number in range(1, 3001):
@@ -166,7 +176,9 @@ def test_row_numbers_are_exact_line_numbers_across_parallel_chunks(tmp_path, mon
     path = tmp_path / "big.jsonl"
     path.write_text("\n".join(lines) + "\n")
     report = check(path)
-    assert [(e.code, e.row) for e in report.errors] == [(IssueCode.NO_ASSISTANT_MESSAGE, n) for n in sorted(bad_lines)]
+    assert [(e.code, e.row) for e in report.errors] == [
+        (IssueCode.NO_ASSISTANT_MESSAGE, n) for n in sorted(bad_lines)
+    ]
     assert report.row_count == 3000 - 6
     assert report.warning_counts == {"duplicate_row": 2}  # rows 1501 and 2999 repeat row 777
 
@@ -186,8 +198,9 @@ def test_a_missing_split_is_a_clear_error(tmp_path):
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.jsonl").write_text((DATA / "good" / "messages.jsonl").read_text())
-    source = DatasetSource.model_construct(path=str(tmp_path), split="validation", config=None, revision=None,
-                                           column_map={})
+    source = DatasetSource.model_construct(
+        path=str(tmp_path), split="validation", config=None, revision=None, column_map={}
+    )
     with pytest.raises(SourceError) as caught:
         open_hub(source)
     assert caught.value.code is IssueCode.SPLIT_NOT_FOUND
@@ -198,12 +211,20 @@ def test_token_stats_use_the_tokenizer_and_chat_template(tokenizer_dir):
     from transformers import AutoTokenizer
 
     path = DATA / "good" / "messages.jsonl"
-    request = FineTuneRequest(dataset=DatasetSource(path=str(path)), hyperparameters={"max_length": 24})
+    request = FineTuneRequest(
+        dataset=DatasetSource(path=str(path)), hyperparameters={"max_length": 24}
+    )
     report = check_dataset(request, tokenizer_path=str(tokenizer_dir), min_rows=1)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     rows = [json.loads(line)["messages"] for line in path.read_text().splitlines()]
-    lengths = [len(tokenizer(tokenizer.apply_chat_template(r, tokenize=False), add_special_tokens=False)["input_ids"])
-               for r in rows]
+    lengths = [
+        len(
+            tokenizer(tokenizer.apply_chat_template(r, tokenize=False), add_special_tokens=False)[
+                "input_ids"
+            ]
+        )
+        for r in rows
+    ]
     stats = report.token_stats
     assert stats is not None and stats.exact and stats.chat_template
     assert (stats.rows, stats.total_tokens, stats.max_tokens) == (12, sum(lengths), max(lengths))
@@ -214,27 +235,61 @@ def test_token_stats_use_the_tokenizer_and_chat_template(tokenizer_dir):
 
 
 def test_token_counting_says_so_when_the_tokenizer_is_not_here(tmp_path):
-    request = FineTuneRequest(dataset=DatasetSource(path=str(DATA / "good" / "text.jsonl")),
-                              base_model="HuggingFaceTB/not-downloaded-here")
+    request = FineTuneRequest(
+        dataset=DatasetSource(path=str(DATA / "good" / "text.jsonl")),
+        base_model="HuggingFaceTB/not-downloaded-here",
+    )
     report = check_dataset(request, min_rows=1)
     assert report.ok and report.token_stats is None
     assert [w.code for w in report.warnings] == [IssueCode.TOKENS_NOT_COUNTED]
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8)
     | st.sampled_from(["user", "assistant", "system", " ", "hi"]),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(
-        st.sampled_from(["messages", "role", "content", "text", "prompt", "completion", "chosen", "rejected",
-                         "label", "weight", "conversations", "from", "value", "x"]), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "messages",
+                    "role",
+                    "content",
+                    "text",
+                    "prompt",
+                    "completion",
+                    "chosen",
+                    "rejected",
+                    "label",
+                    "weight",
+                    "conversations",
+                    "from",
+                    "value",
+                    "x",
+                ]
+            ),
+            children,
+            max_size=5,
+        )
+    ),
     max_leaves=20,
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(lines=st.lists(st.one_of(st.binary(max_size=40), json_values.map(lambda v: json.dumps(v).encode())),
-                      max_size=8),
-       method=st.sampled_from(list(Method)))
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    lines=st.lists(
+        st.one_of(st.binary(max_size=40), json_values.map(lambda v: json.dumps(v).encode())),
+        max_size=8,
+    ),
+    method=st.sampled_from(list(Method)),
+)
 def test_the_validator_never_raises(tmp_path, lines, method):
     path = tmp_path / "random.jsonl"
     path.write_bytes(b"\n".join(line.replace(b"\n", b" ") for line in lines))
@@ -247,11 +302,15 @@ def test_the_validator_never_raises(tmp_path, lines, method):
 
 
 turn = st.fixed_dictionaries(
-    {"role": st.sampled_from(["user", "assistant", "system", "tool", "bot"]), "content": st.sampled_from(["hi", " ", ""])},
+    {
+        "role": st.sampled_from(["user", "assistant", "system", "tool", "bot"]),
+        "content": st.sampled_from(["hi", " ", ""]),
+    },
     optional={"weight": st.sampled_from([0, 1, 2])},
 )
 chat_rows = st.fixed_dictionaries(
-    {"messages": st.lists(turn, max_size=4)}, optional={"weight": st.sampled_from([1, -1, 0.5]), "text": st.text()}
+    {"messages": st.lists(turn, max_size=4)},
+    optional={"weight": st.sampled_from([1, -1, 0.5]), "text": st.text()},
 )
 
 
@@ -274,7 +333,11 @@ def test_both_paths_agree(rows):
     general = _jsonl.check_lines(lines, {}, file_start=True, messages_only=False)
     specialised = _jsonl.check_lines(lines, {}, file_start=True, messages_only=True)
     assert (specialised.rows, specialised.issues, specialised.formats, specialised.first_rows) == (
-        general.rows, general.issues, general.formats, general.first_rows)
+        general.rows,
+        general.issues,
+        general.formats,
+        general.first_rows,
+    )
 
 
 def test_cli_validate_exits_non_zero_on_errors():
@@ -287,8 +350,17 @@ def test_cli_validate_exits_non_zero_on_errors():
     assert bad.exit_code == 1, bad.output
     report = ValidationReport.model_validate_json(bad.stdout)
     assert [(e.code, e.row) for e in report.errors] == [(IssueCode.MISSING_ROLE, 3)]
-    good = runner.invoke(app, ["validate", str(DATA / "good" / "preference.jsonl"), "--method", "dpo",
-                               "--model", "HuggingFaceTB/not-downloaded-here"])
+    good = runner.invoke(
+        app,
+        [
+            "validate",
+            str(DATA / "good" / "preference.jsonl"),
+            "--method",
+            "dpo",
+            "--model",
+            "HuggingFaceTB/not-downloaded-here",
+        ],
+    )
     assert good.exit_code == 0, good.output
     assert "standard preference (explicit prompt)" in good.stdout
 
@@ -319,9 +391,16 @@ def test_duplicates_across_files_name_the_first_copy(tmp_path):
     ]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(content=st.one_of(st.binary(max_size=60), st.lists(json_values | chat_rows, max_size=5).map(
-    lambda rows: json.dumps(rows).encode())), suffix=st.sampled_from([".json", ".csv", ".jsonl.gz", ".parquet"]))
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    content=st.one_of(
+        st.binary(max_size=60),
+        st.lists(json_values | chat_rows, max_size=5).map(lambda rows: json.dumps(rows).encode()),
+    ),
+    suffix=st.sampled_from([".json", ".csv", ".jsonl.gz", ".parquet"]),
+)
 def test_the_validator_never_raises_on_other_formats(tmp_path, content, suffix):
     path = tmp_path / f"random{suffix}"
     path.write_bytes(gzip.compress(content) if suffix.endswith(".gz") else content)

@@ -20,7 +20,12 @@ from tasks.request import Backend
 def chat_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "chat.jsonl"
     rows = [
-        {"messages": [{"role": "user", "content": f"What is {i} + {i}?"}, {"role": "assistant", "content": f"Arr, {2 * i}!"}]}
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {i} + {i}?"},
+                {"role": "assistant", "content": f"Arr, {2 * i}!"},
+            ]
+        }
         for i in range(12)
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
@@ -29,8 +34,18 @@ def chat_file(tmp_path_factory) -> Path:
 
 def script_args(model: Path, data: Path, *, max_steps: int, method: str = "sft") -> list[str]:
     return [
-        "--model_name_or_path", str(model), "--dataset_path", str(data), "--method", method,
-        "--max_steps", str(max_steps), "--max_length", "64", "--per_device_train_batch_size", "2",
+        "--model_name_or_path",
+        str(model),
+        "--dataset_path",
+        str(data),
+        "--method",
+        method,
+        "--max_steps",
+        str(max_steps),
+        "--max_length",
+        "64",
+        "--per_device_train_batch_size",
+        "2",
     ]
 
 
@@ -45,7 +60,9 @@ def wait_for(predicate, timeout: float = 120.0):
 
 def test_runs_to_completion_and_streams_progress(tiny_llama, chat_file):
     key = uuid.uuid4().hex
-    handle = submit_local_job(script_args=script_args(tiny_llama, chat_file, max_steps=3), idempotency_key=key)
+    handle = submit_local_job(
+        script_args=script_args(tiny_llama, chat_file, max_steps=3), idempotency_key=key
+    )
     assert job_status(handle).state in (JobState.RUNNING, JobState.COMPLETED)
 
     lines = list(job_logs(handle, follow=True))  # returns only once the job has ended
@@ -61,8 +78,12 @@ def test_runs_to_completion_and_streams_progress(tiny_llama, chat_file):
 
 def test_same_idempotency_key_returns_the_existing_job(tiny_llama, chat_file):
     key = uuid.uuid4().hex
-    first = submit_local_job(script_args=script_args(tiny_llama, chat_file, max_steps=1), idempotency_key=key)
-    second = submit_local_job(script_args=script_args(tiny_llama, chat_file, max_steps=1), idempotency_key=key)
+    first = submit_local_job(
+        script_args=script_args(tiny_llama, chat_file, max_steps=1), idempotency_key=key
+    )
+    second = submit_local_job(
+        script_args=script_args(tiny_llama, chat_file, max_steps=1), idempotency_key=key
+    )
     assert second.job_id == first.job_id
     assert [h.job_id for h in find_jobs(Backend.LOCAL, {"idempotency_key": key})] == [first.job_id]
     list(job_logs(first, follow=True))
@@ -70,7 +91,8 @@ def test_same_idempotency_key_returns_the_existing_job(tiny_llama, chat_file):
 
 def test_cancel_kills_the_whole_process_group(tiny_llama, chat_file):
     handle = submit_local_job(
-        script_args=script_args(tiny_llama, chat_file, max_steps=100_000), idempotency_key=uuid.uuid4().hex
+        script_args=script_args(tiny_llama, chat_file, max_steps=100_000),
+        idempotency_key=uuid.uuid4().hex,
     )
     # Wait until training really runs, then cancel.
     wait_for(lambda: any(parse_progress_line(line) for line in job_logs(handle)))
@@ -87,7 +109,9 @@ def test_cancel_kills_the_whole_process_group(tiny_llama, chat_file):
 def test_error_reports_exit_code_and_last_lines(tiny_llama, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "no messages column here"}) + "\n")
-    handle = submit_local_job(script_args=script_args(tiny_llama, bad, max_steps=1), idempotency_key=uuid.uuid4().hex)
+    handle = submit_local_job(
+        script_args=script_args(tiny_llama, bad, max_steps=1), idempotency_key=uuid.uuid4().hex
+    )
     list(job_logs(handle, follow=True))
 
     status = job_status(handle)
@@ -100,9 +124,14 @@ def test_status_survives_the_worker_that_started_the_job(tiny_llama, chat_file, 
     """Another process (no Popen object, no exit thread) reads the state from the job folder."""
     from tasks.jobs import local
 
-    handle = submit_local_job(script_args=script_args(tiny_llama, chat_file, max_steps=1), idempotency_key=uuid.uuid4().hex)
+    handle = submit_local_job(
+        script_args=script_args(tiny_llama, chat_file, max_steps=1),
+        idempotency_key=uuid.uuid4().hex,
+    )
     list(job_logs(handle, follow=True))
-    (job_dir(handle.job_id) / "exit_code").unlink()  # as if the starting worker died before recording it
+    (
+        job_dir(handle.job_id) / "exit_code"
+    ).unlink()  # as if the starting worker died before recording it
     monkeypatch.setattr(local, "_children", {})
 
     assert job_status(handle).state is JobState.COMPLETED

@@ -27,7 +27,9 @@ def _now() -> str:
 class FakeGitHub:
     """State of one repository `owner/name` plus the HTTP server serving it."""
 
-    def __init__(self, bare: Path, repository: str = "acme/serverless-llm", token: str = "ghp_test_token_123") -> None:
+    def __init__(
+        self, bare: Path, repository: str = "acme/serverless-llm", token: str = "ghp_test_token_123"
+    ) -> None:
         self.bare = bare
         self.repository = repository
         self.token = token
@@ -49,8 +51,12 @@ class FakeGitHub:
 
     # -- git-backed helpers -------------------------------------------------
     def branch_sha(self, branch: str) -> str | None:
-        done = subprocess.run(["git", "rev-parse", "--verify", f"refs/heads/{branch}"], cwd=self.bare,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["git", "rev-parse", "--verify", f"refs/heads/{branch}"],
+            cwd=self.bare,
+            capture_output=True,
+            text=True,
+        )
         return done.stdout.strip() if done.returncode == 0 else None
 
     def merge(self, number: int) -> str:
@@ -58,24 +64,54 @@ class FakeGitHub:
         pull = self.pulls[number - 1]
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp) / "w"
-            run = lambda *a: subprocess.run(["git", *a], cwd=work if work.exists() else tmp, check=True,  # noqa: E731
-                                            capture_output=True, text=True).stdout.strip()
+            run = lambda *a: subprocess.run(
+                ["git", *a],
+                cwd=work if work.exists() else tmp,
+                check=True,  # noqa: E731
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
             run("clone", "-q", "--branch", pull["base"]["ref"], str(self.bare), str(work))
             run("fetch", "-q", "origin", pull["head"]["ref"])
-            run("-c", "user.name=maintainer", "-c", "user.email=m@example.org", "merge", "-q", "--no-ff",
-                "-m", f"Merge pull request #{number}", "FETCH_HEAD")
+            run(
+                "-c",
+                "user.name=maintainer",
+                "-c",
+                "user.email=m@example.org",
+                "merge",
+                "-q",
+                "--no-ff",
+                "-m",
+                f"Merge pull request #{number}",
+                "FETCH_HEAD",
+            )
             run("push", "-q", "origin", f"HEAD:{pull['base']['ref']}")
             sha = run("rev-parse", "HEAD")
         pull.update(state="closed", merged=True, merge_commit_sha=sha)
-        self.add_run("build-push-images.yml", head_sha=sha, branch=pull["base"]["ref"], event="push", status="completed")
+        self.add_run(
+            "build-push-images.yml",
+            head_sha=sha,
+            branch=pull["base"]["ref"],
+            event="push",
+            status="completed",
+        )
         return sha
 
-    def add_run(self, workflow: str, *, head_sha: str, branch: str, event: str, status: str) -> dict:
+    def add_run(
+        self, workflow: str, *, head_sha: str, branch: str, event: str, status: str
+    ) -> dict:
         run_id = 5000 + len(self.runs)
         run = {
-            "id": run_id, "name": workflow, "workflow_id": WORKFLOWS[workflow], "head_sha": head_sha,
-            "head_branch": branch, "event": event, "status": status,
-            "conclusion": "success" if status == "completed" else None, "created_at": _now(), "updated_at": _now(),
+            "id": run_id,
+            "name": workflow,
+            "workflow_id": WORKFLOWS[workflow],
+            "head_sha": head_sha,
+            "head_branch": branch,
+            "event": event,
+            "status": status,
+            "conclusion": "success" if status == "completed" else None,
+            "created_at": _now(),
+            "updated_at": _now(),
             "url": f"{self.base_url}/repos/{self.repository}/actions/runs/{run_id}",
             "html_url": f"https://github.example/{self.repository}/actions/runs/{run_id}",
             "cancel_url": f"{self.base_url}/repos/{self.repository}/actions/runs/{run_id}/cancel",
@@ -86,14 +122,26 @@ class FakeGitHub:
     # -- JSON documents -------------------------------------------------------
     def repo_json(self) -> dict:
         owner, name = self.repository.split("/")
-        return {"id": 1, "name": name, "full_name": self.repository, "owner": {"login": owner, "type": "User"},
-                "url": f"{self.base_url}/repos/{self.repository}", "default_branch": "main", "private": False,
-                "html_url": f"https://github.example/{self.repository}"}
+        return {
+            "id": 1,
+            "name": name,
+            "full_name": self.repository,
+            "owner": {"login": owner, "type": "User"},
+            "url": f"{self.base_url}/repos/{self.repository}",
+            "default_branch": "main",
+            "private": False,
+            "html_url": f"https://github.example/{self.repository}",
+        }
 
     def workflow_json(self, file: str) -> dict:
         wid = WORKFLOWS[file]
-        return {"id": wid, "name": file, "path": f".github/workflows/{file}", "state": "active",
-                "url": f"{self.base_url}/repos/{self.repository}/actions/workflows/{wid}"}
+        return {
+            "id": wid,
+            "name": file,
+            "path": f".github/workflows/{file}",
+            "state": "active",
+            "url": f"{self.base_url}/repos/{self.repository}/actions/workflows/{wid}",
+        }
 
     def _handler(self):
         hub = self
@@ -111,8 +159,10 @@ class FakeGitHub:
                 self.wfile.write(data)
 
             def _authorized(self) -> bool:
-                if self.headers.get("Authorization") != f"token {hub.token}" and \
-                        self.headers.get("Authorization") != f"Bearer {hub.token}":
+                if (
+                    self.headers.get("Authorization") != f"token {hub.token}"
+                    and self.headers.get("Authorization") != f"Bearer {hub.token}"
+                ):
                     self._send(401, {"message": "Bad credentials"})
                     return False
                 return True
@@ -129,7 +179,7 @@ class FakeGitHub:
                 prefix = f"/repos/{hub.repository}"
                 if not url.path.startswith(prefix):
                     return self._send(404, {"message": "Not Found"})
-                path = url.path[len(prefix):]
+                path = url.path[len(prefix) :]
                 parts = [p for p in path.split("/") if p]
                 if method == "GET" and not parts:
                     return self._send(200, hub.repo_json())
@@ -153,20 +203,35 @@ class FakeGitHub:
 
             def _pulls(self, method: str, rest: list[str], query: dict) -> None:
                 if method == "GET" and not rest:
-                    found = [p for p in hub.pulls if p["state"] == query.get("state", "open")
-                             and ("head" not in query or query["head"] == f"{hub.repository.split('/')[0]}:{p['head']['ref']}")
-                             and ("base" not in query or query["base"] == p["base"]["ref"])]
+                    found = [
+                        p
+                        for p in hub.pulls
+                        if p["state"] == query.get("state", "open")
+                        and (
+                            "head" not in query
+                            or query["head"] == f"{hub.repository.split('/')[0]}:{p['head']['ref']}"
+                        )
+                        and ("base" not in query or query["base"] == p["base"]["ref"])
+                    ]
                     return self._send(200, found)
                 if method == "POST" and not rest:
                     body = self._body()
                     sha = hub.branch_sha(body["head"])
                     if sha is None:
-                        return self._send(422, {"message": "Validation Failed", "errors": [{"field": "head"}]})
+                        return self._send(
+                            422, {"message": "Validation Failed", "errors": [{"field": "head"}]}
+                        )
                     number = len(hub.pulls) + 1
                     pull = {
-                        "id": number, "number": number, "state": "open", "title": body["title"], "body": body["body"],
-                        "merged": False, "merge_commit_sha": None,
-                        "head": {"ref": body["head"], "sha": sha}, "base": {"ref": body["base"]},
+                        "id": number,
+                        "number": number,
+                        "state": "open",
+                        "title": body["title"],
+                        "body": body["body"],
+                        "merged": False,
+                        "merge_commit_sha": None,
+                        "head": {"ref": body["head"], "sha": sha},
+                        "base": {"ref": body["base"]},
                         "url": f"{hub.base_url}/repos/{hub.repository}/pulls/{number}",
                         "issue_url": f"{hub.base_url}/repos/{hub.repository}/issues/{number}",
                         "html_url": f"https://github.example/{hub.repository}/pull/{number}",
@@ -178,7 +243,9 @@ class FakeGitHub:
                     return self._send(404, {"message": "Not Found"})
                 pull = hub.pulls[number - 1]
                 if method == "PATCH":
-                    pull.update({k: v for k, v in self._body().items() if k in {"title", "body", "state"}})
+                    pull.update(
+                        {k: v for k, v in self._body().items() if k in {"title", "body", "state"}}
+                    )
                 pull["head"]["sha"] = hub.branch_sha(pull["head"]["ref"]) or pull["head"]["sha"]
                 return self._send(200, pull)
 
@@ -190,9 +257,20 @@ class FakeGitHub:
                 if method == "GET" and len(rest) == 1:
                     return self._send(200, hub.workflow_json(file))
                 if method == "GET" and rest[1:] == ["runs"]:
-                    runs = [r for r in reversed(hub.runs) if r["workflow_id"] == WORKFLOWS[file]
-                            and all(r[field] == query[param] for param, field in
-                                    (("event", "event"), ("branch", "head_branch"), ("head_sha", "head_sha")) if param in query)]
+                    runs = [
+                        r
+                        for r in reversed(hub.runs)
+                        if r["workflow_id"] == WORKFLOWS[file]
+                        and all(
+                            r[field] == query[param]
+                            for param, field in (
+                                ("event", "event"),
+                                ("branch", "head_branch"),
+                                ("head_sha", "head_sha"),
+                            )
+                            if param in query
+                        )
+                    ]
                     return self._send(200, {"total_count": len(runs), "workflow_runs": runs})
                 if method == "POST" and rest[1:] == ["dispatches"]:
                     body = self._body()
@@ -201,9 +279,22 @@ class FakeGitHub:
                     if sha is None:
                         return self._send(422, {"message": f"No ref found for: {ref}"})
                     hub.dispatches.append(body)
-                    run = hub.add_run(file, head_sha=sha, branch=ref, event="workflow_dispatch", status="in_progress")
+                    run = hub.add_run(
+                        file,
+                        head_sha=sha,
+                        branch=ref,
+                        event="workflow_dispatch",
+                        status="in_progress",
+                    )
                     if body.get("return_run_details"):
-                        return self._send(200, {"workflow_run_id": run["id"], "run_url": run["url"], "html_url": run["html_url"]})
+                        return self._send(
+                            200,
+                            {
+                                "workflow_run_id": run["id"],
+                                "run_url": run["url"],
+                                "html_url": run["html_url"],
+                            },
+                        )
                     return self._send(204)
                 return self._send(404, {"message": "Not Found"})
 
@@ -252,10 +343,22 @@ class FakeModelServer:
                 owner.requests.append(body)
                 if not owner.healthy:
                     return self._send(500, {"error": "model failed to load"})
-                self._send(200, {"id": "c1", "object": "chat.completion", "model": body.get("model"),
-                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."},
-                                              "finish_reason": "stop"}],
-                                 "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}})
+                self._send(
+                    200,
+                    {
+                        "id": "c1",
+                        "object": "chat.completion",
+                        "model": body.get("model"),
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": "Paris."},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
+                    },
+                )
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"

@@ -160,7 +160,9 @@ print(json.dumps({"models": [{"key": m.name, "id": m.model_id, "routing_category
 
 
 def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def make_serverless_repo(root: Path, *, models_py: str = MODELS_PY) -> Path:
@@ -178,7 +180,17 @@ def make_serverless_repo(root: Path, *, models_py: str = MODELS_PY) -> Path:
     (work / "app" / "chat" / "frontend" / "public" / "models.json").write_text('{"models": []}\n')
     git(work, "init", "-q", "-b", "main")
     git(work, "add", "-A")
-    git(work, "-c", "user.name=maintainer", "-c", "user.email=m@example.org", "commit", "-q", "-m", "seed")
+    git(
+        work,
+        "-c",
+        "user.name=maintainer",
+        "-c",
+        "user.email=m@example.org",
+        "commit",
+        "-q",
+        "-m",
+        "seed",
+    )
     bare = root / "serverless-llm.git"
     git(root, "clone", "-q", "--bare", str(work), str(bare))
     return bare

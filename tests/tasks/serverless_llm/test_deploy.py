@@ -33,11 +33,20 @@ def world(tmp_path: Path):
     model_server.close()
 
 
-def target_for(bare: Path, hub: FakeGitHub, server: FakeModelServer, **changes) -> ServerlessLLMTarget:
+def target_for(
+    bare: Path, hub: FakeGitHub, server: FakeModelServer, **changes
+) -> ServerlessLLMTarget:
     values = dict(
-        repository=hub.repository, credentials=GitHubCredentials(token=TOKEN), api_base_url=hub.base_url,
-        clone_url=str(bare), health_url_pattern=server.url + "/health", mode=DeployMode.PUSH, poll_seconds=0.05,
-        health_timeout_seconds=5, build_timeout_seconds=5, merge_timeout_seconds=10,
+        repository=hub.repository,
+        credentials=GitHubCredentials(token=TOKEN),
+        api_base_url=hub.base_url,
+        clone_url=str(bare),
+        health_url_pattern=server.url + "/health",
+        mode=DeployMode.PUSH,
+        poll_seconds=0.05,
+        health_timeout_seconds=5,
+        build_timeout_seconds=5,
+        merge_timeout_seconds=10,
     )
     return ServerlessLLMTarget(**{**values, **changes})
 
@@ -50,25 +59,44 @@ def test_push_mode_adds_then_redeploys_idempotently_then_updates(world):
     bare, hub, server = world
     target = target_for(bare, hub, server, build_workflow=None)
 
-    first = deploy_to_serverless_llm(GGUF, "pirate", target, target_name="sllm", lineage={"base_model": "smollm2"})
+    first = deploy_to_serverless_llm(
+        GGUF, "pirate", target, target_name="sllm", lineage={"base_model": "smollm2"}
+    )
     assert first.status is DeploymentStatus.SERVING and first.smoke.reply == "Paris."
     assert first.models_entry_changed and first.commit_sha == git(bare, "rev-parse", "main")
     entries = read_entries(main_file(bare, "config/models.py"))
-    assert entries["pirate"]["port"] == 8102 and entries["pirate"]["hf_file"] == "pirate-Q4_K_M.gguf"
+    assert (
+        entries["pirate"]["port"] == 8102 and entries["pirate"]["hf_file"] == "pirate-Q4_K_M.gguf"
+    )
     assert "- pirate" in main_file(bare, ".github/workflows/inference.yml")
     frontend = json.loads(main_file(bare, "app/chat/frontend/public/models.json"))
     assert "pirate" in [m["key"] for m in frontend["models"]]
-    assert hub.dispatches[-1] == {"ref": "main", "inputs": {"model": "pirate"}, "return_run_details": True}
+    assert hub.dispatches[-1] == {
+        "ref": "main",
+        "inputs": {"model": "pirate"},
+        "return_run_details": True,
+    }
     assert server.requests[-1]["model"] == "pirate"
 
-    again = deploy_to_serverless_llm(GGUF, "pirate", target, target_name="sllm", lineage={"base_model": "smollm2"})
+    again = deploy_to_serverless_llm(
+        GGUF, "pirate", target, target_name="sllm", lineage={"base_model": "smollm2"}
+    )
     assert not again.models_entry_changed and again.commit_sha == first.commit_sha
     assert git(bare, "rev-list", "--count", "main") == "2"
 
-    updated = deploy_to_serverless_llm(GGUF, "pirate", target.model_copy(update={"n_ctx": 2048}), target_name="sllm",
-                                       lineage={"base_model": "smollm2"})
+    updated = deploy_to_serverless_llm(
+        GGUF,
+        "pirate",
+        target.model_copy(update={"n_ctx": 2048}),
+        target_name="sllm",
+        lineage={"base_model": "smollm2"},
+    )
     entries = read_entries(main_file(bare, "config/models.py"))
-    assert updated.models_entry_changed and entries["pirate"]["n_ctx"] == 2048 and entries["pirate"]["port"] == 8102
+    assert (
+        updated.models_entry_changed
+        and entries["pirate"]["n_ctx"] == 2048
+        and entries["pirate"]["port"] == 8102
+    )
     assert list(entries) == ["chat", "qwen", "phi", "pirate"]
 
 
@@ -76,15 +104,21 @@ def test_pull_request_mode_opens_a_pr_and_smoke_tests_the_branch(world):
     bare, hub, server = world
     target = target_for(bare, hub, server, mode=DeployMode.PULL_REQUEST)
     deployment = deploy_to_serverless_llm(
-        GGUF, "pirate", target, target_name="sllm",
-        quality_report_md="| variant | agreement |\n|---|---|\n| Q4_K_M | 0.93 |", lineage={"dataset": "pirate.jsonl"},
+        GGUF,
+        "pirate",
+        target,
+        target_name="sllm",
+        quality_report_md="| variant | agreement |\n|---|---|\n| Q4_K_M | 0.93 |",
+        lineage={"dataset": "pirate.jsonl"},
     )
     assert deployment.status is DeploymentStatus.AWAITING_MERGE
     assert deployment.pull_request_url == "https://github.example/acme/serverless-llm/pull/1"
     pull = hub.pulls[0]
     assert pull["head"]["ref"] == "lmft/deploy-pirate" and pull["base"]["ref"] == "main"
     assert "| Q4_K_M | 0.93 |" in pull["body"] and '"dataset": "pirate.jsonl"' in pull["body"]
-    assert "pirate" not in read_entries(main_file(bare, "config/models.py"))  # main untouched until merged
+    assert "pirate" not in read_entries(
+        main_file(bare, "config/models.py")
+    )  # main untouched until merged
     assert hub.dispatches[-1]["ref"] == "lmft/deploy-pirate"
     branch_head = git(bare, "rev-parse", "lmft/deploy-pirate")
 
@@ -120,8 +154,12 @@ def test_failed_smoke_closes_the_pull_request(world):
     assert hub.pulls[0]["state"] == "closed" and not hub.pulls[0]["merged"]
     assert "smoke test" in hub.comments[0]["body"]
     assert hub.runs[-1]["conclusion"] == "cancelled"
-    assert subprocess.run(["git", "rev-parse", "--verify", "lmft/deploy-pirate"], cwd=bare,
-                          capture_output=True).returncode != 0
+    assert (
+        subprocess.run(
+            ["git", "rev-parse", "--verify", "lmft/deploy-pirate"], cwd=bare, capture_output=True
+        ).returncode
+        != 0
+    )
 
 
 def test_failed_smoke_in_push_mode_restores_the_previous_entry(world):
@@ -131,13 +169,17 @@ def test_failed_smoke_in_push_mode_restores_the_previous_entry(world):
     before = main_file(bare, "config/models.py")
     server.healthy = False
     with pytest.raises(DeploymentFailed):
-        deploy_to_serverless_llm("hf://me/pirate-GGUF/pirate-v2.gguf", "pirate", target, target_name="sllm")
+        deploy_to_serverless_llm(
+            "hf://me/pirate-GGUF/pirate-v2.gguf", "pirate", target, target_name="sllm"
+        )
     assert main_file(bare, "config/models.py") == before
     assert git(bare, "log", "-1", "--format=%s", "main") == "Roll back pirate: smoke test failed"
 
 
 def test_unparsable_models_file_pushes_nothing(tmp_path):
-    bare = make_serverless_repo(tmp_path, models_py=MODELS_PY.replace("MODELS: dict[str, ModelConfig] = {", "MODELS = {{"))
+    bare = make_serverless_repo(
+        tmp_path, models_py=MODELS_PY.replace("MODELS: dict[str, ModelConfig] = {", "MODELS = {{")
+    )
     server = FakeModelServer()
     with FakeGitHub(bare, token=TOKEN) as hub:
         target = target_for(bare, hub, server, mode=DeployMode.PULL_REQUEST)

@@ -20,8 +20,14 @@ from tests.tasks.serverless_llm.sample_repo import MODELS_PY
 
 
 def entry(name: str = "pirate", **changes) -> ModelEntry:
-    values = dict(name=name, model_id=name, display_name=name.title(), description="Talks like a pirate",
-                  hf_repo="me/pirate-GGUF", hf_file="pirate-Q4_K_M.gguf")
+    values = dict(
+        name=name,
+        model_id=name,
+        display_name=name.title(),
+        description="Talks like a pirate",
+        hf_repo="me/pirate-GGUF",
+        hf_file="pirate-Q4_K_M.gguf",
+    )
     return ModelEntry(**{**values, **changes})
 
 
@@ -33,7 +39,7 @@ def test_add_keeps_every_other_line_and_allocates_next_free_port():
     # everything before the new entry, comments included, is untouched; so is everything after
     closing = old_lines.index("}")
     assert new_lines[:closing] == old_lines[:closing]
-    assert new_lines[-(len(old_lines) - closing):] == old_lines[closing:]
+    assert new_lines[-(len(old_lines) - closing) :] == old_lines[closing:]
     assert "        rank=2,  # hand-tuned by the maintainers" in new_lines
     added = read_entries(result.source)["pirate"]
     assert added["category"] == "ModelCategory.SMALL" and added["subdomain"] == "pirate"
@@ -46,7 +52,10 @@ def test_redeploy_is_idempotent_and_update_rewrites_only_owned_fields():
     assert not again.changed and again.source == first.source and again.port == first.port
 
     # A maintainer tuned the entry by hand; re-deploying keeps that and the port.
-    tuned = first.source.replace('        dockerfile="inference",\n    ),\n}', '        dockerfile="inference",\n        rank=1,  # promoted\n    ),\n}')
+    tuned = first.source.replace(
+        '        dockerfile="inference",\n    ),\n}',
+        '        dockerfile="inference",\n        rank=1,  # promoted\n    ),\n}',
+    )
     updated = upsert_model_entry(tuned, entry(n_ctx=2048, description="Arr"))
     assert updated.changed and not updated.added and updated.port == first.port
     values = read_entries(updated.source)["pirate"]
@@ -87,7 +96,9 @@ def test_unknown_category_is_refused():
         upsert_model_entry(MODELS_PY, entry(category="HUGE"))
 
 
-@pytest.mark.parametrize("name", ["Pirate", "pi-rate", "x", "a;rm -rf /", "$(id)", "../x", "1abc", "a" * 41])
+@pytest.mark.parametrize(
+    "name", ["Pirate", "pi-rate", "x", "a;rm -rf /", "$(id)", "../x", "1abc", "a" * 41]
+)
 def test_model_names_are_strict(name):
     with pytest.raises(ValueError, match="lowercase letters/digits"):
         check_model_name(name)
@@ -99,8 +110,15 @@ def test_models_script_prints_the_entry(tmp_path):
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "models.py").write_text(upsert_model_entry(MODELS_PY, entry()).source)
     printed = run_models_script(tmp_path, "pirate")
-    assert printed == {"model_name": "pirate", "model_repo": "me/pirate-GGUF", "model_file": "pirate-Q4_K_M.gguf",
-                       "n_ctx": 4096, "n_threads": 4}
+    assert printed == {
+        "model_name": "pirate",
+        "model_repo": "me/pirate-GGUF",
+        "model_file": "pirate-Q4_K_M.gguf",
+        "n_ctx": 4096,
+        "n_threads": 4,
+    }
     with pytest.raises(ModelsFileError, match="failed in the edited clone"):
         run_models_script(tmp_path, "absent")
-    assert subprocess.run([sys.executable, "config/models.py", "pirate"], cwd=tmp_path).returncode == 0
+    assert (
+        subprocess.run([sys.executable, "config/models.py", "pirate"], cwd=tmp_path).returncode == 0
+    )
