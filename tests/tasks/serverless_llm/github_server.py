@@ -64,13 +64,14 @@ class FakeGitHub:
         pull = self.pulls[number - 1]
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp) / "w"
-            run = lambda *a: subprocess.run(
-                ["git", *a],
-                cwd=work if work.exists() else tmp,
-                check=True,  # noqa: E731
-                capture_output=True,
-                text=True,
-            ).stdout.strip()
+
+            def run(*args: str) -> str:
+                cwd = work if work.exists() else tmp
+                done = subprocess.run(
+                    ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+                )
+                return done.stdout.strip()
+
             run("clone", "-q", "--branch", pull["base"]["ref"], str(self.bare), str(work))
             run("fetch", "-q", "origin", pull["head"]["ref"])
             run(
