@@ -1,7 +1,7 @@
 """GGUF conversion and quantization throughput beside a plain copy of the same bytes.
 
-    python -m bench.gguf                      # the embedded SmolLM2-135M-Instruct
-    python -m bench.gguf path/to/hf-model     # any Hugging Face model folder
+    python -m bench.gguf_throughput                      # the embedded SmolLM2-135M-Instruct
+    python -m bench.gguf_throughput path/to/hf-model     # any Hugging Face model folder
 
 Every figure is source bytes per second (MB/s), measured on the same disk in one run:
 the safetensors → f16 conversion (llama.cpp's converter, as a subprocess, interpreter
