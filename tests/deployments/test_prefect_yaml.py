@@ -79,10 +79,23 @@ def test_prefect_yaml_declares_the_service() -> None:
     assert [s["cron"] for s in deployments["cost_report"]["schedules"]] == ["0 7 * * *"]
 
 
-def test_deployed_finetune_runs_on_a_process_worker(
-    tmp_path: Path, tiny_llama: Path, prefect_server
-) -> None:
+@pytest.fixture
+def work_pool(prefect_server):
+    """A process work pool; afterwards its deployments are deleted, so that the session's other
+    tests (the MCP adapter serves deployments of the same names) never reach them."""
+    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
+
     pool = f"gha-{uuid.uuid4().hex[:8]}"
+    yield pool
+    with get_client(sync_client=True) as client:
+        pools = WorkPoolFilter(name=WorkPoolFilterName(any_=[pool]))
+        for deployment in client.read_deployments(work_pool_filter=pools):
+            client.delete_deployment(deployment.id)
+        client.delete_work_pool(pool)
+
+
+def test_deployed_finetune_runs_on_a_process_worker(tmp_path: Path, tiny_llama: Path, work_pool: str) -> None:
+    pool = work_pool
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     with get_client(sync_client=True) as client:
         from prefect.client.schemas.actions import WorkPoolCreate
