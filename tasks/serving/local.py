@@ -197,6 +197,9 @@ def stop_local_server(name: str) -> bool:
             time.sleep(0.1)
         if _is_alive(server.pid):
             os.killpg(server.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while _is_alive(server.pid) and time.monotonic() < deadline:  # reaps our child
+                time.sleep(0.05)
         stopped = True
     path.unlink(missing_ok=True)
     return stopped

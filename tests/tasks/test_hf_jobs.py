@@ -133,9 +133,15 @@ def submit_on_hf(request: FineTuneRequest, key: str) -> str:
 
 
 async def _logs_and_artifacts(flow_run_id) -> str:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    await APILogHandler.aflush()  # logs are shipped in batches: send what is still queued
     async with get_client() as client:
         logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-        artifacts = await client.read_artifacts()
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
     return "\n".join(log.message for log in logs) + "\n".join(
         json.dumps(a.model_dump(mode="json"), default=str) for a in artifacts
     )
