@@ -11,10 +11,11 @@ from tasks.budget import gate_budget, record_job_start, release_budget_of_flow_r
 from tasks.costs import estimate_cost
 from tasks.deployment import deploy_gguf
 from tasks.gguf import lineage_for_request
+from tasks.gguf.publish import gguf_hub_target
 from tasks.gguf.quality import quality_markdown
 from tasks.jobs.hooks import cancel_job_of_flow_run
 from tasks.reporting import FineTuneSummary, publish_estimate, publish_summary, timed
-from tasks.request import FineTuneRequest
+from tasks.request import Backend, FineTuneRequest
 from tasks.samples import sample_answers
 from tasks.training import monitor_training, submit_training
 from tasks.validation import raise_on_errors, validate_dataset
@@ -65,6 +66,9 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
                 lineage=lineage,
                 settings=request.gguf,
                 dataset=request.dataset,
+                hub=gguf_hub_target(
+                    request.output_name, remote=request.backend is not Backend.LOCAL
+                ),
             )
         if request.deploy is not None:
             with timed(timings, "deploy"):

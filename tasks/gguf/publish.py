@@ -15,10 +15,18 @@ class HubCredentialsMissing(RuntimeError):
 
 
 def resolve_token(token: SecretStr | None) -> SecretStr:
-    """The given token, else the one huggingface_hub finds (HF_TOKEN, `hf auth login`); refuse when there is none."""
+    """The given token, else this worker's `HuggingFaceCredentials`, else the one huggingface_hub
+    finds (HF_TOKEN, `hf auth login`); refuse when there is none."""
     if token is not None and token.get_secret_value():
         return token
     from huggingface_hub import get_token
+
+    from blocks.huggingface import load_hf_credentials
+
+    try:
+        return load_hf_credentials().token
+    except RuntimeError:  # no credentials block and no environment: try huggingface_hub's own
+        pass
 
     found = get_token()
     if not found:
@@ -98,3 +106,16 @@ def upload_gguf(
         commit_message=f"GGUF files ({', '.join(v.quant_type.value for v in artifacts.all_files)})",
     )
     return str(url)
+
+
+def gguf_hub_target(output_name: str, *, remote: bool) -> HubTarget | None:
+    """Where a pipeline that runs against the Hub uploads its GGUFs (`{namespace}/{name}-GGUF`);
+    None when the pipeline is local (the files stay on the worker)."""
+    if not remote:
+        return None
+    from blocks.huggingface import load_hf_credentials
+
+    credentials = load_hf_credentials()
+    return HubTarget(
+        namespace=credentials.namespace, name=output_name, endpoint=credentials.endpoint
+    )
