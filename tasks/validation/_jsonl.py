@@ -40,9 +40,11 @@ from tasks.validation._rules import (
 )
 
 CHUNK_BYTES = 4 * 1024 * 1024
-"""Bytes per worker task: bounds each worker's memory whatever the file size. Small enough
-that the workers finish together and that its buffers are reused instead of being mapped
-afresh (page faults) for every range."""
+"""Bytes read at a time (one range): bounds memory whatever the file size, and small enough
+that its buffers are reused instead of being mapped afresh (page faults) for every range."""
+
+TASK_RANGES = 8
+"""Ranges per worker task at most."""
 
 PARALLEL_MIN_BYTES = 8 * 1024 * 1024
 """Smaller files are checked in this process: starting workers would cost more than it saves."""
@@ -378,15 +380,39 @@ def check_lines(
     return result
 
 
-def _check_range(task: tuple[str, int, int, dict[str, str], bool]) -> ChunkResult:
-    path, start, end, column_map, messages_only = task
+def _check_range(
+    path: str, start: int, end: int, column_map: dict[str, str], messages_only: bool
+) -> ChunkResult:
     with open(path, "rb") as handle:
         handle.seek(start)
         data = handle.read(end - start)
     lines = data.split(b"\n")
     if data.endswith(b"\n"):
         lines.pop()
+    del data
     return check_lines(lines, column_map, file_start=start == 0, messages_only=messages_only)
+
+
+def _check_ranges(
+    task: tuple[str, list[tuple[int, int]], dict[str, str], bool],
+) -> list[ChunkResult]:
+    """A worker task: check consecutive ranges one by one (each range's lines are dropped
+    before the next is read, so memory stays small), returned in one message."""
+    path, ranges, column_map, messages_only = task
+    return [_check_range(path, start, end, column_map, messages_only) for start, end in ranges]
+
+
+def _groups(ranges: list[tuple[int, int]], workers: int) -> list[list[tuple[int, int]]]:
+    """Ranges grouped into worker tasks: up to TASK_RANGES per task while much is left, fewer
+    towards the end so that the workers finish together (every task costs the parent a
+    message, so tasks are as few as the balance allows)."""
+    groups = []
+    taken = 0
+    while taken < len(ranges):
+        size = max(1, min(TASK_RANGES, (len(ranges) - taken) // (4 * workers)))
+        groups.append(ranges[taken : taken + size])
+        taken += size
+    return groups
 
 
 def _ranges(path: str, size: int, chunk: int) -> list[tuple[int, int]]:
@@ -447,18 +473,20 @@ def scan_jsonl(
             return
     size = os.path.getsize(path)
     ranges = _ranges(path, size, CHUNK_BYTES)
-    tasks = [(path, start, end, column_map, messages_only) for start, end in ranges]
     cores = (
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     )
-    workers = workers or min(cores, len(tasks))
+    workers = workers or min(cores, len(ranges))
     if size < PARALLEL_MIN_BYTES or workers < 2:
-        yield from map(_check_range, tasks)
+        for start, end in ranges:
+            yield _check_range(path, start, end, column_map, messages_only)
         return
+    tasks = [(path, group, column_map, messages_only) for group in _groups(ranges, workers)]
     # fork: the workers inherit the loaded modules, so they start in milliseconds; they
     # only run msgspec/orjson decoding and take no locks the parent may hold.
     context = multiprocessing.get_context("fork")
     with context.Pool(workers) as pool:
-        yield from pool.imap(_check_range, tasks)
+        for results in pool.imap(_check_ranges, tasks):
+            yield from results
         pool.close()
         pool.join()
