@@ -19,7 +19,7 @@ import json
 import multiprocessing
 import os
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Annotated, Any, Literal
@@ -39,8 +39,12 @@ from tasks.validation._rules import (
     sequence_issues,
 )
 
-CHUNK_BYTES = 16 * 1024 * 1024
-"""Bytes per worker task: bounds each worker's memory whatever the file size."""
+CHUNK_BYTES = 4 * 1024 * 1024
+"""Bytes read at a time (one range): bounds memory whatever the file size, and small enough
+that its buffers are reused instead of being mapped afresh (page faults) for every range."""
+
+TASK_RANGES = 8
+"""Ranges per worker task at most."""
 
 PARALLEL_MIN_BYTES = 8 * 1024 * 1024
 """Smaller files are checked in this process: starting workers would cost more than it saves."""
@@ -258,42 +262,62 @@ _REFER: tuple[RowIssue, ...] = ((IssueCode.NOT_JSON, None, "refer to the referen
 """Marks, in the role-sequence cache, rows the fast loop leaves to the reference rules."""
 
 
+def _conversation_keys(lines: list[bytes]) -> list[tuple[str | None, ...] | None]:
+    """Each line's role sequence (None for a message with blank content), or None for a
+    line the typed decode refuses. Rows are decoded and dropped one at a time: keeping them
+    all alive doubles the cost of decoding."""
+    decode = _decoder({}, True).decode
+    typed_errors = (msgspec.ValidationError, msgspec.DecodeError)
+    keys: list[tuple[str | None, ...] | None] = []
+    append = keys.append
+    remaining: Iterable[bytes] = lines
+    while True:
+        try:
+            for line in remaining:
+                append(
+                    tuple([None if m.content.isspace() else m.role for m in decode(line).messages])
+                )
+            return keys
+        except typed_errors:
+            append(None)
+            remaining = islice(lines, len(keys), None)
+
+
 def _check_conversations(
     lines: list[bytes], result: ChunkResult, other: Callable[[int, bytes], None]
 ) -> None:
     """The loop over `messages` rows: it is the whole cost of validating a big file, so it
     is written flat. Rows it is not sure about go to `other` (the general path)."""
-    decode = _decoder({}, True).decode
-    typed_errors = (msgspec.ValidationError, msgspec.DecodeError)
-    hash_line, add_hash, add_hash_line = (
-        xxhash.xxh3_64_intdigest,
-        result.hashes.append,
-        result.hash_lines.append,
-    )
-    # Role sequence → its issues; None stands for a message with blank content.
-    sequences: dict[tuple[str | None, ...], tuple[RowIssue, ...]] = {(): _REFER}
-    referred_hashed: set[int] = set()  # rows `other` checked and hashed
-    for number, line in enumerate(lines, start=1):
-        try:
-            key = tuple([None if m.content.isspace() else m.role for m in decode(line).messages])
+    keys = _conversation_keys(lines)
+    # Role sequence → its issues (there are few distinct sequences).
+    sequences = {
+        key: _REFER
+        if key is None or not key or None in key
+        else sequence_issues(key, "messages", True, False)
+        for key in set(keys)
+    }
+    hash_line = xxhash.xxh3_64_intdigest
+    if not any(sequences.values()):
+        # Every row is a clean conversation: hash them all in one pass.
+        result.hashes = array("Q", map(hash_line, lines))
+        result.hash_lines = array("Q", range(1, len(lines) + 1))
+        referred_hashed: set[int] = set()
+    else:
+        add_hash, add_hash_line = result.hashes.append, result.hash_lines.append
+        referred_hashed = set()  # rows `other` checked and hashed
+        for number, (line, key) in enumerate(zip(lines, keys, strict=True), start=1):
             issues = sequences[key]
-        except KeyError:
-            issues = sequences[key] = (
-                _REFER if None in key else sequence_issues(key, "messages", True, False)
-            )
-        except typed_errors:
-            issues = _REFER
-        if issues is _REFER:
-            hashed = len(result.hashes)
-            other(number, line)
-            if len(result.hashes) > hashed:
-                referred_hashed.add(number)
-            continue
-        add_hash(hash_line(line))
-        add_hash_line(number)
-        if issues:
-            for code, column, message in issues:
-                result.add_issue(number, code, column, message)
+            if issues is _REFER:
+                hashed = len(result.hashes)
+                other(number, line)
+                if len(result.hashes) > hashed:
+                    referred_hashed.add(number)
+                continue
+            add_hash(hash_line(line))
+            add_hash_line(number)
+            if issues:
+                for code, column, message in issues:
+                    result.add_issue(number, code, column, message)
     conversations = len(result.hashes) - len(referred_hashed)
     if conversations:
         result.rows += conversations
@@ -356,15 +380,39 @@ def check_lines(
     return result
 
 
-def _check_range(task: tuple[str, int, int, dict[str, str], bool]) -> ChunkResult:
-    path, start, end, column_map, messages_only = task
+def _check_range(
+    path: str, start: int, end: int, column_map: dict[str, str], messages_only: bool
+) -> ChunkResult:
     with open(path, "rb") as handle:
         handle.seek(start)
         data = handle.read(end - start)
     lines = data.split(b"\n")
     if data.endswith(b"\n"):
         lines.pop()
+    del data
     return check_lines(lines, column_map, file_start=start == 0, messages_only=messages_only)
+
+
+def _check_ranges(
+    task: tuple[str, list[tuple[int, int]], dict[str, str], bool],
+) -> list[ChunkResult]:
+    """A worker task: check consecutive ranges one by one (each range's lines are dropped
+    before the next is read, so memory stays small), returned in one message."""
+    path, ranges, column_map, messages_only = task
+    return [_check_range(path, start, end, column_map, messages_only) for start, end in ranges]
+
+
+def _groups(ranges: list[tuple[int, int]], workers: int) -> list[list[tuple[int, int]]]:
+    """Ranges grouped into worker tasks: up to TASK_RANGES per task while much is left, fewer
+    towards the end so that the workers finish together (every task costs the parent a
+    message, so tasks are as few as the balance allows)."""
+    groups = []
+    taken = 0
+    while taken < len(ranges):
+        size = max(1, min(TASK_RANGES, (len(ranges) - taken) // (4 * workers)))
+        groups.append(ranges[taken : taken + size])
+        taken += size
+    return groups
 
 
 def _ranges(path: str, size: int, chunk: int) -> list[tuple[int, int]]:
@@ -425,18 +473,20 @@ def scan_jsonl(
             return
     size = os.path.getsize(path)
     ranges = _ranges(path, size, CHUNK_BYTES)
-    tasks = [(path, start, end, column_map, messages_only) for start, end in ranges]
     cores = (
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     )
-    workers = workers or min(cores, len(tasks))
+    workers = workers or min(cores, len(ranges))
     if size < PARALLEL_MIN_BYTES or workers < 2:
-        yield from map(_check_range, tasks)
+        for start, end in ranges:
+            yield _check_range(path, start, end, column_map, messages_only)
         return
+    tasks = [(path, group, column_map, messages_only) for group in _groups(ranges, workers)]
     # fork: the workers inherit the loaded modules, so they start in milliseconds; they
     # only run msgspec/orjson decoding and take no locks the parent may hold.
     context = multiprocessing.get_context("fork")
     with context.Pool(workers) as pool:
-        yield from pool.imap(_check_range, tasks)
+        for results in pool.imap(_check_ranges, tasks):
+            yield from results
         pool.close()
         pool.join()
