@@ -94,7 +94,9 @@ def work_pool(prefect_server):
         client.delete_work_pool(pool)
 
 
-def test_deployed_finetune_runs_on_a_process_worker(tmp_path: Path, tiny_llama: Path, work_pool: str) -> None:
+def test_deployed_finetune_runs_on_a_process_worker(
+    tmp_path: Path, tiny_llama: Path, work_pool: str
+) -> None:
     pool = work_pool
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     with get_client(sync_client=True) as client:
