@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +15,15 @@ from tasks.serving.local import (
     start_local_server,
     stop_local_server,
 )
+
+
+def process_running(pid: int) -> bool:
+    """True while `pid` runs; a zombie waiting for its parent to reap it has stopped running."""
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return not stat.read_text().split(") ", 1)[-1].startswith("Z")
+    except FileNotFoundError:
+        return False
 
 
 def test_local_server_answers_is_reused_and_stops():
@@ -33,8 +42,9 @@ def test_local_server_answers_is_reused_and_stops():
     finally:
         assert stop_local_server("smol-test")
     assert find_local_server("smol-test") is None
-    with pytest.raises(ProcessLookupError):
-        os.kill(server.pid, 0)
+    with pytest.raises(httpx.ConnectError):  # nothing listens on its port any more
+        httpx.get(f"{server.url}/v1/models", timeout=5)
+    assert not process_running(server.pid)
     assert not stop_local_server("smol-test")
 
 
