@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 import typer
 import yaml
@@ -16,6 +17,17 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+# Options shared by the commands that take a fine-tuning request (`run`, `estimate`).
+ConfigArgument = Annotated[
+    Path | None, typer.Argument(help="YAML/JSON file with a FineTuneRequest.")
+]
+ModelOption = Annotated[
+    str | None, typer.Option(help="Base model: Hub id, local folder or 'smollm2-135m-instruct'.")
+]
+DatasetOption = Annotated[str | None, typer.Option(help="Dataset: local file/folder or Hub id.")]
+MethodOption = Annotated[str | None, typer.Option(help="sft | dpo | grpo | kto")]
 
 
 @app.callback()

@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cli.app import app, fail, request_from_cli
+from cli.app import (
+    ConfigArgument,
+    DatasetOption,
+    MethodOption,
+    ModelOption,
+    app,
+    fail,
+    request_from_cli,
+)
 
 
 @app.command()
 def run(
-    config: Annotated[
-        Path | None, typer.Argument(help="YAML/JSON file with a FineTuneRequest.")
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(help="Base model: Hub id, local folder or 'smollm2-135m-instruct'."),
-    ] = None,
-    dataset: Annotated[
-        str | None, typer.Option(help="Dataset: local file/folder or Hub id.")
-    ] = None,
-    method: Annotated[str | None, typer.Option(help="sft | dpo | grpo | kto")] = None,
+    config: ConfigArgument = None,
+    model: ModelOption = None,
+    dataset: DatasetOption = None,
+    method: MethodOption = None,
     max_steps: Annotated[
         int | None, typer.Option(help="Stop after this many optimizer steps.")
     ] = None,

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from pydantic import ValidationError
 
-from cli.app import app, explain_validation_error, fail, request_from_cli
+from cli.app import (
+    ConfigArgument,
+    DatasetOption,
+    MethodOption,
+    ModelOption,
+    app,
+    explain_validation_error,
+    fail,
+    request_from_cli,
+)
 
 budget_app = typer.Typer(
     help="Show or save the BudgetPolicy block (monthly limit, approval threshold).",
@@ -19,17 +27,10 @@ app.add_typer(budget_app, name="budget")
 
 @app.command()
 def estimate(
-    config: Annotated[
-        Path | None, typer.Argument(help="YAML/JSON file with a FineTuneRequest.")
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(help="Base model: Hub id, local folder or 'smollm2-135m-instruct'."),
-    ] = None,
-    dataset: Annotated[
-        str | None, typer.Option(help="Dataset: local file/folder or Hub id.")
-    ] = None,
-    method: Annotated[str | None, typer.Option(help="sft | dpo | grpo | kto")] = None,
+    config: ConfigArgument = None,
+    model: ModelOption = None,
+    dataset: DatasetOption = None,
+    method: MethodOption = None,
     backend: Annotated[str, typer.Option(help="local | hf-jobs")] = "hf-jobs",
     hardware: Annotated[
         str | None, typer.Option(help="'auto' or an HF Jobs flavor, e.g. a10g-small.")
