@@ -13,9 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from operations.cost_reference import reference_workloads
 from tasks.costs import estimate_workload, offline_catalog
-from tasks.costs.reference import reference_workloads
-from tasks.ledger import BudgetExceeded, Ledger
+from tasks.costs.ledger import BudgetExceeded, Ledger
 
 
 def _reserve_many(url: str, worker: int, count: int, start, done) -> None:

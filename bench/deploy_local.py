@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from tasks.base_model import embedded_gguf_path
+from tasks.jobs.base_model import embedded_gguf_path
 from tasks.serving.endpoints import smoke_chat
 from tasks.serving.local import start_local_server, stop_local_server
 

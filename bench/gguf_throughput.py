@@ -25,10 +25,10 @@ def _timed(action) -> float:
 
 
 def main(model: str | None = None) -> None:
-    from tasks.base_model import materialize_embedded_model
     from tasks.gguf import QuantType, fetch_converter
     from tasks.gguf.converter import run_converter
     from tasks.gguf.quantize import quantize_file
+    from tasks.jobs.base_model import materialize_embedded_model
     from tasks.paths import lmft_home
 
     model_dir = Path(model) if model else materialize_embedded_model()

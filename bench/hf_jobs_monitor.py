@@ -22,8 +22,8 @@ import sys
 import threading
 import time
 
-from tasks.jobs.models import JobHandle, JobState, JobStatus
-from tasks.request import Backend
+from schemas.jobs import JobHandle, JobState, JobStatus
+from schemas.request import Backend
 
 
 def serve(jobs: int, job_seconds: float) -> None:

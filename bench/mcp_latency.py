@@ -74,9 +74,9 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 async def measure(calls: int, dataset: Path) -> dict[str, list[float]]:
     from fastmcp import Client
 
-    from deployments.names import DeploymentName
     from flows.finetune import finetune
     from mcp_adapter.server import server
+    from schemas.flows import DeploymentName
 
     deployment = await finetune.ato_deployment(name=DeploymentName.FINETUNE.deployment_name)
     await deployment.aapply()

@@ -58,7 +58,7 @@ def generate(path: Path, rows: int, seed: int = 0) -> None:
 
 def run_ours(path: str) -> dict:
     sys.path.insert(0, str(ROOT))
-    from tasks.request import DatasetSource, FineTuneRequest
+    from schemas.request import DatasetSource, FineTuneRequest
     from tasks.validation import check_dataset
 
     request = FineTuneRequest(dataset=DatasetSource(path=path))
@@ -128,8 +128,8 @@ def run_arrow(path: str) -> dict:
 
 def run_tokens(path: str, rows: int) -> dict:
     sys.path.insert(0, str(ROOT))
-    from tasks.request import DEFAULT_BASE_MODEL
-    from tasks.validation._models import FormatKind
+    from schemas.request import DEFAULT_BASE_MODEL
+    from schemas.validation import FormatKind
     from tasks.validation._sources import DataFile, iter_file_rows
     from tasks.validation._tokens import count_tokens, load_tokenizer
 

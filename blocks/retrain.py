@@ -4,7 +4,7 @@ Create one per retraining job (the `retrain` deployment reads the one named by i
 `spec_name` parameter):
 
     from blocks.retrain import RetrainSpec
-    from tasks.request import DatasetSource, FineTuneRequest
+    from schemas.request import DatasetSource, FineTuneRequest
 
     request = FineTuneRequest(dataset=DatasetSource(path="org/support-chats"))
     RetrainSpec(request=request.model_dump(mode="json")).save("default", overwrite=True)

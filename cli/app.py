@@ -77,7 +77,7 @@ def request_from_cli(
     config: Path | None, dataset: str | None, fields: dict, *, max_steps: int | None = None
 ):
     """A `FineTuneRequest` from a config file plus command-line options (options win)."""
-    from tasks.request import FineTuneRequest
+    from schemas.request import FineTuneRequest
 
     data = load_config(config) if config else {}
     if dataset:
@@ -95,7 +95,3 @@ def request_from_cli(
         return FineTuneRequest.model_validate(data)
     except ValidationError as exc:
         raise fail(explain_validation_error(exc)) from None
-
-
-# Register the commands: run; estimate, costs, budget; convert; deploy, serve; health-check; cancel; mcp; validate.
-from cli import commands, costs, deploy, gguf, jobs, mcp, operations, validation  # noqa: E402,F401

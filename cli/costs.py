@@ -65,7 +65,7 @@ def costs(
     month: Annotated[str | None, typer.Option(help="YYYY-MM (UTC); default this month.")] = None,
 ) -> None:
     """Month-to-date spend, open holds, and each run's estimate next to its actual cost."""
-    from tasks.cost_report import build_cost_report
+    from tasks.costs.report import build_cost_report
 
     if month is not None and not (
         len(month) == 7 and month[4] == "-" and month.replace("-", "").isdigit()
@@ -151,7 +151,7 @@ def budget_show(
 ) -> None:
     """Print the saved BudgetPolicy and where its ledger lives."""
     from blocks.budget import BudgetPolicyMissing, BudgetPolicyUnavailable, load_budget_policy
-    from tasks.budget import ledger_for
+    from tasks.costs.budget import ledger_for
 
     try:
         policy = load_budget_policy(name)

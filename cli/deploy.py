@@ -36,7 +36,7 @@ def deploy(
     ] = None,
 ) -> None:
     """Run the `deploy` flow and print where the model answers."""
-    from tasks.base_model import embedded_gguf_path
+    from tasks.jobs.base_model import embedded_gguf_path
     from tasks.serving.local import local_name_for
 
     gguf = gguf or str(embedded_gguf_path())

@@ -44,11 +44,11 @@ def convert(
     ] = None,
 ) -> None:
     """Run the `convert` flow and print the quality gate's verdict per variant."""
+    from schemas.request import DEFAULT_BASE_MODEL, DatasetSource
     from tasks.gguf import GGUFLineage, GGUFSettings, HubTarget, hash_dataset
-    from tasks.request import DEFAULT_BASE_MODEL, DatasetSource
 
     if model == DEFAULT_BASE_MODEL:
-        from tasks.base_model import EMBEDDED_HUB_ID, materialize_embedded_model
+        from tasks.jobs.base_model import EMBEDDED_HUB_ID, materialize_embedded_model
 
         source, base = str(materialize_embedded_model()), EMBEDDED_HUB_ID
     else:

@@ -17,9 +17,9 @@ def cancel(
     ],
 ) -> None:
     """Cancel a training job; for a flow run id, cancel the run and every job it started."""
+    from schemas.request import Backend
     from tasks.jobs.backends import cancel_job, find_jobs
     from tasks.jobs.local import find_local_jobs
-    from tasks.request import Backend
 
     try:
         flow_run_id = uuid.UUID(target)

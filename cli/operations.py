@@ -1,5 +1,5 @@
 """`lmft health-check`: is the Prefect API up and a worker online? (The Actions cron runs
-the same check as `python -m deployments.health`, which installs lighter.)"""
+the same check as `python -m operations.remedy`, which installs lighter.)"""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def health_check(
 
     Exits 1 when unhealthy, unless a worker was just dispatched (the next check verifies it).
     """
-    from deployments.health import HealthCheckError, check_and_remedy, exit_code
+    from operations.remedy import HealthCheckError, check_and_remedy, exit_code
 
     try:
         inputs = dict(item.split("=", 1) for item in dispatch_input or [])

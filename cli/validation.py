@@ -35,7 +35,7 @@ def validate(
     """Validate DATASET for METHOD; exit 1 when it has errors."""
     import json
 
-    from tasks.request import FineTuneRequest
+    from schemas.request import FineTuneRequest
     from tasks.validation import DEFAULT_MIN_ROWS, check_dataset, render_markdown
 
     data: dict = {"dataset": {"path": dataset, "split": split}, "method": method}

@@ -14,12 +14,12 @@ import argparse
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 
-from deployments.names import DeploymentName
 from flows.cost_report import cost_report
 from flows.deploy import deploy
 from flows.estimate import estimate
 from flows.finetune import finetune
 from flows.validate import validate
+from schemas.flows import DeploymentName
 
 SERVED_FLOWS = {
     DeploymentName.FINETUNE: finetune,

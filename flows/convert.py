@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from schemas.request import DatasetSource
 from tasks.gguf import (
     ConversionResult,
     GGUFArtifacts,
@@ -19,7 +20,6 @@ from tasks.gguf import (
     select_held_out,
     upload_gguf,
 )
-from tasks.request import DatasetSource
 
 
 @flow(name="convert", log_prints=True)
@@ -72,7 +72,7 @@ def convert(
 if __name__ == "__main__":
     import sys
 
-    from tasks.base_model import materialize_embedded_model
+    from tasks.jobs.base_model import materialize_embedded_model
 
     print(
         convert(

@@ -7,7 +7,7 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from tasks.cost_report import CostReport, build_cost_report, publish_cost_report
+from tasks.costs.report import CostReport, build_cost_report, publish_cost_report
 
 
 @flow(name="cost_report", log_prints=True)

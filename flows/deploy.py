@@ -7,7 +7,8 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from tasks.deployment import LOCAL_TARGET, Deployment, deploy_gguf
+from schemas.serving import LOCAL_TARGET, ServedModel
+from tasks.serving.deploy import deploy_gguf
 
 
 @flow(name="deploy", log_prints=True)
@@ -34,7 +35,7 @@ def deploy(
     hf_repo: Annotated[
         str | None, Field(description="Hub repo to upload a local GGUF to (serverless-llm).")
     ] = None,
-) -> Deployment:
+) -> ServedModel:
     """Deploy `gguf_path` as model `name` on `target` and check that it answers a chat request."""
     deployment = deploy_gguf(
         gguf_path,
@@ -53,7 +54,7 @@ def deploy(
 if __name__ == "__main__":
     import sys
 
-    from tasks.base_model import embedded_gguf_path
+    from tasks.jobs.base_model import embedded_gguf_path
 
     deploy(
         sys.argv[1] if len(sys.argv) > 1 else str(embedded_gguf_path()),

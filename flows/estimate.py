@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from prefect import flow
 
+from schemas.request import FineTuneRequest
 from tasks.costs import CostEstimate, estimate_cost
-from tasks.request import FineTuneRequest
 from tasks.validation import raise_on_errors, validate_dataset
 
 
@@ -23,7 +23,7 @@ def estimate(request: FineTuneRequest) -> CostEstimate:
 if __name__ == "__main__":
     import sys
 
-    from tasks.request import DatasetSource
+    from schemas.request import DatasetSource
 
     print(
         estimate(FineTuneRequest(dataset=DatasetSource(path=sys.argv[1]))).model_dump_json(indent=2)

@@ -6,18 +6,23 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.convert import convert
-from tasks.base_model import prepare_base_model
-from tasks.budget import gate_budget, record_job_start, release_budget_of_flow_run, settle_budget
+from schemas.request import Backend, FineTuneRequest
 from tasks.costs import estimate_cost
-from tasks.deployment import deploy_gguf
+from tasks.costs.budget import (
+    gate_budget,
+    record_job_start,
+    release_budget_of_flow_run,
+    settle_budget,
+)
 from tasks.gguf import lineage_for_request
 from tasks.gguf.publish import gguf_hub_target
 from tasks.gguf.quality import quality_markdown
+from tasks.jobs.base_model import prepare_base_model
 from tasks.jobs.hooks import cancel_job_of_flow_run
-from tasks.reporting import FineTuneSummary, publish_estimate, publish_summary, timed
-from tasks.request import Backend, FineTuneRequest
-from tasks.samples import sample_answers
-from tasks.training import monitor_training, submit_training
+from tasks.jobs.training import monitor_training, submit_training
+from tasks.reporting.samples import sample_answers
+from tasks.reporting.summary import FineTuneSummary, publish_estimate, publish_summary, timed
+from tasks.serving.deploy import deploy_gguf
 from tasks.validation import raise_on_errors, validate_dataset
 
 
@@ -91,7 +96,7 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
 if __name__ == "__main__":
     import sys
 
-    from tasks.request import DatasetSource
+    from schemas.request import DatasetSource
 
     finetune(
         FineTuneRequest(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.health import HealthReport, check_health
+from operations.health import HealthReport, check_health
 
 
 class ServiceUnhealthy(RuntimeError):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.request import FineTuneRequest
+from schemas.request import FineTuneRequest
 from tasks.validation import DEFAULT_MIN_ROWS, ValidationReport, validate_dataset
 
 
@@ -25,7 +25,7 @@ def validate(request: FineTuneRequest, min_rows: int = DEFAULT_MIN_ROWS) -> Vali
 if __name__ == "__main__":
     import sys
 
-    from tasks.request import DatasetSource
+    from schemas.request import DatasetSource
 
     print(
         validate(FineTuneRequest(dataset=DatasetSource(path=sys.argv[1]))).model_dump_json(indent=2)

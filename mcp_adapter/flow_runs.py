@@ -50,7 +50,6 @@ from prefect.states import Cancelled, Cancelling
 from prefect.utilities.urls import url_for
 from pydantic import BaseModel
 
-from deployments.names import DeploymentName
 from mcp_adapter.models import (
     ApprovalResult,
     ArtifactView,
@@ -70,11 +69,11 @@ from mcp_adapter.models import (
     TrainingProgress,
     ValidationResult,
 )
-from tasks.approval import ApprovalDecision
-from tasks.costs import CostEstimate, cost_so_far
-from tasks.reporting import ESTIMATE_FIGURES_KEY
-from tasks.request import FineTuneRequest
-from tasks.validation import ValidationReport
+from schemas.approval import ApprovalDecision
+from schemas.costs import ESTIMATE_FIGURES_KEY, CostEstimate, cost_so_far
+from schemas.flows import DeploymentName
+from schemas.request import FineTuneRequest
+from schemas.validation import ValidationReport
 
 ReportProgress = Callable[[float, float | None, str | None], Awaitable[None]]
 """`fastmcp.Context.report_progress`: (progress, total, message)."""
@@ -84,7 +83,7 @@ PROGRESS_ARTIFACT_PREFIX = "training-progress-"
 SUMMARY_ARTIFACT_KEY = "finetune-summary"
 TAGS = ["mcp"]
 
-# The training monitor (`tasks.training.monitor_training`) logs one line per progress record:
+# The training monitor (`tasks.jobs.training.monitor_training`) logs one line per progress record:
 # "step 3/10  loss 1.2345  lr 2.00e-04  eta 12s".
 _MONITOR_LINE = re.compile(r"step (\d+)/(\d+)\s+loss (\S+)\s+lr \S+\s+eta (\S+?)s?$")
 # Token shapes that must never leave through a tool, whatever a flow logged.

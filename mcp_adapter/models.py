@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from tasks.costs import CostEstimate
-from tasks.validation import ValidationReport
+from schemas.costs import CostEstimate
+from schemas.validation import ValidationReport
 
 
 class RunState(str, Enum):

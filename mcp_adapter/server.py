@@ -14,7 +14,6 @@ from fastmcp import Context, FastMCP
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
-from deployments.names import DeploymentName
 from mcp_adapter import flow_runs
 from mcp_adapter.models import (
     ApprovalResult,
@@ -29,9 +28,10 @@ from mcp_adapter.models import (
     RunState,
     ValidationResult,
 )
-from tasks.approval import ApprovalDecision
-from tasks.request import FineTuneRequest
-from tasks.serverless_llm.names import MODEL_NAME_PATTERN
+from schemas.approval import ApprovalDecision
+from schemas.flows import DeploymentName
+from schemas.request import FineTuneRequest
+from schemas.serving import MODEL_NAME_PATTERN
 
 INSTRUCTIONS = """\
 Fine-tune language models with Prefect flows. Typical order: validate_dataset → estimate_cost →

@@ -18,8 +18,8 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from blocks.retrain import RetrainSpec
-from tasks.reporting import FineTuneSummary
-from tasks.request import DatasetSource, FineTuneRequest
+from schemas.request import DatasetSource, FineTuneRequest
+from tasks.reporting.summary import FineTuneSummary
 
 _READ_CHUNK = 1 << 20
 

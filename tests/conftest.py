@@ -64,6 +64,6 @@ def hf_server(monkeypatch: pytest.MonkeyPatch):
 def embedded_base_model(lmft_home: Path) -> Path:
     """The embedded default (SmolLM2-135M) materialised in $LMFT_HOME, so estimates of paid
     runs of `smollm2-135m-instruct` read its config locally instead of from the Hub."""
-    from tasks.base_model import materialize_embedded_model
+    from tasks.jobs.base_model import materialize_embedded_model
 
     return materialize_embedded_model()

@@ -32,8 +32,8 @@ def field(output: str, name: str) -> str:
 
 @pytest.mark.slow
 def test_readme_main_job_trains_converts_and_serves_a_pirate(prefect_server):
-    from tasks.base_model import materialize_embedded_model
-    from tasks.samples import generate_answers
+    from tasks.jobs.base_model import materialize_embedded_model
+    from tasks.reporting.samples import generate_answers
     from tasks.serving.local import local_name_for, stop_local_server
 
     try:

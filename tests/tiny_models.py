@@ -14,7 +14,7 @@ def save_tokenizer(target: Path) -> Path:
     """SmolLM2's tokenizer, with its chat template, saved into `target`."""
     from transformers import AutoTokenizer
 
-    from tasks.base_model import embedded_gguf_path
+    from tasks.jobs.base_model import embedded_gguf_path
 
     gguf = embedded_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

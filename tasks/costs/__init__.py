@@ -4,6 +4,7 @@ The public surface is re-exported here; the modules behind it are `catalog`, `mo
 `workload` (memory and FLOPs) and `estimate`.
 """
 
+from schemas.costs import CostEstimate, FlavorQuote, MemoryBreakdown, cost_so_far
 from tasks.costs.catalog import (
     Flavor,
     HardwareCatalog,
@@ -12,11 +13,8 @@ from tasks.costs.catalog import (
     offline_catalog,
 )
 from tasks.costs.estimate import (
-    CostEstimate,
     EstimateRefused,
-    FlavorQuote,
     HardwareDoesNotFit,
-    cost_so_far,
     estimate_cost,
     estimate_request,
     estimate_workload,
@@ -29,7 +27,7 @@ from tasks.costs.model_size import (
     read_model_shape,
     shape_from_config,
 )
-from tasks.costs.workload import MemoryBreakdown, TrainingMode, Workload, memory_needed
+from tasks.costs.workload import TrainingMode, Workload, memory_needed
 
 __all__ = [
     "CostEstimate",

@@ -13,9 +13,9 @@ from pathlib import Path
 from huggingface_hub import HfApi, hf_hub_download
 from pydantic import BaseModel, Field
 
-from tasks.base_model import EMBEDDED_HUB_ID
+from schemas.request import DEFAULT_BASE_MODEL, looks_like_local_path
+from tasks.jobs.base_model import EMBEDDED_HUB_ID
 from tasks.paths import models_dir
-from tasks.request import DEFAULT_BASE_MODEL, looks_like_local_path
 
 
 class ModelSizeUnavailable(RuntimeError):

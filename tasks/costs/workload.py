@@ -14,8 +14,9 @@ from enum import Enum
 
 from pydantic import BaseModel, Field
 
+from schemas.costs import MemoryBreakdown
+from schemas.request import Method
 from tasks.costs.model_size import ModelShape
-from tasks.request import Method
 
 GB = 1024**3
 FRAMEWORK_OVERHEAD_GB = 1.5
@@ -53,19 +54,6 @@ class Workload(BaseModel):
     uses_reference_model: bool = Field(
         default=True, description="KL term on (DPO/KTO always; GRPO when beta > 0)."
     )
-
-
-class MemoryBreakdown(BaseModel):
-    """GPU memory one training process needs, by part, in GB."""
-
-    weights_gb: float
-    trainable_state_gb: float
-    reference_model_gb: float
-    activations_gb: float
-    logits_gb: float
-    kv_cache_gb: float
-    overhead_gb: float
-    total_gb: float
 
 
 def lora_parameters(shape: ModelShape, r: int) -> int:

@@ -1,5 +1,15 @@
 """GGUF conversion with llama.cpp's own converter, quantization, and a quality gate."""
 
+from schemas.gguf import (
+    ConversionResult,
+    GGUFArtifacts,
+    GGUFLineage,
+    GGUFSettings,
+    GGUFVariant,
+    HubTarget,
+    QualityReport,
+    QuantType,
+)
 from tasks.gguf.convert import (
     ConversionPlan,
     compute_imatrix,
@@ -10,16 +20,6 @@ from tasks.gguf.convert import (
 from tasks.gguf.converter import Converter, ConverterError, fetch_converter
 from tasks.gguf.held_out import select_held_out
 from tasks.gguf.lineage import hash_dataset, lineage_for_request, read_metadata
-from tasks.gguf.models import (
-    ConversionResult,
-    GGUFArtifacts,
-    GGUFLineage,
-    GGUFSettings,
-    GGUFVariant,
-    HubTarget,
-    QualityReport,
-    QuantType,
-)
 from tasks.gguf.preflight import PreflightError
 from tasks.gguf.publish import HubCredentialsMissing, resolve_token, upload_gguf
 from tasks.gguf.quality import check_gguf_quality

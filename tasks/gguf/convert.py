@@ -12,10 +12,10 @@ import numpy as np
 from prefect import task
 from pydantic import BaseModel
 
+from schemas.gguf import GGUFLineage, GGUFSettings, GGUFVariant, QuantType
 from tasks.gguf.converter import Converter, fetch_converter, run_converter
 from tasks.gguf.imatrix import compute_importance_matrix
 from tasks.gguf.lineage import converter_metadata, lineage_overrides
-from tasks.gguf.models import GGUFLineage, GGUFSettings, GGUFVariant, QuantType
 from tasks.gguf.preflight import PreflightError, PreflightReport, check_model
 from tasks.gguf.quantize import quantize_file
 from tasks.paths import lmft_home
@@ -93,7 +93,9 @@ def preflight_gguf(
     has_training_text: bool = False,
 ) -> ConversionPlan:
     """Fetch the converter, resolve the model (Hub, local, + LoRA), refuse what cannot be converted."""
-    from tasks.request import looks_like_local_path  # tasks.request imports this package's settings
+    from schemas.request import (
+        looks_like_local_path,  # schemas.request imports this package's settings
+    )
 
     converter = fetch_converter()
     if looks_like_local_path(model):

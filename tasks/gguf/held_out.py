@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from prefect import task
 
-if TYPE_CHECKING:  # tasks.request imports GGUFSettings from this package
-    from tasks.request import DatasetSource
+if TYPE_CHECKING:  # schemas.request imports GGUFSettings from this package
+    from schemas.request import DatasetSource
 
 
 def render_row(row: dict, tokenizer) -> str | None:

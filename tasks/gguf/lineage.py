@@ -13,10 +13,10 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tasks.gguf.models import GGUFLineage, QuantType
+from schemas.gguf import GGUFLineage, QuantType
 
-if TYPE_CHECKING:  # tasks.request imports GGUFSettings from this package: import it lazily
-    from tasks.request import DatasetSource, FineTuneRequest
+if TYPE_CHECKING:  # schemas.request imports GGUFSettings from this package: import it lazily
+    from schemas.request import DatasetSource, FineTuneRequest
 
 KV_STRING_LIMIT = 127
 """llama.cpp's `llama_model_kv_override.val_str` holds 128 bytes including the terminating NUL."""
@@ -43,7 +43,7 @@ def hash_dataset(source: DatasetSource) -> str:
 def converter_metadata(lineage: GGUFLineage) -> dict:
     """The converter's `--metadata` override: standard `general.*` keys."""
     base = {"name": lineage.base_model}
-    from tasks.request import looks_like_local_path
+    from schemas.request import looks_like_local_path
 
     if not looks_like_local_path(lineage.base_model):
         base["repo_url"] = f"https://huggingface.co/{lineage.base_model}"
@@ -92,8 +92,8 @@ def read_metadata(path: Path) -> dict[str, object]:
 
 def lineage_for_request(request: FineTuneRequest, pipeline_run_id: str | None) -> GGUFLineage:
     """The lineage of the model a `finetune` run trains."""
-    from tasks.base_model import EMBEDDED_HUB_ID
-    from tasks.request import DEFAULT_BASE_MODEL
+    from schemas.request import DEFAULT_BASE_MODEL
+    from tasks.jobs.base_model import EMBEDDED_HUB_ID
 
     base = EMBEDDED_HUB_ID if request.base_model == DEFAULT_BASE_MODEL else request.base_model
     return GGUFLineage(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from schemas.gguf import GGUFSettings, QuantType
 from tasks.gguf.converter import Converter
-from tasks.gguf.models import GGUFSettings, QuantType
 
 
 class PreflightError(ValueError):

@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 from pydantic import SecretStr
 
-from tasks.gguf.models import GGUFArtifacts, HubTarget, QualityReport
+from schemas.gguf import GGUFArtifacts, HubTarget, QualityReport
 
 
 class HubCredentialsMissing(RuntimeError):

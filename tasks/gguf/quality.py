@@ -17,7 +17,7 @@ import numpy as np
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.gguf.models import Answer, GGUFSettings, GGUFVariant, QualityReport, VariantCheck
+from schemas.gguf import Answer, GGUFSettings, GGUFVariant, QualityReport, VariantCheck
 
 
 def find_degeneration(text: str, finish_reason: str | None, max_tokens: int) -> str | None:

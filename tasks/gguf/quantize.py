@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.gguf.models import GGUFVariant, QuantType
+from schemas.gguf import GGUFVariant, QuantType
 
 
 class QuantizationError(RuntimeError):

@@ -1,6 +1,6 @@
 """Training jobs: one record shape for every backend (local subprocess, Hugging Face Jobs)."""
 
-from tasks.jobs.models import (
+from schemas.jobs import (
     TERMINAL_STATES,
     JobHandle,
     JobState,

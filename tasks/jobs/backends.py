@@ -6,6 +6,8 @@ from collections import deque
 from collections.abc import Iterator
 
 from blocks.huggingface import load_hf_credentials
+from schemas.jobs import JobHandle, JobStatus
+from schemas.request import Backend
 from tasks.jobs.hf import (
     GpuMetrics,
     cancel_hf_job,
@@ -20,8 +22,6 @@ from tasks.jobs.local import (
     local_job_logs,
     local_job_status,
 )
-from tasks.jobs.models import JobHandle, JobStatus
-from tasks.request import Backend
 
 
 def job_status(handle: JobHandle) -> JobStatus:

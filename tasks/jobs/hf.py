@@ -27,8 +27,8 @@ from packaging.requirements import Requirement
 from pydantic import BaseModel
 
 from blocks.huggingface import HuggingFaceCredentials
-from tasks.jobs.models import JobHandle, JobState, JobStatus
-from tasks.request import Backend
+from schemas.jobs import JobHandle, JobState, JobStatus
+from schemas.request import Backend
 from training import TRAIN_SCRIPT
 
 logger = logging.getLogger(__name__)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from schemas.request import Backend
 from tasks.jobs.backends import cancel_job, find_jobs
-from tasks.request import Backend
 
 logger = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tasks.jobs.models import JobHandle, JobState, JobStatus
+from schemas.jobs import JobHandle, JobState, JobStatus
+from schemas.request import Backend
 from tasks.paths import jobs_dir
-from tasks.request import Backend
 from training import TRAIN_SCRIPT
 
 CANCEL_GRACE_SECONDS = 10.0

@@ -16,10 +16,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field
 
-from tasks.costs import cost_so_far
-from tasks.jobs.backends import job_logs, job_metrics, job_status
-from tasks.jobs.hf import GpuMetrics
-from tasks.jobs.models import (
+from schemas.jobs import (
     JobHandle,
     JobState,
     JobStatus,
@@ -27,6 +24,9 @@ from tasks.jobs.models import (
     parse_progress_line,
     parse_result_line,
 )
+from tasks.costs import cost_so_far
+from tasks.jobs.backends import job_logs, job_metrics, job_status
+from tasks.jobs.hf import GpuMetrics
 
 logger = logging.getLogger(__name__)
 

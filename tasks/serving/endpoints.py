@@ -5,23 +5,14 @@ from __future__ import annotations
 import time
 
 import httpx
-from pydantic import BaseModel
+
+from schemas.serving import SmokeResult
 
 SMOKE_PROMPT = "Reply with one short sentence: what is the capital of France?"
 
 
 class SmokeTestFailed(RuntimeError):
     """The server did not become healthy, or did not answer a chat completion."""
-
-
-class SmokeResult(BaseModel):
-    """The smoke chat request and what the model answered."""
-
-    url: str
-    model: str | None
-    prompt: str
-    reply: str
-    completion_tokens: int | None = None
 
 
 def wait_for_health(

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from prefect import task
 
-from tasks.request import FineTuneRequest
-from tasks.validation._artifact import publish_report, render_markdown
-from tasks.validation._check import DEFAULT_MIN_ROWS, check_dataset
-from tasks.validation._models import (
+from schemas.request import FineTuneRequest
+from schemas.validation import (
     DatasetInvalid,
     FormatKind,
     IssueCode,
@@ -23,6 +21,8 @@ from tasks.validation._models import (
     ValidationIssue,
     ValidationReport,
 )
+from tasks.validation._artifact import publish_report, render_markdown
+from tasks.validation._check import DEFAULT_MIN_ROWS, check_dataset
 from tasks.validation._sources import load_rows
 
 __all__ = [

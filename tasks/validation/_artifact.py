@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.validation._models import ValidationIssue, ValidationReport
+from schemas.validation import ValidationIssue, ValidationReport
 
 
 def _grouped(report: ValidationReport) -> list[dict[str, str | int]]:

@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.request import FineTuneRequest, Method
-from tasks.validation._jsonl import KEEP_PER_CODE, ChunkResult, FormatId
-from tasks.validation._models import (
+from schemas.request import FineTuneRequest, Method
+from schemas.validation import (
     SUITABLE_METHODS,
     WARNING_CODES,
     FormatKind,
@@ -21,6 +20,7 @@ from tasks.validation._models import (
     ValidationIssue,
     ValidationReport,
 )
+from tasks.validation._jsonl import KEEP_PER_CODE, ChunkResult, FormatId
 from tasks.validation._rules import detect_kind, propose_column_map
 from tasks.validation._sources import (
     DataFile,

@@ -29,7 +29,7 @@ import orjson
 import xxhash
 from msgspec import UNSET, UnsetType
 
-from tasks.validation._models import FormatKind, IssueCode
+from schemas.validation import FormatKind, IssueCode
 from tasks.validation._rules import (
     SIDES,
     RowIssue,

@@ -11,7 +11,7 @@ import math
 from functools import lru_cache
 from typing import Any
 
-from tasks.validation._models import FormatKind, IssueCode
+from schemas.validation import FormatKind, IssueCode
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 """Roles the chat templates of TRL-trainable models accept."""

@@ -20,9 +20,9 @@ from typing import Any
 import orjson
 import xxhash
 
-from tasks.request import LOCAL_DATASET_SUFFIXES, DatasetSource
+from schemas.request import LOCAL_DATASET_SUFFIXES, DatasetSource
+from schemas.validation import IssueCode
 from tasks.validation._jsonl import BOM, ChunkResult, scan_jsonl, sniff_jsonl
-from tasks.validation._models import IssueCode
 from tasks.validation._rules import check_row
 
 ROWS_PER_CHUNK = 10_000

@@ -9,7 +9,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from tasks.validation._models import FormatKind, TokenStats
+from schemas.validation import FormatKind, TokenStats
 
 BATCH_ROWS = 1000
 _RENDER_ERRORS: tuple[type[Exception], ...] = (KeyError, TypeError, ValueError, AttributeError)
@@ -26,8 +26,8 @@ def load_tokenizer(base_model: str, tokenizer_path: str | None) -> tuple[Any | N
     except ImportError:
         return None, "transformers is not installed (pip install 'lm-fine-tuning[training]')"
 
-    from tasks.base_model import EMBEDDED_HUB_ID, embedded_gguf_path
-    from tasks.request import DEFAULT_BASE_MODEL
+    from schemas.request import DEFAULT_BASE_MODEL
+    from tasks.jobs.base_model import EMBEDDED_HUB_ID, embedded_gguf_path
 
     model = tokenizer_path or base_model
     if model in (DEFAULT_BASE_MODEL, EMBEDDED_HUB_ID):

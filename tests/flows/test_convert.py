@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from flows.convert import convert
+from schemas.request import DatasetSource
 from tasks.gguf import GGUFLineage, GGUFSettings, QuantType, hash_dataset, read_metadata
-from tasks.request import DatasetSource
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "pirate_chat.jsonl"
 

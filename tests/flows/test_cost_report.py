@@ -8,7 +8,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from blocks.budget import BudgetPolicy
 from flows.cost_report import cost_report
-from tasks.ledger import Ledger
+from tasks.costs.ledger import Ledger
 
 
 def test_cost_report_shows_spend_holds_and_budget_left(prefect_server, tmp_path):

@@ -7,7 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from cli.app import app
-from tasks.deployment import deployments_dir
+from tasks.serving.deploy import deployments_dir
 from tasks.serving.local import find_local_server
 
 
@@ -49,8 +49,8 @@ def test_deploy_flow_to_a_saved_serverless_llm_target(prefect_server, tmp_path):
     from prefect_github import GitHubCredentials
 
     from blocks.serverless_llm import DeployMode, ServerlessLLMTarget
-    from tests.tasks.serverless_llm.github_server import FakeGitHub, FakeModelServer
-    from tests.tasks.serverless_llm.sample_repo import git, make_serverless_repo
+    from tests.doubles.github_server import FakeGitHub, FakeModelServer
+    from tests.doubles.serverless_llm_repo import git, make_serverless_repo
 
     token = "ghp_flow_secret_987"
     bare = make_serverless_repo(tmp_path)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flows.finetune import finetune
-from tasks.request import FineTuneRequest
+from schemas.request import FineTuneRequest
 
 USER = {"role": "user", "content": "Say hello to the crew."}
 DATASETS = {

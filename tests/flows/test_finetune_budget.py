@@ -10,8 +10,8 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from blocks.budget import BudgetPolicy
 from flows.finetune import finetune
-from tasks.ledger import Ledger
-from tasks.request import DEFAULT_BASE_MODEL, Backend, DatasetSource, FineTuneRequest
+from schemas.request import DEFAULT_BASE_MODEL, Backend, DatasetSource, FineTuneRequest
+from tasks.costs.ledger import Ledger
 
 
 def test_paid_run_over_the_per_job_maximum_fails_before_submission(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from schemas.request import DatasetSource, FineTuneRequest
 from tasks.paths import jobs_dir
-from tasks.request import DatasetSource, FineTuneRequest
 from tasks.validation import DatasetInvalid
 
 BAD = Path(__file__).parents[1] / "data" / "validation" / "bad" / "consecutive_same_role.jsonl"

@@ -9,7 +9,7 @@ import pytest
 
 from blocks.retrain import RetrainSpec
 from flows.retrain import retrain
-from tasks.request import DatasetSource, FineTuneRequest, Hyperparameters
+from schemas.request import DatasetSource, FineTuneRequest, Hyperparameters
 from tasks.retrain import RetrainOutcome, fingerprint_dataset
 
 ROWS = [

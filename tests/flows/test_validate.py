@@ -6,7 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from tasks.request import DatasetSource, FineTuneRequest
+from schemas.request import DatasetSource, FineTuneRequest
 from tasks.validation import _jsonl
 
 BAD = Path(__file__).parents[1] / "data" / "validation" / "bad" / "missing_role.jsonl"

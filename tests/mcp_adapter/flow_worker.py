@@ -9,7 +9,7 @@ from prefect import flow
 from prefect.flow_runs import pause_flow_run
 
 from deployments.serve import serve_flows
-from tasks.approval import ApprovalDecision
+from schemas.approval import ApprovalDecision
 
 APPROVAL_PROBE = "approval-probe/approval-probe"
 

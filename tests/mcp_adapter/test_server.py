@@ -13,9 +13,9 @@ from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
 from mcp_adapter.server import server
+from schemas.jobs import JobState
+from schemas.request import Backend
 from tasks.jobs.backends import find_jobs, job_status
-from tasks.jobs.models import JobState
-from tasks.request import Backend
 
 pytestmark = pytest.mark.anyio
 
@@ -248,7 +248,7 @@ async def test_paid_job_waits_at_the_budget_gate_and_is_rejected(
 ):
     """The real gate of the finetune flow: a paid estimate above the threshold pauses the run."""
     from blocks.budget import BudgetPolicy
-    from tasks.ledger import Decision, Ledger
+    from tasks.costs.ledger import Decision, Ledger
 
     ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     await BudgetPolicy(
@@ -373,7 +373,7 @@ async def cancel_a_running_job(chat_dataset: Path, tiny_llama: Path) -> None:
 async def approve_every_run(prefect_server, tmp_path: Path):
     """The `default` BudgetPolicy with `require_approval_for_all_runs`, and its ledger; the previous one after."""
     from blocks.budget import BUDGET_BLOCK_NAME, BudgetPolicy
-    from tasks.ledger import Ledger
+    from tasks.costs.ledger import Ledger
 
     try:
         previous = await BudgetPolicy.aload(BUDGET_BLOCK_NAME)
@@ -401,7 +401,7 @@ async def test_local_job_waits_for_approval_then_completes(
     flow_worker, approve_every_run, chat_dataset: Path, tiny_llama: Path
 ):
     """A free local run under `require_approval_for_all_runs`: create_job → paused → approve_job → completed."""
-    from tasks.ledger import Decision, ReservationStatus
+    from tasks.costs.ledger import Decision, ReservationStatus
 
     ledger = approve_every_run
     tiny = {

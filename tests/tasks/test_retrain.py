@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.request import DatasetSource
+from schemas.request import DatasetSource
 from tasks.retrain import FingerprintKind, fingerprint_dataset, local_content_hash
 
 SHAS = {"main": "a" * 40, "v2": "b" * 40}

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from schemas.request import Backend
 from tasks.jobs import JobState, parse_progress_line, parse_result_line
 from tasks.jobs.backends import cancel_job, find_jobs, job_logs, job_status, tail_job_logs
 from tasks.jobs.local import job_dir, submit_local_job
-from tasks.request import Backend
 
 
 @pytest.fixture(scope="module")

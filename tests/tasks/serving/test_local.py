@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks.base_model import embedded_gguf_path
+from tasks.jobs.base_model import embedded_gguf_path
 from tasks.serving.endpoints import SmokeTestFailed, smoke_chat
 from tasks.serving.local import (
     find_local_server,

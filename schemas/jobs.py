@@ -1,0 +1,116 @@
+"""Records shared by the job backends and the monitor."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import Enum
+
+from pydantic import BaseModel, Field
+
+from schemas.request import Backend
+
+PROGRESS_PREFIX = "LMFT_PROGRESS "
+RESULT_PREFIX = "LMFT_RESULT "
+
+
+class JobState(str, Enum):
+    """Lifecycle of a training job, the same for every backend."""
+
+    SCHEDULING = "scheduling"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES = (JobState.COMPLETED, JobState.ERROR, JobState.CANCELLED)
+
+
+class JobHandle(BaseModel):
+    """How to find a submitted job again, from any process."""
+
+    backend: Backend
+    job_id: str
+    idempotency_key: str
+    submitted_at: datetime
+    url: str | None = Field(default=None, description="Job page (HF Jobs) or log file (local).")
+    output_dir: str | None = Field(
+        default=None, description="Where the job writes its model (local)."
+    )
+    namespace: str | None = None
+    labels: dict[str, str] = {}
+
+
+class JobStatus(BaseModel):
+    """A job's state as read from its backend."""
+
+    state: JobState
+    exit_code: int | None = None
+    message: str | None = None
+    running_seconds: float | None = Field(
+        default=None, description="Billed running time, when the backend reports it."
+    )
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+class ProgressUpdate(BaseModel):
+    """One `LMFT_PROGRESS` line of the training script."""
+
+    step: int
+    total_steps: int
+    loss: float | None = None
+    learning_rate: float | None = None
+    epoch: float | None = None
+    elapsed_seconds: float | None = None
+    eta_seconds: float | None = None
+
+    model_config = {"extra": "allow"}
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
+
+
+class TrainingResult(BaseModel):
+    """What a finished training job produced."""
+
+    handle: JobHandle
+    model_dir: str | None = Field(description="Merged model folder (local backend).")
+    adapter_dir: str | None = None
+    hub_repo: str | None = None
+    hub_revision: str | None = None
+    global_step: int
+    first_loss: float | None
+    final_loss: float | None
+    train_seconds: float
+    trackio_project: str
+
+
+class TrainingFailed(RuntimeError):
+    """The training job ended in ERROR or CANCELLED; the message carries its last log lines."""
+
+
+def parse_progress_line(line: str) -> ProgressUpdate | None:
+    """The progress record in a log line, or None when the line is not one."""
+    idx = line.find(PROGRESS_PREFIX)
+    if idx < 0:
+        return None
+    try:
+        return ProgressUpdate.model_validate(json.loads(line[idx + len(PROGRESS_PREFIX) :]))
+    except ValueError:
+        return None
+
+
+def parse_result_line(line: str) -> dict | None:
+    """The result record in a log line, or None when the line is not one."""
+    idx = line.find(RESULT_PREFIX)
+    if idx < 0:
+        return None
+    try:
+        return json.loads(line[idx + len(RESULT_PREFIX) :])
+    except ValueError:
+        return None

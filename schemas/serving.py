@@ -1,0 +1,57 @@
+"""A served model: where a GGUF was deployed, and the evidence that it answers."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import Enum
+
+from pydantic import BaseModel, Field
+
+MODEL_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]{1,39}$")
+"""serverless-llm model names: 2-40 lowercase letters and digits, starting with a letter."""
+
+LOCAL_TARGET = "local"
+"""The deploy target that serves on this machine (llama-cpp-python's server)."""
+
+
+class SmokeResult(BaseModel):
+    """The smoke chat request and what the model answered."""
+
+    url: str
+    model: str | None
+    prompt: str
+    reply: str
+    completion_tokens: int | None = None
+
+
+class ServeStatus(str, Enum):
+    """Where a deploy stands."""
+
+    SERVING = "serving"  # healthy and answered the smoke request
+    AWAITING_MERGE = "awaiting_merge"  # PR open; nothing runs until a maintainer merges it
+    DISPATCHED = "dispatched"  # inference workflow started; no health URL to check
+    ROLLED_BACK = "rolled_back"
+
+
+class ServedModel(BaseModel):
+    """Where a GGUF was deployed and the evidence that it serves."""
+
+    target: str = Field(description="'local' or the name of a ServerlessLLMTarget block.")
+    name: str
+    status: ServeStatus
+    gguf_path: str
+    url: str | None = Field(default=None, description="Base URL of the OpenAI-compatible server.")
+    smoke: SmokeResult | None = None
+    pid: int | None = None
+    port: int | None = None
+    repository: str | None = None
+    branch: str | None = None
+    commit_sha: str | None = None
+    pull_request_url: str | None = None
+    build_run_url: str | None = None
+    inference_run_url: str | None = None
+    hf_repo: str | None = None
+    hf_file: str | None = None
+    models_entry_changed: bool | None = None
+    deployed_at: datetime = Field(default_factory=lambda: datetime.now(UTC))

@@ -1,0 +1,235 @@
+"""The budget gate: hold a run's high estimate, ask a human when it is expensive, settle or release.
+
+`gate_budget` runs in the flow body (a paused flow cannot run tasks, and `pause_flow_run`
+pauses the flow run itself); the ledger writes are tasks so they show in the run's graph.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime
+
+from prefect import get_run_logger, task
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.runtime import flow_run as current_flow_run
+
+from blocks.budget import (
+    BUDGET_BLOCK_NAME,
+    BudgetPolicy,
+    BudgetPolicyMissing,
+    BudgetPolicyUnavailable,
+    load_budget_policy,
+)
+from schemas.approval import ApprovalDecision
+from tasks.costs import CostEstimate, cost_so_far
+from tasks.costs.ledger import Decision, Ledger, Reservation, ReservationStatus
+from tasks.jobs import JobHandle, TrainingResult
+
+logger = logging.getLogger(__name__)
+
+LEDGER_URL_ENV = "LMFT_LEDGER_URL"
+
+
+class ApprovalRejected(RuntimeError):
+    """The run was rejected, or nobody decided before the approval timeout."""
+
+
+def ledger_for(policy: BudgetPolicy | None) -> Ledger:
+    """The ledger of `policy` (its `ledger_url`), else `$LMFT_LEDGER_URL`, else SQLite in `$LMFT_HOME`."""
+    url = policy.ledger_url.get_secret_value() if policy is not None and policy.ledger_url else None
+    return Ledger(url or os.environ.get(LEDGER_URL_ENV) or None)
+
+
+def is_free(estimate: CostEstimate) -> bool:
+    return estimate.high_usd == 0 and estimate.price_per_hour == 0
+
+
+def needs_approval(estimate: CostEstimate, policy: BudgetPolicy) -> bool:
+    """Whether a human must approve the run: every run under `require_approval_for_all_runs`, else above the threshold."""
+    return policy.require_approval_for_all_runs or estimate.high_usd > policy.approval_threshold_usd
+
+
+@task(name="reserve-budget")
+def reserve_budget(
+    estimate: CostEstimate, *, run_key: str, policy_name: str = BUDGET_BLOCK_NAME
+) -> Reservation:
+    """Hold the run's high estimate in the ledger, or fail with the figures."""
+    policy = load_budget_policy(policy_name)
+    reservation = ledger_for(policy).reserve(
+        run_key=run_key,
+        backend=estimate.backend.value,
+        hardware=estimate.hardware,
+        price_per_hour=estimate.price_per_hour,
+        expected_usd=estimate.expected_usd,
+        high_usd=estimate.high_usd,
+        monthly_limit_usd=policy.monthly_limit_usd,
+        per_job_max_usd=policy.per_job_max_usd,
+        needs_approval=needs_approval(estimate, policy),
+        flow_run_id=str(current_flow_run.id) if current_flow_run.id else None,
+    )
+    get_run_logger().info(
+        "budget: holding $%.2f for %s on %s (%s)",
+        reservation.reserved_usd,
+        run_key,
+        estimate.hardware,
+        reservation.decision.value,
+    )
+    return reservation
+
+
+@task(name="record-approval")
+def record_approval(
+    reservation: Reservation, decision: ApprovalDecision, *, policy_name: str = BUDGET_BLOCK_NAME
+) -> Reservation:
+    """Record who approved or rejected the run, and their note; a rejection releases the hold."""
+    ledger = ledger_for(load_budget_policy(policy_name))
+    verdict = Decision.APPROVED if decision.approve else Decision.REJECTED
+    return ledger.decide(
+        reservation.id, decision=verdict, approver=decision.approver, note=decision.note
+    )
+
+
+def approval_form(estimate: CostEstimate, reservation: Reservation, policy: BudgetPolicy):
+    """The `ApprovalDecision` form, its description showing the estimate and the budget."""
+    if is_free(estimate):
+        title = f"## Approve a free training run on the {estimate.backend.value} backend?"
+    else:
+        title = f"## Approve a training run of up to ${estimate.high_usd:.2f}?"
+    if policy.require_approval_for_all_runs:
+        why = "The budget policy requires an approval for every run (`require_approval_for_all_runs`)."
+    else:
+        why = f"The high estimate is above the approval threshold (${policy.approval_threshold_usd:.2f})."
+    description = (
+        f"{title}\n\n{why} "
+        f"${reservation.reserved_usd:.2f} is held in the budget until you decide; with no decision in "
+        f"{policy.approval_timeout_seconds} s the run is rejected.\n\n{estimate.markdown()}\n"
+    )
+    return ApprovalDecision.with_initial_data(description=description, approve=False)
+
+
+def gate_budget(
+    estimate: CostEstimate,
+    *,
+    run_key: str,
+    policy_name: str = BUDGET_BLOCK_NAME,
+    poll_interval: int = 10,
+) -> Reservation | None:
+    """Let the run through the budget, or raise before anything is spent.
+
+    Free runs (the local backend) pass without a ledger entry, and need no policy, unless the
+    saved policy has `require_approval_for_all_runs`: then they hold $0 in the ledger and wait
+    for an approval like a paid run. Paid runs need a saved `BudgetPolicy`; over the monthly
+    limit or the per-job maximum they fail with the figures; above the approval threshold (or
+    under `require_approval_for_all_runs`) the flow run pauses for an `ApprovalDecision` (a
+    timeout is a rejection); otherwise they are approved automatically. Every decision is
+    recorded in the ledger.
+    """
+    try:
+        policy = load_budget_policy(policy_name)
+    except BudgetPolicyMissing:
+        if is_free(estimate):
+            return None
+        raise
+    if is_free(estimate) and not policy.require_approval_for_all_runs:
+        return None
+    reservation = reserve_budget(estimate, run_key=run_key, policy_name=policy_name)
+    if reservation.status is ReservationStatus.APPROVED:
+        return reservation
+    log = get_run_logger()
+    log.info(
+        "budget: waiting up to %ss for approval of $%.2f (high estimate)",
+        policy.approval_timeout_seconds,
+        estimate.high_usd,
+    )
+    try:
+        decision = pause_flow_run(
+            wait_for_input=approval_form(estimate, reservation, policy),
+            timeout=policy.approval_timeout_seconds,
+            poll_interval=poll_interval,
+            key=f"approve-{reservation.id}",
+        )
+    except FlowPauseTimeout:
+        # The flow run is still paused, so no task may run: write to the ledger directly.
+        ledger_for(policy).decide(
+            reservation.id,
+            decision=Decision.TIMED_OUT,
+            note=f"no decision within {policy.approval_timeout_seconds} s",
+        )
+        raise ApprovalRejected(
+            f"budget: nobody approved the ${estimate.high_usd:.2f} run within {policy.approval_timeout_seconds} s; "
+            "it was not started and its hold was released"
+        ) from None
+    reservation = record_approval(reservation, decision, policy_name=policy_name)
+    who = decision.approver or "an anonymous approver"
+    if not decision.approve:
+        raise ApprovalRejected(
+            f"budget: {who} rejected the ${estimate.high_usd:.2f} run: {decision.note or 'no note'}"
+        )
+    log.info("budget: %s approved the run: %s", who, decision.note or "no note")
+    return reservation
+
+
+@task(name="record-job-start")
+def record_job_start(
+    reservation: Reservation | None, handle: JobHandle, *, policy_name: str = BUDGET_BLOCK_NAME
+) -> Reservation | None:
+    """Note in the ledger when the paid job started, so a failure is billed up to its end."""
+    if reservation is None:
+        return None
+    return ledger_for(load_budget_policy(policy_name)).mark_started(
+        reservation.id, handle.submitted_at
+    )
+
+
+@task(name="settle-budget", retries=2, retry_delay_seconds=[2, 10])
+def settle_budget(
+    reservation: Reservation | None,
+    result: TrainingResult,
+    *,
+    finished_at: datetime | None = None,
+    policy_name: str = BUDGET_BLOCK_NAME,
+) -> Reservation | None:
+    """Turn the run's hold into its actual cost: the job's duration × the flavor's price."""
+    if reservation is None:
+        return None
+    actual = cost_so_far(reservation.price_per_hour, result.handle.submitted_at, finished_at)
+    settled = ledger_for(load_budget_policy(policy_name)).settle(reservation.id, actual)
+    get_run_logger().info(
+        "budget: the run cost $%.2f (estimated $%.2f)", actual, reservation.expected_usd
+    )
+    return settled
+
+
+def release_budget_of_flow_run(flow, flow_run, state) -> None:
+    """Flow-run hook (failure, cancellation, crash): release the run's open holds, keeping billed time."""
+    try:
+        ledger = ledger_for(load_budget_policy())
+    except BudgetPolicyMissing:
+        return  # without a policy no paid run got through the gate, so nothing is held
+    except BudgetPolicyUnavailable as exc:
+        logger.error(
+            "flow run %s %s: could not release its budget hold: %s", flow_run.id, state.name, exc
+        )
+        return
+    for reservation in ledger.entries(flow_run_id=str(flow_run.id)):
+        if not reservation.is_open:
+            continue
+        billed = (
+            cost_so_far(reservation.price_per_hour, reservation.job_started_at)
+            if reservation.job_started_at
+            else 0.0
+        )
+        ledger.release(
+            reservation.id,
+            billed_usd=billed,
+            note=f"flow run {state.name}: {state.message or ''}"[:500],
+        )
+        logger.warning(
+            "flow run %s %s: released the budget hold of %s (billed $%.2f)",
+            flow_run.id,
+            state.name,
+            reservation.run_key,
+            billed,
+        )

@@ -1,0 +1,299 @@
+"""Submit the training job script for a request, and follow it to its end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
+
+from blocks.huggingface import load_hf_credentials
+from schemas.request import Backend, FineTuneRequest
+from tasks.costs import CostEstimate
+from tasks.jobs import (
+    JobHandle,
+    JobState,
+    JobStatus,
+    ProgressUpdate,
+    TrainingFailed,
+    TrainingResult,
+)
+from tasks.jobs.hf import GpuMetrics, is_transient, job_labels, label_value, submit_hf_job
+from tasks.jobs.local import submit_local_job
+from tasks.jobs.monitor import FollowOutcome, MonitorSettings, follow_job
+
+TRACKIO_PROJECT = "lm-fine-tuning"
+HF_JOB_OUTPUT_DIR = (
+    "/tmp/lmft-output"  # inside the job container; the model leaves it through the Hub
+)
+
+
+def training_script_args(request: FineTuneRequest, model: str, *, run_name: str) -> list[str]:
+    """Command-line arguments of `training/train.py` for `request`, training `model`."""
+    h, lora, data = request.hyperparameters, request.lora, request.dataset
+    args = {
+        "model_name_or_path": model,
+        # The job runs in its own folder (or on another machine): local paths must be absolute.
+        "dataset_path": str(Path(data.path).expanduser().resolve()) if data.is_local else data.path,
+        "dataset_split": data.split,
+        "column_map": json.dumps(data.column_map),
+        "method": request.method.value,
+        "use_lora": lora.enabled,
+        "lora_r": lora.r,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "lora_target_modules": lora.target_modules,
+        "num_train_epochs": h.epochs,
+        "max_steps": h.max_steps or -1,
+        "learning_rate": h.learning_rate,
+        "per_device_train_batch_size": h.batch_size,
+        "gradient_accumulation_steps": h.gradient_accumulation_steps,
+        "max_length": h.max_length,
+        "warmup_ratio": h.warmup_ratio,
+        "seed": h.seed,
+        "gradient_checkpointing": h.gradient_checkpointing,
+        "beta": h.beta,
+        "num_generations": h.num_generations,
+        "max_completion_length": h.max_completion_length,
+        "reward_functions": ",".join(h.reward_functions),
+        "trackio_project": TRACKIO_PROJECT,
+        "run_name": run_name,
+    }
+    if data.config:
+        args["dataset_config"] = data.config
+    if data.revision:
+        args["dataset_revision"] = data.revision
+    out: list[str] = []
+    for key, value in args.items():
+        out += [f"--{key}", str(value)]
+    return out
+
+
+def is_transient_failure(task, task_run, state) -> bool:
+    """Retry condition of the training tasks: only failures that another attempt can cure."""
+    try:
+        state.result()
+    except Exception as exc:
+        return is_transient(exc)
+    return False
+
+
+@task(
+    name="submit-training",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=is_transient_failure,
+)
+def submit_training(
+    request: FineTuneRequest,
+    model: str,
+    *,
+    idempotency_key: str,
+    labels: dict[str, str],
+    estimate: CostEstimate | None = None,
+) -> JobHandle:
+    """Start the training job on the request's backend; an existing job with the same key is reused."""
+    logger = get_run_logger()
+    script_args = training_script_args(
+        request, model, run_name=request.output_name or idempotency_key
+    )
+    if request.backend is Backend.LOCAL:
+        handle = submit_local_job(
+            script_args=script_args, idempotency_key=idempotency_key, labels=labels
+        )
+        logger.info(
+            "training job %s on %s (log: %s)", handle.job_id, handle.backend.value, handle.url
+        )
+        return handle
+    check_shippable(request, model)
+    credentials = load_hf_credentials()
+    flavor, timeout = hf_flavor_and_timeout(request, estimate)
+    hub_repo = f"{credentials.namespace}/{request.output_name}"
+    script_args += [
+        "--output_dir",
+        HF_JOB_OUTPUT_DIR,
+        "--push_to_hub_repo",
+        hub_repo,
+        "--hub_private",
+        "True",
+    ]
+    if credentials.trackio_space_id:
+        script_args += ["--trackio_space_id", credentials.trackio_space_id]
+    job_label_set = {
+        **{k: label_value(v) for k, v in labels.items()},
+        **job_labels(
+            idempotency_key=idempotency_key,
+            flow_run_id=labels.get("flow_run_id"),
+            estimated_usd=estimate.expected_usd if estimate else None,
+        ),
+    }
+    handle, created = submit_hf_job(
+        credentials,
+        script_args=script_args,
+        labels=job_label_set,
+        flavor=flavor,
+        timeout_seconds=timeout,
+    )
+    handle = handle.model_copy(update={"idempotency_key": idempotency_key})
+    verb = "submitted" if created else "attached to existing"
+    logger.info(
+        "%s Hugging Face job %s on %s, pushing to %s: %s",
+        verb,
+        handle.job_id,
+        flavor,
+        hub_repo,
+        handle.url,
+    )
+    return handle
+
+
+def check_shippable(request: FineTuneRequest, model: str) -> None:
+    """Refuse what a Hugging Face job cannot see: local folders (run_uv_job ships single files only)."""
+    if Path(model).expanduser().is_dir():
+        raise ValueError(
+            f"base_model: {model!r} is a local folder, which a Hugging Face job cannot read; "
+            "push it to the Hub and give its repo id, or use backend 'local'"
+        )
+    if request.dataset.is_local and Path(request.dataset.path).expanduser().is_dir():
+        raise ValueError(
+            f"dataset.path: {request.dataset.path!r} is a local folder, which a Hugging Face job cannot read; "
+            "give a single file (it is uploaded with the job) or a Hub dataset id"
+        )
+
+
+def hf_flavor_and_timeout(
+    request: FineTuneRequest, estimate: CostEstimate | None
+) -> tuple[str, int | None]:
+    """The flavor and timeout of a Hugging Face job: from the estimate, else from the request."""
+    if estimate is not None and estimate.hardware not in ("local", "auto"):
+        return estimate.hardware, estimate.timeout_seconds
+    if request.hardware != "auto":
+        return request.hardware, estimate.timeout_seconds if estimate else None
+    raise ValueError(
+        "hardware: backend 'hf-jobs' needs a flavor; set hardware (e.g. 'a10g-small') or pass a cost estimate"
+    )
+
+
+class _PrefectWatcher:
+    """Turns the monitor's notices into Prefect logs and the progress artifact."""
+
+    def __init__(self, handle: JobHandle, artifact_id) -> None:
+        self.handle, self.artifact_id, self.logger = handle, artifact_id, get_run_logger()
+
+    def on_stage(self, status: JobStatus, previous: JobState | None) -> None:
+        was = previous.value if previous else "submitted"
+        message = f" ({status.message})" if status.message else ""
+        self.logger.info("job %s: %s -> %s%s", self.handle.job_id, was, status.state.value, message)
+
+    def on_progress(self, update: ProgressUpdate) -> None:
+        update_progress_artifact(self.artifact_id, round(100 * update.fraction, 1))
+        eta = "?" if update.eta_seconds is None else f"{update.eta_seconds:.0f}s"
+        self.logger.info(
+            "step %d/%d  loss %.4f  lr %.2e  eta %s",
+            update.step,
+            update.total_steps,
+            update.loss or float("nan"),
+            update.learning_rate or 0.0,
+            eta,
+        )
+
+    def on_metrics(self, metrics: GpuMetrics, cost_usd: float | None) -> None:
+        cost = "" if cost_usd is None else f"  cost so far ${cost_usd:.2f}"
+        self.logger.info(
+            "job %s: GPU %s%% util, %s/%s GB GPU memory%s",
+            self.handle.job_id,
+            metrics.gpu_utilization_pct,
+            metrics.gpu_memory_used_gb,
+            metrics.gpu_memory_total_gb,
+            cost,
+        )
+
+    def on_stalled(self, quiet_seconds: float) -> None:
+        self.logger.warning(
+            "job %s looks stalled: no log line for %.0f s (it is still running; cancel it if it is stuck)",
+            self.handle.job_id,
+            quiet_seconds,
+        )
+
+
+@task(name="monitor-training")
+def monitor_training(
+    handle: JobHandle, estimate: CostEstimate | None = None, settings: MonitorSettings | None = None
+) -> TrainingResult:
+    """Follow the job to its end: stage changes, live progress artifact, metrics and cost, the final result."""
+    logger = get_run_logger()
+    key = _artifact_key(handle.job_id)
+    artifact_id = create_progress_artifact(
+        0.0, key=f"training-progress-{key}", description=f"Training job {handle.job_id}"
+    )
+    links = job_links(handle)
+    if links:
+        create_link_artifact(links[0][1], link_text=links[0][0], key=f"training-job-{key}")
+        for text, url in links:
+            logger.info("%s: %s", text, url)
+    price = estimate.price_per_hour if estimate else None
+    outcome = follow_job(
+        handle, _PrefectWatcher(handle, artifact_id), settings, price_per_hour=price
+    )
+    status, result = outcome.status, outcome.result
+    if status.state is not JobState.COMPLETED or result is None:
+        last = "\n".join(outcome.tail[-20:])
+        reason = status.message or status.state.value
+        raise TrainingFailed(
+            f"training job {handle.job_id} ended {status.state.value} ({reason}); last log lines:\n{last}"
+        )
+    update_progress_artifact(artifact_id, 100.0)
+    create_markdown_artifact(_job_report(handle, outcome, links), key=f"training-report-{key}")
+    remote = handle.backend is not Backend.LOCAL
+    return TrainingResult(
+        handle=handle,
+        model_dir=None if remote else result.get("model_dir"),
+        adapter_dir=None if remote else result.get("adapter_dir"),
+        hub_repo=result.get("hub_repo"),
+        hub_revision=result.get("hub_revision"),
+        global_step=result["global_step"],
+        first_loss=result.get("first_loss"),
+        final_loss=result.get("final_loss"),
+        train_seconds=result.get("train_seconds", outcome.running_seconds),
+        trackio_project=result.get("trackio_project", TRACKIO_PROJECT),
+    )
+
+
+def job_links(handle: JobHandle) -> list[tuple[str, str]]:
+    """Links worth a click: the Hugging Face job page and the Trackio Space, when there is one."""
+    if handle.backend is Backend.LOCAL:
+        return []
+    links = [("Hugging Face job", handle.url)] if handle.url else []
+    credentials = load_hf_credentials()
+    if credentials.trackio_space_id:
+        links.append(
+            ("Trackio dashboard", f"{credentials.hub_url}/spaces/{credentials.trackio_space_id}")
+        )
+    return links
+
+
+def _job_report(handle: JobHandle, outcome: FollowOutcome, links: list[tuple[str, str]]) -> str:
+    rows = [
+        f"| job | `{handle.job_id}` ({handle.backend.value}) |",
+        f"| state | {outcome.status.state.value} |",
+        f"| running time | {outcome.running_seconds:.0f} s |",
+    ]
+    if outcome.cost_usd is not None:
+        rows.append(f"| cost | ${outcome.cost_usd:.2f} (running time × price) |")
+    if (m := outcome.last_metrics) is not None:
+        rows.append(
+            f"| GPU | {m.gpu_count} × {m.gpu_utilization_pct}% util, {m.gpu_memory_used_gb}/{m.gpu_memory_total_gb} GB |"
+        )
+    rows += [f"| {text} | {url} |" for text, url in links]
+    return "# Training job\n\n| | |\n|---|---|\n" + "\n".join(rows) + "\n"
+
+
+def _artifact_key(value: str) -> str:
+    # Artifact keys: lowercase letters, digits and dashes only.
+    return "".join(c if c.isalnum() else "-" for c in value.lower())

@@ -1,0 +1,137 @@
+"""Artifacts that summarise a pipeline run in the Prefect UI."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from pydantic import BaseModel, Field
+
+from schemas.costs import ESTIMATE_FIGURES_KEY, CostEstimate
+from schemas.gguf import ConversionResult
+from schemas.request import FineTuneRequest
+from schemas.serving import ServedModel
+from tasks.jobs import TrainingResult
+from tasks.reporting.samples import SampleAnswer
+
+
+class FineTuneSummary(BaseModel):
+    """What the `finetune` flow returns."""
+
+    output_name: str
+    job_id: str
+    model_dir: str | None
+    hub_repo: str | None = None
+    steps: int
+    first_loss: float | None
+    final_loss: float | None
+    step_seconds: dict[str, float]
+    trackio_project: str
+    estimate: CostEstimate
+    samples: list[SampleAnswer] = []
+    gguf: str | None = Field(default=None, description="The GGUF that passed the quality gate.")
+    gguf_decision: str | None = Field(
+        default=None, description="Which GGUF variant was chosen, and why."
+    )
+    deployment_url: str | None = Field(
+        default=None, description="Where the model answers (OpenAI-compatible)."
+    )
+    deployment_status: str | None = None
+
+
+"""Table artifact holding the estimate's fields (the markdown `cost-estimate` is for people)."""
+
+
+@task(name="publish-estimate")
+def publish_estimate(estimate: CostEstimate) -> None:
+    """Publish the estimate's fields as a one-row table artifact, read back by the MCP adapter."""
+    create_table_artifact(
+        [estimate.model_dump(mode="json")],
+        key=ESTIMATE_FIGURES_KEY,
+        description=f"Expected ${estimate.expected_usd:.2f} on {estimate.hardware} ({estimate.source})",
+    )
+
+
+@contextmanager
+def timed(timings: dict[str, float], step: str) -> Iterator[None]:
+    """Record the wall time of a pipeline step into `timings[step]` (seconds)."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        timings[step] = round(time.monotonic() - started, 2)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+@task(name="publish-summary")
+def publish_summary(
+    request: FineTuneRequest,
+    result: TrainingResult,
+    estimate: CostEstimate,
+    timings: dict[str, float],
+    samples: list[SampleAnswer] | None = None,
+    *,
+    gguf: ConversionResult | None = None,
+    deployment: ServedModel | None = None,
+) -> FineTuneSummary:
+    """Build the run's summary and publish it as a markdown artifact."""
+    summary = FineTuneSummary(
+        output_name=request.output_name or result.handle.job_id,
+        job_id=result.handle.job_id,
+        model_dir=result.model_dir,
+        hub_repo=result.hub_repo,
+        steps=result.global_step,
+        first_loss=result.first_loss,
+        final_loss=result.final_loss,
+        step_seconds=timings,
+        trackio_project=result.trackio_project,
+        estimate=estimate,
+        samples=samples or [],
+        gguf=gguf.chosen if gguf else None,
+        gguf_decision=gguf.quality.decision if gguf else None,
+        deployment_url=deployment.url or deployment.pull_request_url if deployment else None,
+        deployment_status=deployment.status.value if deployment else None,
+    )
+    rows = "\n".join(f"| {step} | {seconds:.1f} |" for step, seconds in timings.items())
+    markdown = f"""# Fine-tune: {summary.output_name}
+
+| | |
+|---|---|
+| base model | `{request.base_model}` |
+| dataset | `{request.dataset.path}` |
+| method | {request.method.value} ({f"LoRA r={request.lora.r}" if request.lora.enabled else "full"}) |
+| backend | {request.backend.value} (job `{result.handle.job_id}`) |
+| model | `{result.model_dir or result.hub_repo}` |
+| steps | {result.global_step} |
+| loss | {_fmt(result.first_loss)} → {_fmt(result.final_loss)} |
+| cost | ${estimate.expected_usd:.2f} ({estimate.source}) |
+| Trackio | project `{result.trackio_project}`: `trackio show --project {result.trackio_project}` |
+| GGUF | `{summary.gguf or "not converted"}` {_cell(summary.gguf_decision or "")} |
+| deployment | {summary.deployment_status or "not deployed"} {summary.deployment_url or ""} |
+
+## Wall time per step (s)
+| step | seconds |
+|---|---|
+{rows}
+"""
+    if summary.samples:
+        markdown += (
+            "\n## Answers before and after\n| prompt | base model | fine-tuned |\n|---|---|---|\n"
+        )
+        markdown += "\n".join(
+            f"| {_cell(a.prompt)} | {_cell(a.base)} | {_cell(a.tuned)} |" for a in summary.samples
+        )
+    create_markdown_artifact(
+        markdown, key="finetune-summary", description=f"Fine-tune {summary.output_name}"
+    )
+    return summary

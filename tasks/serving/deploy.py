@@ -1,0 +1,108 @@
+"""`deploy_gguf`: put a GGUF in front of users (locally, or on serverless-llm) and prove it answers."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+from blocks.serverless_llm import ServerlessLLMTarget
+from schemas.serving import LOCAL_TARGET, ServedModel, ServeStatus
+from tasks.paths import lmft_home
+from tasks.serving.endpoints import smoke_chat
+from tasks.serving.local import local_name_for, start_local_server
+
+
+def deployments_dir() -> Path:
+    path = lmft_home() / "deployments"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def record_deployment(deployment: ServedModel) -> ServedModel:
+    """Keep the deployment on disk (`$LMFT_HOME/deployments/NAME.json`) and as Prefect artifacts."""
+    (deployments_dir() / f"{deployment.name}.json").write_text(deployment.model_dump_json(indent=2))
+    rows = [
+        (k, v)
+        for k, v in deployment.model_dump(mode="json", exclude={"smoke"}).items()
+        if v is not None
+    ]
+    table = "\n".join(f"| {k} | `{v}` |" for k, v in rows)
+    smoke = ""
+    if deployment.smoke:
+        smoke = f"\n## Smoke request\n**prompt:** {deployment.smoke.prompt}\n\n**reply:** {deployment.smoke.reply}\n"
+    create_markdown_artifact(
+        f"# Deployment: {deployment.name}\n\n| | |\n|---|---|\n{table}\n{smoke}",
+        key="deployment-" + re.sub(r"[^a-z0-9-]", "-", deployment.name),
+        description=f"Deployment of {deployment.name}",
+    )
+    for link in (deployment.pull_request_url, deployment.inference_run_url, deployment.url):
+        if link:
+            create_link_artifact(link, description=f"{deployment.name}: {link}")
+    return deployment
+
+
+def resolve_target(target: str | ServerlessLLMTarget) -> ServerlessLLMTarget | None:
+    """None for the local target; otherwise the ServerlessLLMTarget (loading a saved block by name)."""
+    if isinstance(target, ServerlessLLMTarget):
+        return target
+    if target == LOCAL_TARGET:
+        return None
+    try:
+        return ServerlessLLMTarget.load(target)
+    except ValueError:
+        raise ValueError(
+            f"target {target!r} is neither 'local' nor a saved ServerlessLLMTarget block; "
+            "create one (see docs/deploy.md) or use --target local"
+        ) from None
+
+
+def serve_locally(
+    gguf_path: str, name: str, *, port: int | None = None, n_ctx: int = 2048
+) -> ServedModel:
+    """Start (or reuse) the local server for `name`, send the smoke request, return the deployment."""
+    server = start_local_server(gguf_path, name, port=port, n_ctx=n_ctx)
+    smoke = smoke_chat(server.url, model=name)
+    return ServedModel(
+        target=LOCAL_TARGET,
+        name=name,
+        status=ServeStatus.SERVING,
+        gguf_path=server.gguf_path,
+        url=server.url,
+        smoke=smoke,
+        pid=server.pid,
+        port=server.port,
+    )
+
+
+@task(name="deploy-gguf")
+def deploy_gguf(
+    gguf_path: str,
+    name: str,
+    target: str | ServerlessLLMTarget = LOCAL_TARGET,
+    *,
+    quality_report_md: str | None = None,
+    lineage: dict | None = None,
+    hf_repo: str | None = None,
+    description: str | None = None,
+) -> ServedModel:
+    """Deploy a GGUF (a local file, or hf://owner/repo/file.gguf) to `target` and smoke-test it."""
+    resolved = resolve_target(target)
+    if resolved is None:
+        deployment = serve_locally(gguf_path, local_name_for(name))
+    else:
+        from tasks.serving.serverless_llm.deploy import deploy_to_serverless_llm
+
+        deployment = deploy_to_serverless_llm(
+            gguf_path,
+            name,
+            resolved,
+            target_name=target if isinstance(target, str) else resolved.repository,
+            quality_report_md=quality_report_md,
+            lineage=lineage,
+            hf_repo=hf_repo,
+            description=description,
+        )
+    return record_deployment(deployment)

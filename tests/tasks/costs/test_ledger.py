@@ -1,0 +1,95 @@
+"""The ledger under contention: concurrent gate calls in separate processes cannot overrun the budget."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import pytest
+
+from tasks.costs.ledger import BudgetExceeded, Ledger, ReservationStatus
+
+HIGH = 1.25
+FITS = 7
+CALLS = 24
+LIMIT = FITS * HIGH
+
+
+def reserve_in_process(url: str, run_key: str, start, results) -> None:
+    """One gate call, in its own process, released at the same time as the others."""
+    ledger = Ledger(url)
+    start.wait()
+    try:
+        reservation = ledger.reserve(
+            run_key=run_key,
+            backend="hf-jobs",
+            hardware="a10g-small",
+            price_per_hour=1.0,
+            expected_usd=0.8,
+            high_usd=HIGH,
+            monthly_limit_usd=LIMIT,
+            per_job_max_usd=LIMIT,
+            needs_approval=False,
+        )
+        results.put((run_key, reservation.id))
+    except BudgetExceeded:
+        results.put((run_key, None))
+
+
+def test_concurrent_gate_calls_let_exactly_the_budget_through(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    Ledger(url)  # create the schema once, as the first worker would
+    ctx = mp.get_context("fork")
+    start, results = ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=reserve_in_process, args=(url, f"run-{i}", start, results))
+        for i in range(CALLS)
+    ]
+    for p in procs:
+        p.start()
+    start.set()
+    outcomes = dict(results.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+
+    passed = [rid for rid in outcomes.values() if rid is not None]
+    assert len(passed) == FITS
+    ledger = Ledger(url)
+    totals = ledger.totals(limit_usd=LIMIT)
+    assert totals.reserved_usd == pytest.approx(FITS * HIGH) and totals.left_usd == pytest.approx(0)
+
+    # Settle some at their real cost, release the others: the books balance.
+    actual = [0.5, 0.75, 1.1]
+    for rid, cost in zip(passed, actual, strict=False):
+        assert ledger.settle(rid, cost).status is ReservationStatus.SETTLED
+    for rid in passed[len(actual) :]:
+        assert ledger.release(rid).status is ReservationStatus.RELEASED
+    ledger.release(passed[0])  # a late hook on a settled run changes nothing
+    totals = ledger.totals(limit_usd=LIMIT)
+    assert totals.spent_usd == pytest.approx(sum(actual))
+    assert totals.reserved_usd == 0 and totals.open_reservations == 0
+    assert totals.left_usd == pytest.approx(LIMIT - sum(actual))
+    assert len(ledger.entries()) == FITS
+
+
+def test_a_retried_run_reuses_its_hold_and_the_per_job_maximum_is_enforced(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    args = dict(
+        backend="hf-jobs",
+        hardware="l4x1",
+        price_per_hour=0.8,
+        expected_usd=1.0,
+        high_usd=2.0,
+        monthly_limit_usd=3.0,
+        per_job_max_usd=2.5,
+        needs_approval=True,
+    )
+    first = ledger.reserve(run_key="same", **args)
+    assert ledger.reserve(run_key="same", **args).id == first.id
+    assert first.status is ReservationStatus.AWAITING_APPROVAL
+    with pytest.raises(BudgetExceeded, match=r"only \$1.00 is left of the \$3.00 monthly limit"):
+        ledger.reserve(run_key="other", **args)
+    with pytest.raises(BudgetExceeded, match=r"above the per-job maximum of \$2.50"):
+        ledger.reserve(run_key="big", **{**args, "high_usd": 2.6})
+    billed = ledger.release(first.id, billed_usd=0.4)
+    assert billed.status is ReservationStatus.SETTLED and billed.actual_usd == pytest.approx(0.4)
