@@ -4,7 +4,7 @@
 (run; estimate, costs, budget; convert; deploy, serve; health-check; cancel; mcp; validate).
 """
 
-from cli import commands, costs, deploy, gguf, jobs, mcp, operations, validation  # noqa: F401
+from cli import commands, costs, deploy, gguf, jobs, mcp, operations, status, validation  # noqa: F401
 from cli.app import app
 
 __all__ = ["app"]

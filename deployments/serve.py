@@ -14,10 +14,13 @@ import argparse
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 
+from flows.convert import convert
 from flows.cost_report import cost_report
 from flows.deploy import deploy
 from flows.estimate import estimate
 from flows.finetune import finetune
+from flows.health_check import health_check
+from flows.retrain import retrain
 from flows.validate import validate
 from schemas.flows import DeploymentName
 
@@ -25,9 +28,13 @@ SERVED_FLOWS = {
     DeploymentName.FINETUNE: finetune,
     DeploymentName.VALIDATE: validate,
     DeploymentName.ESTIMATE: estimate,
+    DeploymentName.CONVERT: convert,
     DeploymentName.DEPLOY: deploy,
+    DeploymentName.RETRAIN: retrain,
     DeploymentName.COST_REPORT: cost_report,
+    DeploymentName.HEALTH_CHECK: health_check,
 }
+"""Every deployment of `prefect.yaml` (tests/deployments check both against `DeploymentName`)."""
 
 
 def serve_flows(*extra: RunnerDeployment, limit: int | None = None) -> None:

@@ -16,7 +16,9 @@ class DeploymentName(str, Enum):
     ESTIMATE = "estimate/estimate"
     CONVERT = "convert/convert"
     DEPLOY = "deploy/deploy"
+    RETRAIN = "retrain/retrain"
     COST_REPORT = "cost_report/cost_report"
+    HEALTH_CHECK = "health_check/health_check"
 
     @property
     def flow_name(self) -> str:
