@@ -42,9 +42,10 @@ class GateStatus(str, Enum):
     AWAITING_APPROVAL = "awaiting_approval"
     """Paused until someone calls approve_job or reject_job (or uses the Prefect UI form)."""
     PASSED = "passed"
-    """Training has started: approved, or cheap enough to need no approval."""
+    """The gate let the run through to training: approved, or cheap enough to need no approval."""
     STOPPED = "stopped"
-    """The run ended before training started (invalid dataset, over budget, rejected, cancelled)."""
+    """Rejected or timed out at the gate, or the run ended before it (invalid dataset, over
+    budget, cancelled)."""
 
 
 class FlowRunRef(BaseModel):
