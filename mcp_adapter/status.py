@@ -28,13 +28,12 @@ from mcp_adapter.models import GateStatus, JobList, JobLogs, JobStatus, LogLine,
 from mcp_adapter.runs import (
     flow_name,
     read_run,
-    read_status,
     returns_error,
     run_ref,
     waits_for_input,
 )
 from schemas.flows import DeploymentName
-from schemas.status import GateDecision, RunStatus
+from schemas.status import STATUS_ARTIFACT_KEY, GateDecision, RunStatus
 
 SUMMARY_ARTIFACT_KEY = "finetune-summary"
 
@@ -71,15 +70,19 @@ async def job_status(run_id: UUID) -> JobStatus:
     """A run's state, and the status it published: stage, gate, progress, cost so far, links."""
     async with get_client() as client:
         run = await read_run(client, run_id)
-        status = await read_status(client, run.id)
-        summaries = await client.read_artifacts(
+        published = await client.read_artifacts(  # the status and the summary in one request
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[SUMMARY_ARTIFACT_KEY]),
+                key=ArtifactFilterKey(any_=[STATUS_ARTIFACT_KEY, SUMMARY_ARTIFACT_KEY]),
                 flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
             ),
-            limit=1,
         )
         ref = run_ref(run, await flow_name(client, run))
+    by_key = {artifact.key: artifact.data for artifact in published}
+    status = (
+        RunStatus.model_validate(by_key[STATUS_ARTIFACT_KEY])
+        if STATUS_ARTIFACT_KEY in by_key
+        else None
+    )
     return JobStatus(
         run=ref,
         stage=status.stage if status else None,
@@ -88,7 +91,7 @@ async def job_status(run_id: UUID) -> JobStatus:
         estimate=status.gate.estimate if status else None,
         cost_so_far_usd=status.cost_so_far_usd if status else None,
         links=status.links if status else None,
-        summary_markdown=summaries[0].data if summaries else None,
+        summary_markdown=by_key.get(SUMMARY_ARTIFACT_KEY),
     )
 
 
