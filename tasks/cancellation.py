@@ -25,6 +25,7 @@ import time
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 2.0
+MAX_READ_FAILURES = 30  # the API gone for a minute: the run's process is going away too
 
 
 def _engine_owns_cancellation() -> bool:
@@ -63,12 +64,15 @@ def watch_for_cancellation(flow, flow_run, state) -> None:
 def _watch(flow_run_id) -> None:
     from prefect.client.orchestration import get_client
 
+    failures = 0
     with get_client(sync_client=True) as client:
-        while True:
+        while failures < MAX_READ_FAILURES:
             time.sleep(POLL_SECONDS)
             try:
                 run = client.read_flow_run(flow_run_id)
+                failures = 0
             except Exception as exc:  # the API is briefly away: look again at the next tick
+                failures += 1
                 logger.debug("cancellation watch of %s: %s", flow_run_id, exc)
                 continue
             if run.state is None or run.state.is_final():
