@@ -558,3 +558,11 @@ def test_a_job_cancelled_before_it_ran_costs_nothing(prefect_server, scripted_hf
         assert entry.status is ReservationStatus.RELEASED and entry.actual_usd == 0
     finally:
         BudgetPolicy.delete("default")
+
+
+def test_the_monitor_task_times_out_after_the_jobs_own_timeout_plus_a_margin():
+    from tasks.jobs.training import MONITOR_MARGIN_SECONDS, monitor_timeout
+
+    assert monitor_timeout(ESTIMATE) == ESTIMATE.timeout_seconds + MONITOR_MARGIN_SECONDS
+    assert monitor_timeout(ESTIMATE.model_copy(update={"timeout_seconds": None})) is None
+    assert monitor_timeout(None) is None
