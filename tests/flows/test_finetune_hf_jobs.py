@@ -139,9 +139,11 @@ def test_a_paid_run_trains_pushes_converts_and_uploads_with_block_credentials_on
     text = asyncio.run(_logs_and_artifacts(state.state_details.flow_run_id))
     assert secret not in text and secret not in summary.model_dump_json()
     assert secret not in logs and secret not in json.dumps(job.info())
-    leaked = _files_containing(lmft_home, secret.encode()) + _files_containing(
-        Path(hub.processes[job.id].root), secret.encode()
-    )
+    leaked = [
+        path
+        for root in (lmft_home, tmp_path, Path(hub.processes[job.id].root))
+        for path in _files_containing(root, secret.encode())
+    ]
     assert leaked == []
     assert all(secret.encode() not in data for data in files.values())
 
