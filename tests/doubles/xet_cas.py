@@ -5,6 +5,8 @@ chunks, packs chunks into *xorbs* (`POST /v1/xorbs/default/{hash}`) and describe
 a list of xorb chunk ranges in a *shard* (`POST /v1/shards`). The Hub then names a file by its
 Xet hash (bucket `addFile` operations) or by its sha256 (a commit's `lfsFile`). This store keeps
 both and rebuilds the bytes, so the double can serve what the real service would serve.
+(`hf_xet` offers no call that decodes a raw xorb or shard: its downloads ask the CAS server for
+a reconstruction, which is the part this store plays; so the formats are read here.)
 
 Formats, as `huggingface/xet-core` writes them (`xet_core_structures/src/`):
 - xorb (`xorb_object/xorb_chunk_format.rs`): chunks, each an 8-byte header
