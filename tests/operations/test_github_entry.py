@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -273,7 +274,9 @@ WORKFLOWS = {
 
 
 @pytest.mark.parametrize(("workflow", "pipeline"), WORKFLOWS.items())
-def test_each_workflow_declares_the_inputs_its_module_reads(workflow: str, pipeline: Pipeline) -> None:
+def test_each_workflow_declares_the_inputs_its_module_reads(
+    workflow: str, pipeline: Pipeline
+) -> None:
     """The form GitHub shows and the model that checks it agree; the step runs the module and
     no input reaches a shell."""
     import yaml
@@ -293,3 +296,47 @@ def test_each_workflow_declares_the_inputs_its_module_reads(workflow: str, pipel
     assert not any("inputs." in run or "client_payload" in run for run in runs)
     if pipeline is Pipeline.TRAIN:
         assert triggers["repository_dispatch"]["types"] == ["trigger_training"]
+
+
+@pytest.mark.skipif(
+    shutil.which("jq") is None, reason="jq is not installed (GitHub's runners have it)"
+)
+def test_the_serverless_llm_example_sends_a_payload_this_module_accepts(tmp_path: Path) -> None:
+    """The example step's own jq program builds the request body; GitHub turns it into the
+    repository_dispatch event (`action` = event_type); the train pipeline accepts it."""
+    import yaml
+
+    from operations.github_entry import parameters_for
+
+    spec = yaml.safe_load((ROOT / "examples" / "serverless-llm-request-finetune.yml").read_text())
+    [step] = spec["jobs"]["request"]["steps"]
+    program = step["run"].split("> dispatch.json", 1)[0]
+    env = {
+        "PATH": os.environ["PATH"],
+        "MODEL_NAME": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "DATASET": "trl-lib/Capybara",
+        "TRAINING_METHOD": "sft",
+        "HARDWARE": "a10g-small",
+        "OUTPUT_NAME": "capybara-smollm2",
+    }
+    body = json.loads(
+        subprocess.run(
+            ["bash", "-c", program], env=env, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    payload = {
+        **recorded("repository_dispatch"),
+        "action": body["event_type"],
+        "client_payload": body["client_payload"],
+    }
+    event = GitHubEvent(
+        name="repository_dispatch", payload=payload, repository="acme/lmft", run_id="1"
+    )
+    request = parameters_for(Pipeline.TRAIN, event)["request"]
+    assert (request["base_model"], request["dataset"]["path"], request["hardware"]) == (
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "trl-lib/Capybara",
+        "a10g-small",
+    )
+    assert request["backend"] == "hf-jobs" and request["output_name"] == "capybara-smollm2"
+    assert request["deploy"]["target"] == "serverless-llm"
