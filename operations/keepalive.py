@@ -330,6 +330,31 @@ def keep_alive(
     return run_until_hand_over(PrefectWorker(settings), settings, clock=clock)
 
 
+def add_hand_over_arguments(parser: argparse.ArgumentParser, *, drain_seconds: float) -> None:
+    """The command-line options of the hand-over timeline, shared by every keep-alive."""
+    parser.add_argument("--runtime-seconds", type=float, default=GITHUB_JOB_LIMIT_SECONDS - 30 * 60)
+    parser.add_argument("--drain-seconds", type=float, default=drain_seconds)
+    parser.add_argument(
+        "--successor-workflow", help="Workflow file to dispatch at the drain (needs GITHUB_TOKEN)."
+    )
+    parser.add_argument("--successor-input", action="append", default=[], metavar="KEY=VALUE")
+
+
+def hand_over_values(args: argparse.Namespace) -> dict[str, Any]:
+    """`HandoverSettings` fields from those options and the GitHub Actions environment."""
+    successor = None
+    if args.successor_workflow:
+        inputs = dict(item.split("=", 1) for item in args.successor_input)
+        successor = WorkflowTarget.from_actions_env(workflow=args.successor_workflow, inputs=inputs)
+    token = os.environ.get("GITHUB_TOKEN")
+    return {
+        "runtime_seconds": args.runtime_seconds,
+        "drain_seconds": args.drain_seconds,
+        "successor": successor,
+        "successor_token": SecretStr(token) if token else None,
+    }
+
+
 def parse_settings(argv: list[str] | None = None) -> KeepaliveSettings:
     """Settings from the command line and the GitHub Actions environment."""
     parser = argparse.ArgumentParser(
@@ -337,31 +362,18 @@ def parse_settings(argv: list[str] | None = None) -> KeepaliveSettings:
     )
     parser.add_argument("--pool", default="github-actions")
     parser.add_argument("--worker-name")
-    parser.add_argument("--runtime-seconds", type=float, default=GITHUB_JOB_LIMIT_SECONDS - 30 * 60)
-    parser.add_argument("--drain-seconds", type=float, default=45 * 60)
     parser.add_argument("--limit", type=int)
-    parser.add_argument(
-        "--successor-workflow", help="Workflow file to dispatch at the drain (needs GITHUB_TOKEN)."
-    )
-    parser.add_argument("--successor-input", action="append", default=[], metavar="KEY=VALUE")
+    add_hand_over_arguments(parser, drain_seconds=45 * 60)
     parser.add_argument(
         "--skip-if-online",
         action="store_true",
         help="Exit at once if a worker already serves the pool.",
     )
     args = parser.parse_args(argv)
-    successor = None
-    if args.successor_workflow:
-        inputs = dict(item.split("=", 1) for item in args.successor_input)
-        successor = WorkflowTarget.from_actions_env(workflow=args.successor_workflow, inputs=inputs)
-    token = os.environ.get("GITHUB_TOKEN")
     values = {
+        **hand_over_values(args),
         "pool": args.pool,
-        "runtime_seconds": args.runtime_seconds,
-        "drain_seconds": args.drain_seconds,
         "limit": args.limit,
-        "successor": successor,
-        "successor_token": SecretStr(token) if token else None,
         "skip_if_online": args.skip_if_online,
     }
     if args.worker_name:

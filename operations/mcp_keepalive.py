@@ -41,6 +41,8 @@ from operations.keepalive import (
     SECRET_ENV,
     HandoverSettings,
     KeepaliveReport,
+    add_hand_over_arguments,
+    hand_over_values,
     restart_limit_reached,
     run_until_hand_over,
 )
@@ -246,19 +248,11 @@ def check_mcp(
 
 
 def _settings_from_args(args: argparse.Namespace) -> McpKeepaliveSettings:
-    successor = None
-    if args.successor_workflow:
-        inputs = dict(item.split("=", 1) for item in args.successor_input)
-        successor = WorkflowTarget.from_actions_env(workflow=args.successor_workflow, inputs=inputs)
-    token = os.environ.get("GITHUB_TOKEN")
     values = {
+        **hand_over_values(args),
         "port": args.port,
         "public_url": args.public_url or None,
-        "runtime_seconds": args.runtime_seconds,
-        "drain_seconds": args.drain_seconds,
         "grace_seconds": args.grace_seconds,
-        "successor": successor,
-        "successor_token": SecretStr(token) if token else None,
     }
     if args.instance:
         values["instance"] = args.instance
@@ -303,11 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--instance")
     parser.add_argument("--public-url", default=os.environ.get("LMFT_MCP_PUBLIC_URL", ""))
-    parser.add_argument("--runtime-seconds", type=float, default=HandoverSettings().runtime_seconds)
-    parser.add_argument("--drain-seconds", type=float, default=20 * 60)
     parser.add_argument("--grace-seconds", type=float, default=30)
-    parser.add_argument("--successor-workflow")
-    parser.add_argument("--successor-input", action="append", default=[], metavar="KEY=VALUE")
+    add_hand_over_arguments(parser, drain_seconds=20 * 60)
     args = parser.parse_args(argv)
     if not os.environ.get("LMFT_MCP_TOKEN"):
         print("error: set LMFT_MCP_TOKEN (the bearer token clients send)", file=sys.stderr)

@@ -3,10 +3,7 @@ notification block), not one per check; the state that remembers it is in the le
 
 from __future__ import annotations
 
-import json
-import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,34 +14,22 @@ from flows.spend_alerts import spend_alerts
 from tasks.costs.alerts import AlertKind, check_spend, send_spend_alerts
 from tasks.costs.budget import LEDGER_URL_ENV
 from tasks.costs.ledger import Ledger
+from tests.doubles.webhook import webhook_receiver
 
 BLOCK = "custom-webhook/lmft-spend-test"
 
 
 @pytest.fixture
 def webhook(prefect_server):
-    """A local HTTP receiver behind a custom-webhook notification block; yields the posts."""
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    CustomWebhookNotificationBlock(
-        name="spend",
-        url=f"http://127.0.0.1:{server.server_port}/hook",
-        json_data={"text": "{{subject}}\n{{body}}"},
-        allow_private_urls=True,
-    ).save(BLOCK.split("/")[1], overwrite=True)
-    yield received
-    server.shutdown()
+    """A local receiver behind a custom-webhook notification block; yields the posts."""
+    with webhook_receiver() as (url, received):
+        CustomWebhookNotificationBlock(
+            name="spend",
+            url=url,
+            json_data={"text": "{{subject}}\n{{body}}"},
+            allow_private_urls=True,
+        ).save(BLOCK.split("/")[1], overwrite=True)
+        yield received
 
 
 @pytest.fixture
