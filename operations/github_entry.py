@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from schemas.costs import ESTIMATE_FIGURES_KEY, CostEstimate
 from schemas.flows import DeploymentName
 from schemas.gguf import GGUFSettings
-from schemas.request import Backend, FineTuneRequest, looks_like_local_path
+from schemas.request import Backend, FineTuneRequest, check_repo_id, looks_like_local_path
 from schemas.serving import LOCAL_TARGET, MODEL_NAME_PATTERN
 
 TRIGGER_TRAINING = "trigger_training"
@@ -81,7 +81,7 @@ class InputRefused(ValueError):
 # -- the inputs of each workflow --------------------------------------------------------------
 
 
-def _plain(value: str, field: str) -> str:
+def _plain(value: str) -> str:
     if len(value) > MAX_INPUT_CHARS:
         raise ValueError(f"{len(value)} characters, at most {MAX_INPUT_CHARS}")
     if _CONTROL.search(value):
@@ -101,7 +101,7 @@ class _Inputs(BaseModel):
             if len(value) > MAX_CONFIG_CHARS:
                 raise ValueError(f"{len(value)} characters, at most {MAX_CONFIG_CHARS}")
             return value
-        return _plain(value, info.field_name)
+        return _plain(value)
 
     def config(self) -> dict[str, Any]:
         raw = getattr(self, "config_json", "") or ""
@@ -205,11 +205,10 @@ class ConvertInputs(_Inputs):
             raise InputRefused(
                 f"model: {self.model!r} is a local path; give a Hugging Face model id (namespace/name)"
             )
-        _validated(
-            FineTuneRequest,
-            {"base_model": self.model, "dataset": {"path": "x/y"}},
-            rename={"base_model": "model"},
-        )
+        try:
+            check_repo_id(self.model, field="model")
+        except ValueError as exc:
+            raise InputRefused(str(exc)) from None
         gguf = _validated(GGUFSettings, settings, rename={"quant_types": "quant_types"})
         return {"model": self.model, "settings": gguf.model_dump(mode="json")}
 
@@ -249,7 +248,10 @@ class DeployInputs(_Inputs):
             "target": self.target,
         }
         if self.hf_repo:
-            parameters["hf_repo"] = self.hf_repo
+            try:
+                parameters["hf_repo"] = check_repo_id(self.hf_repo, field="hf_repo")
+            except ValueError as exc:
+                raise InputRefused(str(exc)) from None
         return parameters
 
 
@@ -267,8 +269,14 @@ def _validated(model: type[BaseModel], values: dict[str, Any], *, rename: dict[s
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
-            where = rename.get(where, f"config_json.{where}" if where else "config_json")
+            loc = [str(p) for p in err["loc"]]
+            where = ".".join(loc)
+            if where in rename:
+                where = rename[where]
+            elif loc and loc[0] in rename:
+                where = ".".join([rename[loc[0]], *loc[1:]])
+            else:
+                where = f"config_json.{where}" if where else "config_json"
             lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
         raise InputRefused("; ".join(lines)) from None
 

@@ -340,3 +340,30 @@ def test_the_serverless_llm_example_sends_a_payload_this_module_accepts(tmp_path
     )
     assert request["backend"] == "hf-jobs" and request["output_name"] == "capybara-smollm2"
     assert request["deploy"]["target"] == "serverless-llm"
+
+
+OTHER_HOSTILE = [
+    (Pipeline.CONVERT, {"model": "$(id)"}, "model"),
+    (Pipeline.CONVERT, {"model": "acme/m", "quant_types": "Q4_K_M,RM_RF"}, "quant_types"),
+    (Pipeline.CONVERT, {"model": "/etc"}, "local path"),
+    (Pipeline.DEPLOY, {"gguf_path": "hf://a/b/../../x.gguf", "name": "pirate"}, "gguf_path"),
+    (Pipeline.DEPLOY, {"gguf_path": "hf://a/b/m.gguf", "name": "pirate; rm -rf /"}, "name"),
+    (Pipeline.VALIDATE, {"dataset": "`id`"}, "dataset"),
+]
+
+
+@pytest.mark.parametrize(("pipeline", "inputs", "says"), OTHER_HOSTILE)
+def test_hostile_inputs_of_the_other_workflows_start_nothing(
+    deployments, tmp_path: Path, capsys, pipeline: Pipeline, inputs: dict, says: str
+) -> None:
+    deployment = {
+        Pipeline.CONVERT: DeploymentName.CONVERT,
+        Pipeline.DEPLOY: DeploymentName.DEPLOY,
+        Pipeline.VALIDATE: DeploymentName.VALIDATE,
+    }[pipeline]
+    before = len(runs_of(deployment))
+    payload = {**recorded("workflow_dispatch"), "inputs": inputs}
+    assert main([pipeline.value, *event(tmp_path, "workflow_dispatch", payload, "7900")]) == 2
+    error = capsys.readouterr().err
+    assert "refused, nothing started" in error and says in error
+    assert len(runs_of(deployment)) == before
