@@ -4,7 +4,10 @@
         --id mcp-blue --grace-period 30
 
 Like cloudflared, on SIGTERM or SIGINT it stops taking new requests (unregisters from the
-edge), waits for the requests in flight to finish, at most the grace period, then exits.
+edge), waits for the requests in flight to finish, at most the grace period, then exits:
+cloudflared's `waitForSignalWithGraceShutdown` (cmd/cloudflared/tunnel/signal.go) closes
+`graceShutdownC` (the connections unregister from the edge and finish what they serve) and
+shuts down when the tunnel routines return or `--grace-period` has passed.
 """
 
 from __future__ import annotations
