@@ -178,3 +178,35 @@ def test_health_check_dispatches_a_server_when_the_url_does_not_answer() -> None
         health = check_mcp(edge.url, dispatch=target, token=SecretStr("ghs_dispatch"))
     assert not health.healthy and health.dispatched and "does not answer" in health.problem
     assert [d.inputs for d in github.dispatches] == [{"slot": "blue"}]
+
+
+def test_each_secret_reaches_only_the_process_that_needs_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from operations.mcp_keepalive import cloudflared_command, connector_env, server_env
+
+    monkeypatch.setenv("GITHUB_TOKEN", "ghs_dispatch")
+    monkeypatch.setenv("TUNNEL_TOKEN", "tunnel-secret")
+    monkeypatch.setenv("LMFT_MCP_TOKEN", TOKEN)
+    server, connector = server_env(), connector_env()
+    assert server["LMFT_MCP_TOKEN"] == TOKEN
+    assert "TUNNEL_TOKEN" not in server and "GITHUB_TOKEN" not in server
+    assert connector["TUNNEL_TOKEN"] == "tunnel-secret"
+    assert "LMFT_MCP_TOKEN" not in connector and "GITHUB_TOKEN" not in connector
+    command = cloudflared_command(McpKeepaliveSettings(runtime_seconds=60, drain_seconds=30))
+    assert command[:2] == ["cloudflared", "tunnel"] and command[-1] == "run"
+    assert "tunnel-secret" not in " ".join(command)  # the token stays in the environment
+
+
+def test_command_line_refuses_to_start_without_its_tokens(
+    monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from operations.mcp_keepalive import main
+
+    monkeypatch.delenv("LMFT_MCP_TOKEN", raising=False)
+    assert main(["--port", "8765"]) == 2
+    assert "LMFT_MCP_TOKEN" in capsys.readouterr().err
+    monkeypatch.setenv("LMFT_MCP_TOKEN", TOKEN)
+    monkeypatch.delenv("TUNNEL_TOKEN", raising=False)
+    assert main(["--port", "8765"]) == 2
+    assert "TUNNEL_TOKEN" in capsys.readouterr().err
