@@ -367,3 +367,30 @@ def test_hostile_inputs_of_the_other_workflows_start_nothing(
     error = capsys.readouterr().err
     assert "refused, nothing started" in error and says in error
     assert len(runs_of(deployment)) == before
+
+
+def test_lmft_github_dispatch_is_the_same_entry(deployments, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    before = len(runs_of(DeploymentName.VALIDATE))
+    payload = {**recorded("workflow_dispatch"), "inputs": {"dataset": "examples/pirate_chat.jsonl"}}
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps(payload))
+    command = [
+        "github-dispatch",
+        "validate",
+        "--event-file",
+        str(path),
+        "--event-name",
+        "workflow_dispatch",
+        "--run-id",
+        "7300",
+        "--wait-seconds",
+        "0",
+    ]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert CliRunner().invoke(app, command).exit_code == 0
+    assert len(runs_of(DeploymentName.VALIDATE)) == before + 1
