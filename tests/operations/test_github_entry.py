@@ -394,3 +394,47 @@ def test_lmft_github_dispatch_is_the_same_entry(deployments, tmp_path: Path) -> 
     assert result.exit_code == 0, result.output
     assert CliRunner().invoke(app, command).exit_code == 0
     assert len(runs_of(DeploymentName.VALIDATE)) == before + 1
+
+
+def test_the_summary_shows_the_estimate_the_run_published(
+    deployments, tmp_path: Path, in_repository: Path
+) -> None:
+    """The finetune flow publishes its estimate as the `cost-estimate-figures` table artifact
+    (tasks/reporting/summary.py); the summary of a later attempt renders it."""
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    from schemas.costs import ESTIMATE_FIGURES_KEY, CostEstimate
+    from schemas.request import Backend
+
+    args = event(tmp_path, "workflow_dispatch", recorded("workflow_dispatch"), "7400")
+    assert main(["train", *args, "--wait-seconds", "0"]) == 0
+    [run] = [
+        r
+        for r in runs_of(DeploymentName.FINETUNE)
+        if r.idempotency_key == "finetune:github:acme/lm-fine-tuning:run-7400"
+    ]
+    estimate = CostEstimate(
+        backend=Backend.HF_JOBS,
+        hardware="a10g-small",
+        price_per_hour=1.0,
+        low_usd=0.4,
+        expected_usd=0.5,
+        high_usd=0.75,
+        expected_seconds=1800,
+        low_seconds=1400,
+        high_seconds=2700,
+        timeout_seconds=3600,
+        source="offline table (test)",
+    )
+    with get_client(sync_client=True) as client:
+        client.create_artifact(
+            ArtifactCreate(
+                key=ESTIMATE_FIGURES_KEY,
+                type="table",
+                data=json.dumps([estimate.model_dump(mode="json")]),
+                flow_run_id=run.id,
+            )
+        )
+    assert main(["train", *args, "--wait-seconds", "0"]) == 0  # the re-run: same run, now estimated
+    summary = in_repository.read_text().split("## `finetune/finetune`")[-1]
+    assert "### Cost estimate" in summary and "a10g-small" in summary and "$0.50" in summary
