@@ -59,7 +59,7 @@ from tasks.serving.serverless_llm.models_file import (
     upsert_model_entry,
 )
 from tasks.serving.serverless_llm.names import check_model_name, deploy_branch
-from tasks.serving.serverless_llm.sync import run_sync_scripts
+from tasks.serving.serverless_llm.sync import SyncError, run_sync_scripts
 
 logger = get_logger("lmft.serverless_llm")
 
@@ -461,7 +461,7 @@ def _roll_back(
             record.rolled_back_by = roll_back_entry(
                 target, name, edit.previous_entry, token=token, reason=reason
             )
-    except (GitError, GithubException, GitHubStepFailed, ModelsFileError) as exc:
+    except (GitError, GithubException, GitHubStepFailed, ModelsFileError, SyncError) as exc:
         return _failed(record, f"{reason}; the rollback failed too: {exc}")
     record.status, record.reason = ServeStatus.ROLLED_BACK, reason
     return DeploymentFailed(
