@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from typer.testing import CliRunner
@@ -43,6 +44,20 @@ def test_lmft_deploy_refuses_unknown_target_and_missing_file(prefect_server):
         unknown.exit_code == 1
         and "neither 'local' nor a saved ServerlessLLMTarget" in unknown.output
     )
+
+
+async def _latest_artifact(key: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    async with get_client() as client:
+        (artifact,) = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+        return artifact.data
 
 
 def test_deploy_flow_to_a_saved_serverless_llm_target_then_a_rolled_back_redeploy(
@@ -98,6 +113,8 @@ def test_deploy_flow_to_a_saved_serverless_llm_target_then_a_rolled_back_redeplo
     assert record["status"] == "rolled_back" and run["html_url"] in record["reason"]
     assert record["inference_run_url"] == run["html_url"]
     assert record["rolled_back_by"] == git(bare, "rev-parse", "main")
+    artifact = asyncio.run(_latest_artifact("deployment-pirate"))
+    assert "**rolled_back:**" in artifact and run["html_url"] in artifact
     line = next(json.loads(x) for x in listed.output.splitlines() if '"pirate"' in x)
     assert line["status"] == "rolled_back" and line["target"] == "sllm-test"
     for text in (result.output, failed.output, listed.output, json.dumps(record)):
