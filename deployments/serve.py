@@ -21,6 +21,7 @@ from flows.estimate import estimate
 from flows.finetune import finetune
 from flows.health_check import health_check
 from flows.retrain import retrain
+from flows.spend_alerts import spend_alerts
 from flows.validate import validate
 from schemas.flows import DeploymentName
 
@@ -32,6 +33,7 @@ SERVED_FLOWS = {
     DeploymentName.DEPLOY: deploy,
     DeploymentName.RETRAIN: retrain,
     DeploymentName.COST_REPORT: cost_report,
+    DeploymentName.SPEND_ALERTS: spend_alerts,
     DeploymentName.HEALTH_CHECK: health_check,
 }
 """Every deployment of `prefect.yaml` (tests/deployments check both against `DeploymentName`)."""

@@ -12,6 +12,7 @@ from prefect.runtime import flow_run
 from flows.convert import convert
 from schemas.request import Backend, FineTuneRequest
 from schemas.status import Stage
+from tasks.cancellation import watch_for_cancellation
 from tasks.costs import estimate_cost
 from tasks.costs.budget import (
     gate_budget,
@@ -24,7 +25,7 @@ from tasks.gguf.publish import gguf_hub_target
 from tasks.gguf.quality import quality_markdown
 from tasks.jobs.base_model import prepare_base_model
 from tasks.jobs.hooks import cancel_job_of_flow_run
-from tasks.jobs.training import monitor_training, submit_training
+from tasks.jobs.training import monitor_timeout, monitor_training, submit_training
 from tasks.reporting.samples import sample_answers
 from tasks.reporting.status import (
     current_status,
@@ -41,6 +42,7 @@ from tasks.validation import raise_on_errors, validate_dataset
 
 @flow(
     name="finetune",
+    on_running=[watch_for_cancellation],
     on_completion=[end_status],
     on_cancellation=[cancel_job_of_flow_run, release_budget_of_flow_run, end_status],
     on_failure=[release_budget_of_flow_run, end_status],
@@ -67,7 +69,9 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
             request, model, idempotency_key=key, labels=labels, estimate=estimate
         )
         record_job_start(reservation, handle)
-        result = monitor_training(handle, estimate)
+        result = monitor_training.with_options(timeout_seconds=monitor_timeout(estimate))(
+            handle, estimate
+        )
         settle_budget(reservation, result)
     samples = gguf = deployment = None
     if result.model_dir:  # the model is on this machine: show what training changed

@@ -18,6 +18,7 @@ class DeploymentName(str, Enum):
     DEPLOY = "deploy/deploy"
     RETRAIN = "retrain/retrain"
     COST_REPORT = "cost_report/cost_report"
+    SPEND_ALERTS = "spend_alerts/spend_alerts"
     HEALTH_CHECK = "health_check/health_check"
 
     @property
