@@ -18,8 +18,10 @@ from tasks.gguf import lineage_for_request
 from tasks.gguf.publish import gguf_hub_target
 from tasks.gguf.quality import quality_markdown
 from tasks.jobs.base_model import prepare_base_model
+from tasks.jobs.guard import guard_this_flow_run
 from tasks.jobs.hooks import cancel_job_of_flow_run
 from tasks.jobs.training import monitor_training, submit_training
+from tasks.preflight import preflight_request
 from tasks.reporting.samples import sample_answers
 from tasks.reporting.summary import FineTuneSummary, publish_estimate, publish_summary, timed
 from tasks.serving.deploy import deploy_gguf
@@ -29,8 +31,8 @@ from tasks.validation import raise_on_errors, validate_dataset
 @flow(
     name="finetune",
     on_cancellation=[cancel_job_of_flow_run, release_budget_of_flow_run],
-    on_failure=[release_budget_of_flow_run],
-    on_crashed=[release_budget_of_flow_run],
+    on_failure=[cancel_job_of_flow_run, release_budget_of_flow_run],
+    on_crashed=[cancel_job_of_flow_run, release_budget_of_flow_run],
     log_prints=True,
 )
 def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> FineTuneSummary:
@@ -38,8 +40,10 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
     logger = get_run_logger()
     key = idempotency_key or f"flow-run-{flow_run.id}"
     timings: dict[str, float] = {}
+    guard_this_flow_run()  # ends the run, its jobs and its hold if this process is killed
     with timed(timings, "prepare model"):
         model = prepare_base_model(request)
+        preflight_request(request, model)
     with timed(timings, "validate"):
         report = validate_dataset(request, tokenizer_path=model)
         raise_on_errors(report)
