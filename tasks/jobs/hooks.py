@@ -21,6 +21,17 @@ def cancel_job_of_flow_run(flow, flow_run, state) -> None:
             handles = find_jobs(backend, {"flow_run_id": str(flow_run.id)})
         except RuntimeError:  # backend not configured here: it cannot hold jobs of this run
             continue
+        except Exception as exc:  # unreachable: say so, and go on with the other backends
+            logger.error(
+                "flow run %s %s: could not list its %s jobs (%s: %s); check with `lmft cancel %s`",
+                flow_run.id,
+                state.name,
+                backend.value,
+                type(exc).__name__,
+                exc,
+                flow_run.id,
+            )
+            continue
         for handle in handles:
             try:
                 status = cancel_job(handle)
