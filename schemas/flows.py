@@ -17,6 +17,7 @@ class DeploymentName(str, Enum):
     CONVERT = "convert/convert"
     DEPLOY = "deploy/deploy"
     COST_REPORT = "cost_report/cost_report"
+    SETTLE_ENDED_RUNS = "settle_ended_runs/settle_ended_runs"
 
     @property
     def flow_name(self) -> str:
