@@ -136,3 +136,41 @@ def _owned_by(handle, pid: int) -> bool:
     """The job was started by process `pid` (its launcher was handed the owner's pid)."""
     command = json.loads((job_dir(handle.job_id) / "job.json").read_text())["command"]
     return command[3] == str(pid)
+
+
+def test_kill_9_of_a_paid_run_cancels_its_hugging_face_job_and_releases_its_hold(
+    prefect_server, hf_server, embedded_base_model, chat_file, tmp_path
+):
+    from blocks.budget import BudgetPolicy
+    from tasks.costs.ledger import Ledger
+
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    BudgetPolicy(
+        monthly_limit_usd=100, approval_threshold_usd=100, per_job_max_usd=100, ledger_url=url
+    ).save("default", overwrite=True)
+    ledger = Ledger(url)
+    run = lmft(
+        "run", "--dataset", str(chat_file), "--backend", "hf-jobs", "--max-steps", "50",
+        log=tmp_path / "lmft.log",
+    )  # fmt: skip
+    try:
+        [job_id] = wait_for(lambda: list(hf_server.jobs), 240, "the Hugging Face job", run)
+        hf_server.set_stage(job_id, "RUNNING")
+        wait_for(
+            lambda: ledger.entries() and ledger.entries()[0].job_started_at, 60, "job start", run
+        )
+        [held] = ledger.entries()
+        assert held.is_open and held.reserved_usd > 0
+
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait()
+
+        wait_for(lambda: hf_server.jobs[job_id].stage == "CANCELED", 20, "the job cancelled")
+        wait_for(lambda: not ledger.entries()[0].is_open, 20, "the hold released")
+        [entry] = ledger.entries()
+        assert entry.reserved_usd == 0 and entry.closed_by == "flow run hook"
+        assert flow_run_state(held.flow_run_id).is_crashed()
+        assert ledger.totals(limit_usd=100).reserved_usd == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
