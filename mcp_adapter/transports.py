@@ -10,6 +10,9 @@ In front of it, `HttpGuard` answers in HTTP terms, before any MCP message is rea
   client gets 429 until its allowance refills, so a token cannot be guessed at speed;
 - a token in the URL's query string is refused (400): URLs end up in logs and histories. The
   access log never shows query strings at all.
+
+`GET /healthz` answers without a token with the instance's name, which the keep-alive on
+GitHub Actions (`operations.mcp_keepalive`) uses to see its successor answer through the tunnel.
 """
 
 from __future__ import annotations
@@ -18,16 +21,22 @@ import hmac
 import json
 import logging
 import math
+import os
+import socket
 import time
 from collections import OrderedDict
 from urllib.parse import parse_qsl
 
 from fastmcp.server.auth import AccessToken, TokenVerifier
 from pydantic import BaseModel, Field, SecretStr, field_validator
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from mcp_adapter.server import server
 
 TOKEN_ENV = "LMFT_MCP_TOKEN"
+INSTANCE_ENV = "LMFT_MCP_INSTANCE"
+"""The name `/healthz` answers with (set by `operations.mcp_keepalive`; default: the host name)."""
 MIN_TOKEN_LENGTH = 16
 
 
@@ -212,10 +221,18 @@ def run_stdio() -> None:
     server.run(transport="stdio", show_banner=False)
 
 
+async def health(request: Request) -> JSONResponse:
+    """Liveness, without a token: which instance answered."""
+    return JSONResponse(
+        {"status": "ok", "instance": os.environ.get(INSTANCE_ENV) or socket.gethostname()}
+    )
+
+
 def run_http(settings: HttpSettings) -> None:
     """Serve the tools over streamable HTTP at `http://host:port/mcp` until interrupted."""
     from starlette.middleware import Middleware
 
+    server.custom_route("/healthz", methods=["GET"])(health)
     server.auth = BearerTokenVerifier(settings.token)
     logging.getLogger("uvicorn.access").addFilter(NoQueryStrings())
     server.run(
