@@ -24,8 +24,10 @@ from tasks.gguf import lineage_for_request
 from tasks.gguf.publish import gguf_hub_target
 from tasks.gguf.quality import quality_markdown
 from tasks.jobs.base_model import prepare_base_model
+from tasks.jobs.guard import guard_this_flow_run
 from tasks.jobs.hooks import cancel_job_of_flow_run
 from tasks.jobs.training import monitor_timeout, monitor_training, submit_training
+from tasks.preflight import preflight_request
 from tasks.reporting.samples import sample_answers
 from tasks.reporting.status import (
     current_status,
@@ -45,16 +47,18 @@ from tasks.validation import raise_on_errors, validate_dataset
     on_running=[watch_for_cancellation],
     on_completion=[end_status],
     on_cancellation=[cancel_job_of_flow_run, release_budget_of_flow_run, end_status],
-    on_failure=[release_budget_of_flow_run, end_status],
-    on_crashed=[release_budget_of_flow_run, end_status],
+    on_failure=[cancel_job_of_flow_run, release_budget_of_flow_run, end_status],
+    on_crashed=[cancel_job_of_flow_run, release_budget_of_flow_run, end_status],
     log_prints=True,
 )
 def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> FineTuneSummary:
     """Fine-tune `request.base_model` on `request.dataset`; one training job per idempotency key."""
     logger = get_run_logger()
     key = idempotency_key or f"flow-run-{flow_run.id}"
+    guard_this_flow_run()  # ends the run, its jobs and its hold if this process is killed
     with stage(Stage.PREPARING):
         model = prepare_base_model(request)
+        preflight_request(request, model)
     with stage(Stage.VALIDATING):
         report = validate_dataset(request, tokenizer_path=model)
         raise_on_errors(report)

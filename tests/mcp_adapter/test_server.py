@@ -53,6 +53,16 @@ async def gather(*calls) -> list:
     return results
 
 
+async def save_hf_credentials() -> None:
+    from pydantic import SecretStr
+
+    from blocks.huggingface import HuggingFaceCredentials
+
+    await HuggingFaceCredentials(token=SecretStr("hf_" + "x" * 34), namespace="me").save(
+        "huggingface", overwrite=True
+    )
+
+
 def request_for(dataset: Path, **overrides) -> dict:
     return {"dataset": {"path": str(dataset)}, **overrides}
 
@@ -295,6 +305,7 @@ async def test_paid_job_waits_at_the_budget_gate_and_is_rejected(
     await BudgetPolicy(
         monthly_limit_usd=1000, approval_threshold_usd=0, per_job_max_usd=1000, ledger_url=ledger
     ).save("default", overwrite=True)
+    await save_hf_credentials()  # checked before the gate; the rejected run never uses them
     request = request_for(
         chat_dataset, backend="hf-jobs"
     )  # the embedded default, trained on the Hub
@@ -515,3 +526,24 @@ async def test_local_job_waits_for_approval_then_completes(
     assert any(
         "ana approved the run: fine on the lab box" in line["message"] for line in logs["lines"]
     )
+
+
+async def test_a_key_whose_run_ended_failed_returns_that_run_with_an_error(
+    flow_worker, chat_dataset: Path
+):
+    """A key always returns its run; one that ended without completing says so, and what to do."""
+    request = request_for(chat_dataset, deploy={"target": "no-such-target"})  # refused early
+    key = f"fails-{uuid.uuid4().hex[:8]}"
+    first = await call(
+        "create_job", {"request": request, "idempotency_key": key, "wait_seconds": 1}
+    )
+    await wait_until(first["run"]["id"], lambda s: s["run"]["state"] in FINAL, timeout=240)
+
+    again = await call(
+        "create_job", {"request": request, "idempotency_key": key, "wait_seconds": 1}
+    )
+
+    assert again["run"]["id"] == first["run"]["id"] and again["run"]["state"] == "failed"
+    assert again["error"] is not None
+    assert f"idempotency_key {key!r} ended Failed" in again["error"]
+    assert "no-such-target" in again["error"] and "new idempotency_key" in again["error"]
