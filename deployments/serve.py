@@ -10,8 +10,9 @@ this process executes them. A server with workers uses `prefect deploy --all` in
 from __future__ import annotations
 
 import argparse
+from typing import Any, cast
 
-from prefect import serve
+from prefect import Flow, serve
 from prefect.deployments.runner import RunnerDeployment
 
 from flows.cost_report import cost_report
@@ -21,7 +22,7 @@ from flows.finetune import finetune
 from flows.validate import validate
 from schemas.flows import DeploymentName
 
-SERVED_FLOWS = {
+SERVED_FLOWS: dict[DeploymentName, Flow[..., Any]] = {
     DeploymentName.FINETUNE: finetune,
     DeploymentName.VALIDATE: validate,
     DeploymentName.ESTIMATE: estimate,
@@ -33,7 +34,9 @@ SERVED_FLOWS = {
 def serve_flows(*extra: RunnerDeployment, limit: int | None = None) -> None:
     """Register every pipeline flow (and `extra`) as deployments; execute their runs until interrupted."""
     deployments = [
-        flow.to_deployment(name=name.deployment_name) for name, flow in SERVED_FLOWS.items()
+        # to_deployment is typed "deployment or coroutine" (async_dispatch); sync code gets the deployment.
+        cast(RunnerDeployment, flow.to_deployment(name=name.deployment_name))
+        for name, flow in SERVED_FLOWS.items()
     ]
     serve(*deployments, *extra, limit=limit, print_starting_message=True)
 

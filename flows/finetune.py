@@ -63,11 +63,14 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
     if result.model_dir:  # the model is on this machine: show what training changed
         with timed(timings, "sample answers"):
             samples = sample_answers(model, result.model_dir)
+    # Set by the request's validator when omitted; a completed job has a model folder or a Hub repo.
+    trained = result.model_dir or result.hub_repo
+    assert request.output_name is not None and trained is not None
     if request.gguf is not None:
         with timed(timings, "gguf"):
             lineage = lineage_for_request(request, str(flow_run.id))
             gguf = convert(
-                result.model_dir or result.hub_repo,
+                trained,
                 lineage=lineage,
                 settings=request.gguf,
                 dataset=request.dataset,

@@ -142,19 +142,25 @@ class _Worker:
         logger.info("starting worker %s for pool %s", self.settings.worker_name, self.settings.pool)
         self.process = subprocess.Popen(self.command(), env=self.env, stdin=subprocess.DEVNULL)
 
+    def running(self) -> subprocess.Popen | None:
+        """The worker's process while it runs."""
+        if self.process is not None and self.process.poll() is None:
+            return self.process
+        return None
+
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.running() is not None
 
     def freeze(self) -> None:
         """Stop the worker polling for new runs; the flow-run processes it started go on."""
-        if self.alive():
-            self.process.send_signal(signal.SIGSTOP)
+        if process := self.running():
+            process.send_signal(signal.SIGSTOP)
 
     def kill(self) -> None:
         """SIGKILL: a frozen worker cannot report its runs Crashed on the way out."""
-        if self.alive():
-            self.process.kill()
-            self.process.wait()
+        if process := self.running():
+            process.kill()
+            process.wait()
 
 
 def runs_of_worker(pool: str, worker_name: str) -> list[FlowRun]:
@@ -215,7 +221,8 @@ def keep_alive(
         while clock() < drain_at:
             if not worker.alive():
                 logger.warning(
-                    "worker exited with code %s; restarting it", worker.process.returncode
+                    "worker exited with code %s; restarting it",
+                    worker.process.returncode if worker.process else None,
                 )
                 worker.start()
             time.sleep(min(settings.poll_seconds, max(0.0, drain_at - clock())))
@@ -225,6 +232,8 @@ def keep_alive(
         dispatched, dispatch_error = False, None
         if settings.successor is not None:
             try:
+                # The settings refuse a successor without a token.
+                assert settings.successor_token is not None
                 dispatch_workflow(settings.successor, token=settings.successor_token)
                 dispatched = True
                 logger.info(

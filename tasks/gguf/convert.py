@@ -162,7 +162,7 @@ def compute_imatrix(plan: ConversionPlan, reference: GGUFVariant, texts: list[st
     """Importance matrix (mean squared activations per weight column) from training text, saved as .npz; its path."""
     values = compute_importance_matrix(Path(plan.model_dir), Path(reference.path), texts)
     path = Path(plan.output_dir) / f"{plan.name}.imatrix.npz"
-    np.savez(path, **values)
+    np.savez(path, **values)  # type: ignore[arg-type]  # numpy's stub: a **kwds key might be allow_pickle
     return str(path)
 
 

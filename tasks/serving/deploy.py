@@ -8,6 +8,7 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
+from blocks import load_block
 from blocks.serverless_llm import ServerlessLLMTarget
 from schemas.serving import LOCAL_TARGET, ServedModel, ServeStatus
 from tasks.paths import lmft_home
@@ -51,7 +52,7 @@ def resolve_target(target: str | ServerlessLLMTarget) -> ServerlessLLMTarget | N
     if target == LOCAL_TARGET:
         return None
     try:
-        return ServerlessLLMTarget.load(target)
+        return load_block(ServerlessLLMTarget, target)
     except ValueError:
         raise ValueError(
             f"target {target!r} is neither 'local' nor a saved ServerlessLLMTarget block; "

@@ -67,7 +67,8 @@ def _texts(
         if conversational:
             return [[t] for t in render([r["messages"] for r in rows])]
         return [[r["text"]] for r in rows]
-    sides = [s for s in ("completion", "chosen", "rejected") if s in rows[0]] or [None]
+    sides: list[str | None] = [s for s in ("completion", "chosen", "rejected") if s in rows[0]]
+    sides = sides or [None]
     columns: list[list[str]] = []
     for side in sides:
         if conversational:
@@ -97,7 +98,7 @@ def count_tokens(
     """Token statistics of the first `limit` rows, and where (the rows' keys) rows exceed `max_length`."""
     from jinja2 import TemplateError
 
-    render_errors = (*_RENDER_ERRORS, TemplateError)
+    render_errors: tuple[type[Exception], ...] = (*_RENDER_ERRORS, TemplateError)
     templated = conversational and bool(getattr(tokenizer, "chat_template", None))
     lengths: list[int] = []
     too_long: list[Any] = []
