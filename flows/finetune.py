@@ -32,6 +32,9 @@ from tasks.validation import raise_on_errors, validate_dataset
     on_failure=[release_budget_of_flow_run],
     on_crashed=[release_budget_of_flow_run],
     log_prints=True,
+    # A run waiting for approval is suspended; resumed, it runs again from the start on any
+    # worker, and its tasks (and theirs) return their persisted results instead of redoing the work.
+    persist_result=True,
 )
 def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> FineTuneSummary:
     """Fine-tune `request.base_model` on `request.dataset`; one training job per idempotency key."""

@@ -46,7 +46,7 @@ from prefect.exceptions import (
 )
 from prefect.flow_runs import aresume_flow_run
 from prefect.settings import PREFECT_API_URL
-from prefect.states import Cancelled, Cancelling
+from prefect.states import Cancelled, Cancelling, State
 from prefect.utilities.urls import url_for
 from pydantic import BaseModel
 
@@ -188,6 +188,7 @@ async def wait_for_run(
 
 async def run_result(run: FlowRun, model: type[BaseModel]) -> Any:
     """The return value of a completed run, read from its persisted result."""
+    assert run.state is not None  # only completed runs are read
     try:
         value = await run.state.aresult(raise_on_failure=False)
     except (MissingResult, OSError):  # not persisted, or persisted where this machine cannot read
@@ -401,7 +402,11 @@ async def create_job(
         run=run_ref(run, DeploymentName.FINETUNE.flow_name),
         idempotency_key=key,
         gate=gate,
-        approval_required={GateStatus.AWAITING_APPROVAL: True, GateStatus.PASSED: False}.get(gate),
+        approval_required=(
+            {GateStatus.AWAITING_APPROVAL: True, GateStatus.PASSED: False}.get(gate)
+            if gate
+            else None
+        ),
         estimate=estimate_of(artifacts),
     )
 
@@ -413,7 +418,9 @@ async def training_progress(
     artifact = latest(artifacts, PROGRESS_ARTIFACT_PREFIX)
     if artifact is None:
         return None
-    progress = TrainingProgress(percent=float(artifact.data) if artifact.data is not None else None)
+    # A progress artifact's data is its percent (a number); Prefect types every artifact's data alike.
+    percent = artifact.data if isinstance(artifact.data, int | float) else None
+    progress = TrainingProgress(percent=float(percent) if percent is not None else None)
     logs = await client.read_logs(
         LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
         limit=200,
@@ -507,7 +514,7 @@ async def decide_approval(run_id: UUID, decision: ApprovalDecision) -> ApprovalR
         run = await client.read_flow_run(run.id)
         return ApprovalResult(
             run=run_ref(run, await flow_name(client, run)),
-            approved=decision.approve,
+            approved=decision.approved,
             note=decision.note,
             approver=decision.approver,
         )
@@ -526,7 +533,7 @@ async def cancel_run(
                 f"flow run {run.name} has already ended ({run.state.name}); nothing to cancel"
             )
         not_started = run.state is None or run.state.type is StateType.SCHEDULED
-        state = (
+        state: State = (
             Cancelled(message="cancelled through MCP")
             if not_started
             else Cancelling(message="cancelled through MCP")

@@ -194,7 +194,7 @@ async def approve_job(
 ) -> ApprovalResult:
     """Approve a job that waits for approval (gate 'awaiting_approval'): training starts and is billed."""
     return await flow_runs.decide_approval(
-        run_id, ApprovalDecision(approve=True, note=note, approver=approver)
+        run_id, ApprovalDecision(decision="approve", note=note, approver=approver)
     )
 
 
@@ -208,7 +208,7 @@ async def reject_job(
 ) -> ApprovalResult:
     """Reject a job that waits for approval: the run stops without training and nothing is spent."""
     return await flow_runs.decide_approval(
-        run_id, ApprovalDecision(approve=False, note=note, approver=approver)
+        run_id, ApprovalDecision(decision="reject", note=note, approver=approver)
     )
 
 

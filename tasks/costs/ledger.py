@@ -12,13 +12,16 @@ when the budget left fits exactly N jobs, exactly N reservations succeed.
   `SELECT … FOR UPDATE` on the single row of `budget_lock`.
 
 Amounts are stored as integer micro-USD (as the Hub prices jobs) so sums are exact.
+
+A hold that waits for a human records its approval deadline (`approval_deadline`), so that a
+hold whose run ended unanswered can be told a timeout (`tasks.costs.budget.release_holds_of_ended_runs`).
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
 
@@ -36,7 +39,9 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -94,6 +99,7 @@ class Reservation(BaseModel):
     created_at: datetime
     job_started_at: datetime | None
     closed_at: datetime | None
+    approval_deadline: datetime | None = None
 
     @property
     def is_open(self) -> bool:
@@ -138,6 +144,8 @@ entries = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("job_started_at", DateTime(timezone=True)),
     Column("closed_at", DateTime(timezone=True)),
+    # Added after the first release: `_add_missing_columns` adds it to older ledgers.
+    Column("approval_deadline", DateTime(timezone=True)),
 )
 lock = Table("budget_lock", metadata, Column("name", String(32), primary_key=True))
 LOCK_ROW = "ledger"
@@ -193,6 +201,7 @@ def _engine(url: str) -> Engine:
     writer = engine.execution_options(ledger_write=True)
     with writer.begin() as conn:
         metadata.create_all(conn)
+        _add_missing_columns(conn)
     try:
         with writer.begin() as conn:
             if conn.execute(select(lock.c.name)).first() is None:
@@ -201,6 +210,21 @@ def _engine(url: str) -> Engine:
         pass
     _ENGINES[key] = engine
     return engine
+
+
+def _add_missing_columns(conn) -> None:
+    """Give a ledger written by an older release the (nullable) columns added since.
+
+    `create_all` creates missing tables, never missing columns. SQLite's write lock (taken at
+    BEGIN) serialises two processes doing this; PostgreSQL has `ADD COLUMN IF NOT EXISTS`.
+    """
+    present = {column["name"] for column in inspect(conn).get_columns(entries.name)}
+    for column in entries.columns:
+        if column.name in present:
+            continue
+        kind = column.type.compile(dialect=conn.dialect)
+        guard = "" if conn.dialect.name == "sqlite" else "IF NOT EXISTS "
+        conn.execute(text(f"ALTER TABLE {entries.name} ADD COLUMN {guard}{column.name} {kind}"))
 
 
 class Ledger:
@@ -239,6 +263,7 @@ class Ledger:
             created_at=_utc(m["created_at"]),
             job_started_at=_utc(m["job_started_at"]),
             closed_at=_utc(m["closed_at"]),
+            approval_deadline=_utc(m["approval_deadline"]),
         )
 
     def get(self, reservation_id: str) -> Reservation:
@@ -301,12 +326,14 @@ class Ledger:
         monthly_limit_usd: float,
         per_job_max_usd: float,
         needs_approval: bool,
+        approval_timeout_seconds: int | None = None,
         flow_run_id: str | None = None,
         now: datetime | None = None,
     ) -> Reservation:
         """Hold `high_usd` for the run `run_key`, atomically, or raise `BudgetExceeded` with the figures.
 
-        An open reservation of the same `run_key` (a retried flow) is returned as is.
+        An open reservation of the same `run_key` (a retried or resumed flow) is returned as is.
+        A hold that needs approval notes its deadline, `approval_timeout_seconds` after `now`.
         """
         high, limit = micro(high_usd), micro(monthly_limit_usd)
         if high > micro(per_job_max_usd):
@@ -359,6 +386,11 @@ class Ledger:
                     note="",
                     month=month,
                     created_at=now,
+                    approval_deadline=(
+                        now + timedelta(seconds=approval_timeout_seconds)
+                        if needs_approval and approval_timeout_seconds is not None
+                        else None
+                    ),
                 )
             )
             return self._row(

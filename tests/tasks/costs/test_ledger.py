@@ -93,3 +93,63 @@ def test_a_retried_run_reuses_its_hold_and_the_per_job_maximum_is_enforced(tmp_p
         ledger.reserve(run_key="big", **{**args, "high_usd": 2.6})
     billed = ledger.release(first.id, billed_usd=0.4)
     assert billed.status is ReservationStatus.SETTLED and billed.actual_usd == pytest.approx(0.4)
+
+
+
+def test_a_hold_that_needs_approval_notes_its_deadline(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    asked = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    args = dict(
+        backend="hf-jobs",
+        hardware="l4x1",
+        price_per_hour=0.8,
+        expected_usd=1.0,
+        high_usd=2.0,
+        monthly_limit_usd=30.0,
+        per_job_max_usd=2.5,
+        approval_timeout_seconds=600,
+        now=asked,
+    )
+    waiting = ledger.reserve(run_key="waiting", needs_approval=True, **args)
+    automatic = ledger.reserve(run_key="automatic", needs_approval=False, **args)
+    assert ledger.get(waiting.id).approval_deadline == asked + timedelta(seconds=600)
+    assert automatic.approval_deadline is None
+
+def test_a_ledger_of_an_older_release_gets_the_new_column(tmp_path):
+    """Ledgers are long-lived: one created before `approval_deadline` existed keeps working."""
+    import sqlite3
+
+    path = tmp_path / "old-ledger.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE budget_entries (id VARCHAR(36) PRIMARY KEY, run_key VARCHAR(300) NOT NULL, "
+            "flow_run_id VARCHAR(64), backend VARCHAR(32) NOT NULL, hardware VARCHAR(64) NOT NULL, "
+            "price_micro_usd_per_hour BIGINT NOT NULL, expected_micro_usd BIGINT NOT NULL, "
+            "high_micro_usd BIGINT NOT NULL, reserved_micro_usd BIGINT NOT NULL, actual_micro_usd BIGINT, "
+            "status VARCHAR(32) NOT NULL, decision VARCHAR(32) NOT NULL, approver VARCHAR(200) NOT NULL, "
+            "note TEXT NOT NULL, month VARCHAR(7) NOT NULL, created_at DATETIME NOT NULL, "
+            "job_started_at DATETIME, closed_at DATETIME)"
+        )
+        db.execute(
+            "INSERT INTO budget_entries VALUES ('old', 'k', NULL, 'hf-jobs', 'l4x1', 800000, 1000000, "
+            "2000000, 0, 1500000, 'settled', 'approved', 'ana', '', '2026-11', "
+            "'2026-11-03 10:00:00.000000', NULL, '2026-11-03 11:00:00.000000')"
+        )
+    ledger = Ledger(f"sqlite:///{path}")
+    (old,) = ledger.entries()
+    assert (old.id, old.actual_usd, old.approval_deadline) == ("old", 1.5, None)
+    new = ledger.reserve(
+        run_key="new",
+        backend="hf-jobs",
+        hardware="l4x1",
+        price_per_hour=0.8,
+        expected_usd=1.0,
+        high_usd=2.0,
+        monthly_limit_usd=30.0,
+        per_job_max_usd=2.5,
+        needs_approval=True,
+        approval_timeout_seconds=60,
+    )
+    assert new.approval_deadline is not None
