@@ -12,28 +12,18 @@ from typer.testing import CliRunner
 
 from blocks.budget import BudgetPolicy
 from cli.app import app
-from schemas.costs import CostEstimate
-from schemas.request import Backend
 from tasks.costs.budget import gate_budget
 from tasks.costs.ledger import Decision, Ledger, ReservationStatus
+from tests.estimates import paid_estimate
 
 runner = CliRunner()
 
 
 @flow(name="cli-gate")
 def gated(policy_name: str) -> str:
-    cost = CostEstimate(
-        backend=Backend.HF_JOBS,
-        hardware="a10g-small",
-        price_per_hour=1.0,
-        low_usd=5,
-        expected_usd=10,
-        high_usd=20,
-        expected_seconds=1800,
-        timeout_seconds=7200,
-        source="test prices",
+    reservation = gate_budget(
+        paid_estimate(20), run_key="cli", policy_name=policy_name, poll_interval=1
     )
-    reservation = gate_budget(cost, run_key="cli", policy_name=policy_name, poll_interval=1)
     return reservation.status.value if reservation else "free"
 
 

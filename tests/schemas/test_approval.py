@@ -28,9 +28,9 @@ def test_the_budget_form_presets_no_choice():
     from blocks.budget import BudgetPolicy
     from tasks.costs.budget import approval_form
     from tasks.costs.ledger import Ledger
-    from tests.tasks.costs.test_budget import estimate
+    from tests.estimates import paid_estimate
 
-    cost = estimate(20)
+    cost = paid_estimate(20)
     ledger = Ledger("sqlite://")
     reservation = ledger.reserve(
         run_key="form",

@@ -18,20 +18,7 @@ from tasks.costs import CostEstimate, free_estimate
 from tasks.costs.budget import gate_budget, record_job_start, release_budget_of_flow_run
 from tasks.costs.ledger import BudgetExceeded, Decision, Ledger, ReservationStatus
 from tasks.jobs import JobHandle
-
-
-def estimate(high: float) -> CostEstimate:
-    return CostEstimate(
-        backend=Backend.HF_JOBS,
-        hardware="a10g-small",
-        price_per_hour=1.0,
-        low_usd=high / 3,
-        expected_usd=high / 2,
-        high_usd=high,
-        expected_seconds=1800,
-        timeout_seconds=7200,
-        source="test prices",
-    )
+from tests.estimates import paid_estimate as estimate
 
 
 @flow(name="gate-test")
