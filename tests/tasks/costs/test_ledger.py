@@ -95,7 +95,6 @@ def test_a_retried_run_reuses_its_hold_and_the_per_job_maximum_is_enforced(tmp_p
     assert billed.status is ReservationStatus.SETTLED and billed.actual_usd == pytest.approx(0.4)
 
 
-
 def test_a_hold_that_needs_approval_notes_its_deadline(tmp_path):
     from datetime import UTC, datetime, timedelta
 
@@ -116,6 +115,7 @@ def test_a_hold_that_needs_approval_notes_its_deadline(tmp_path):
     automatic = ledger.reserve(run_key="automatic", needs_approval=False, **args)
     assert ledger.get(waiting.id).approval_deadline == asked + timedelta(seconds=600)
     assert automatic.approval_deadline is None
+
 
 def test_a_ledger_of_an_older_release_gets_the_new_column(tmp_path):
     """Ledgers are long-lived: one created before `approval_deadline` existed keeps working."""
