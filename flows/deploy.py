@@ -8,10 +8,12 @@ from prefect import flow
 from pydantic import Field
 
 from schemas.serving import LOCAL_TARGET, ServedModel
-from tasks.serving.deploy import deploy_gguf
+from tasks.serving.deploy import deploy_model
 
 
-@flow(name="deploy", log_prints=True)
+# Persisted results: a run waiting for its pull request's merge is suspended, and resumed it
+# runs again from the start, reading what it already did (see tasks.serving.deploy.deploy_model).
+@flow(name="deploy", log_prints=True, persist_result=True)
 def deploy(
     gguf_path: Annotated[
         str,
@@ -37,7 +39,7 @@ def deploy(
     ] = None,
 ) -> ServedModel:
     """Deploy `gguf_path` as model `name` on `target` and check that it answers a chat request."""
-    deployment = deploy_gguf(
+    deployment = deploy_model(
         gguf_path,
         name,
         target,

@@ -22,7 +22,7 @@ from tasks.jobs.hooks import cancel_job_of_flow_run
 from tasks.jobs.training import monitor_training, submit_training
 from tasks.reporting.samples import sample_answers
 from tasks.reporting.summary import FineTuneSummary, publish_estimate, publish_summary, timed
-from tasks.serving.deploy import deploy_gguf
+from tasks.serving.deploy import deploy_model
 from tasks.validation import raise_on_errors, validate_dataset
 
 
@@ -32,8 +32,8 @@ from tasks.validation import raise_on_errors, validate_dataset
     on_failure=[release_budget_of_flow_run],
     on_crashed=[release_budget_of_flow_run],
     log_prints=True,
-    # A run waiting for approval is suspended; resumed, it runs again from the start on any
-    # worker, and its tasks (and theirs) return their persisted results instead of redoing the work.
+    # A run waiting for approval (or for its deploy's merge) is suspended; resumed, it runs again
+    # from the start on any worker, and its tasks (and theirs) return their persisted results instead of redoing the work.
     persist_result=True,
 )
 def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> FineTuneSummary:
@@ -83,7 +83,7 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
             )
         if request.deploy is not None:
             with timed(timings, "deploy"):
-                deployment = deploy_gguf(
+                deployment = deploy_model(
                     gguf.chosen,
                     request.deploy.name or request.output_name,
                     request.deploy.target,

@@ -26,6 +26,7 @@ EXPECTED = {
     "retrain",
     "cost_report",
     "health_check",
+    "merge_watch",
 }
 
 

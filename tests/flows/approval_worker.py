@@ -1,6 +1,6 @@
-"""The worker of the approval tests: serves `finetune` and a budget-gate probe, one run at a time.
+"""The worker of the tests of long waits: serves `finetune`, `deploy` and a budget-gate probe.
 
-Started as a subprocess by `tests/flows/test_approval_wait.py`: `python -m tests.flows.approval_worker`.
+Started as a subprocess by `tests/flows/conftest.py`: `python -m tests.flows.approval_worker`.
 Both deployments take one run at a time, and so does the worker (`limit=1`): a run that kept its
 process or its slot while it waits would block the next one.
 """
@@ -12,12 +12,15 @@ from pathlib import Path
 
 from prefect import flow, serve, task
 
+from flows.deploy import deploy
 from flows.finetune import finetune
 from tasks.costs.budget import gate_budget
 from tests.estimates import paid_estimate
 
 GATE_PROBE = "gate-probe/gate-probe"
 FINETUNE = "finetune/finetune"
+DEPLOY = "deploy/deploy"
+SERVED = [GATE_PROBE, FINETUNE, DEPLOY]
 
 
 @task
@@ -41,5 +44,6 @@ if __name__ == "__main__":
     serve(
         finetune.to_deployment(name="finetune", concurrency_limit=1),
         gate_probe.to_deployment(name="gate-probe", concurrency_limit=1),
+        deploy.to_deployment(name="deploy", concurrency_limit=1),
         limit=1,
     )

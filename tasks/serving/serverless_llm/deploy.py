@@ -4,7 +4,10 @@
 2. Clone the repository, add or update the `config/models.py` entry, run the repository's
    sync scripts, check the result with `python config/models.py NAME`.
 3. Commit: on `lmft/deploy-NAME` with a pull request, or straight to the base branch.
-4. Optionally wait for the merge and the image Build workflow.
+4. Optionally wait for the merge and the image Build workflow. In a flow run that can be
+   suspended the wait happens in the flow body instead (`tasks.serving.deploy.deploy_model`):
+   this stops at the pull request (`stop_at_pull_request`), and the deploy is run again
+   once merged (`merged_commit`), when the entry is already on the base branch.
 5. Dispatch `inference.yml` with `model=NAME` (on the deploy branch while the PR is
    unmerged: the workflow reads the branch's config), wait for `/health`, send a chat.
 6. If the smoke test fails: close the PR (or restore the previous entry), cancel the run, fail.
@@ -154,6 +157,7 @@ def publish_change(
     record: ServedModel,
     *,
     body: str,
+    merge_here: bool,
 ) -> tuple[PullRequest | None, str]:
     """Commit the edited clone and bring it to GitHub (pull request or push); return (pull, ref to run)."""
     name = entry.name
@@ -172,7 +176,7 @@ def publish_change(
         )
         record.branch, record.pull_request_url = ref, pull.html_url
         logger.info("pull request %s", pull.html_url)
-        if target.wait_for_merge:
+        if merge_here:  # wait for the merge in this call (else the caller waits, or nobody)
             record.commit_sha = wait_for_merge(
                 pull, timeout=target.merge_timeout_seconds, poll_interval=target.poll_seconds
             )
@@ -203,8 +207,16 @@ def deploy_to_serverless_llm(
     lineage: dict | None = None,
     hf_repo: str | None = None,
     description: str | None = None,
+    stop_at_pull_request: bool = False,
+    merged_commit: str | None = None,
 ) -> ServedModel:
     """Register `name` in the serverless-llm repository, start it, and check it answers.
+
+    With `stop_at_pull_request` a target that waits for the merge returns the record as
+    `awaiting_merge` once its pull request is open, without waiting; the caller runs the
+    deploy again with the `merged_commit`: then the entry is already on the base branch, and
+    the deploy waits for that commit's image build, serves it, and rolls the entry back to
+    what it was before the merge if it does not answer.
 
     Raises:
         ModelsFileError, SyncError: the repository could not be edited; nothing was pushed.
@@ -232,11 +244,33 @@ def deploy_to_serverless_llm(
         repo = open_repository(target)
         if record.models_entry_changed:
             body = pull_request_body(name, entry, quality_report_md, lineage)
-            pull, ref = publish_change(clone, repo, target, entry, record, body=body)
+            pull, ref = publish_change(
+                clone,
+                repo,
+                target,
+                entry,
+                record,
+                body=body,
+                merge_here=target.wait_for_merge and not stop_at_pull_request,
+            )
+            if stop_at_pull_request and pull is not None and not pull.merged:
+                record.status = ServeStatus.AWAITING_MERGE
+                return record
         else:
             pull, ref = None, target.base_branch
             record.commit_sha = clone.head()
             logger.info("%s is already up to date for %s; nothing to commit", MODELS_FILE, name)
+            if merged_commit is not None:
+                previous = _entry_before(clone, merged_commit, entry)
+                if target.build_workflow:
+                    build = wait_for_workflow_run(
+                        repo,
+                        target.build_workflow,
+                        head_sha=merged_commit,
+                        timeout=target.build_timeout_seconds,
+                        poll_interval=target.poll_seconds,
+                    )
+                    record.build_run_url = build.html_url
         run = dispatch_inference(
             repo, target.inference_workflow, ref=ref, model=name, poll_interval=target.poll_seconds
         )
@@ -261,7 +295,7 @@ def deploy_to_serverless_llm(
                     pull, comment=f"Closing: the model did not pass its smoke test.\n\n> {exc}"
                 )
                 clone.run("push", "--quiet", "origin", "--delete", deploy_branch(name))
-            elif record.models_entry_changed:
+            elif record.models_entry_changed or merged_commit is not None:
                 roll_back_entry(target, name, previous, token=token, reason=str(exc))
             raise DeploymentFailed(
                 f"{name} did not serve on serverless-llm and was rolled back: {exc}"
@@ -270,6 +304,12 @@ def deploy_to_serverless_llm(
         ServeStatus.SERVING if pull is None or pull.merged else ServeStatus.AWAITING_MERGE
     )
     return record
+
+
+def _entry_before(clone: GitClone, merged_commit: str, entry: ModelEntry) -> str | None:
+    """The source of `entry`'s model in the base branch before `merged_commit` (None: it was new)."""
+    before = clone.run("show", f"{merged_commit}^1:{MODELS_FILE}")
+    return upsert_model_entry(before, entry, str(MODELS_FILE)).previous_entry
 
 
 def roll_back_entry(
