@@ -15,7 +15,7 @@ from tasks.serving.deploy import deploy_model
 
 # Persisted results: a run waiting for its pull request's merge is suspended, and resumed it
 # runs again from the start, reading what it already did (see tasks.serving.deploy.deploy_model).
-@flow(name="deploy", log_prints=True, persist_result=True, **STATUS_HOOKS)
+@flow(name="deploy", log_prints=True, persist_result=True, **STATUS_HOOKS)  # type: ignore[call-overload]  # hooks given as a dict
 def deploy(
     gguf_path: GGUFLocation,
     name: ServedName,

@@ -163,7 +163,11 @@ async def create_job(
         run=run_ref(run, DeploymentName.FINETUNE.flow_name),
         idempotency_key=key,
         gate=gate,
-        approval_required={GateStatus.AWAITING_APPROVAL: True, GateStatus.PASSED: False}.get(gate),
+        approval_required=(
+            {GateStatus.AWAITING_APPROVAL: True, GateStatus.PASSED: False}.get(gate)
+            if gate
+            else None
+        ),
         estimate=status.gate.estimate if status else None,
     )
 

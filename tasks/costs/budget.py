@@ -375,7 +375,8 @@ def settle_ended_runs(ledger: Ledger, *, now: datetime | None = None) -> list[Re
     gate calls it before every reservation, the `settle-ended-runs` flow after every run.
     """
     now = now or datetime.now(UTC)
-    released: list[Reservation] = []
+    # Holds waiting for an approval that timed out are recorded as timeouts first.
+    released: list[Reservation] = release_holds_of_ended_runs(ledger)
     holds = ledger.open_entries()
     if not holds:
         return released
