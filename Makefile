@@ -26,6 +26,7 @@ test: install  ## every test, the slow end-to-end ones included
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
-check: install  ## lint and format check
+check: install  ## lint, format check and type check (mypy, configured in pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy

@@ -15,6 +15,8 @@ from typing import Annotated
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, model_validator
 
+from blocks import load_block
+
 BUDGET_BLOCK_NAME = "default"
 """The block document the `finetune` flow loads."""
 
@@ -93,7 +95,7 @@ class BudgetPolicy(Block):
 def load_budget_policy(name: str = BUDGET_BLOCK_NAME) -> BudgetPolicy:
     """The saved `BudgetPolicy` named `name`, or `BudgetPolicyMissing` saying how to create it."""
     try:
-        return BudgetPolicy.load(name)
+        return load_block(BudgetPolicy, name)
     except ValueError as exc:  # Prefect: "Unable to find block document named ..."
         raise BudgetPolicyMissing(
             f"no BudgetPolicy block named {name!r} ({exc}). Paid backends need one: run "

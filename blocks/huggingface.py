@@ -9,6 +9,8 @@ from huggingface_hub import HfApi
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
+from blocks import load_block
+
 DEFAULT_BLOCK_NAME = "huggingface"
 BLOCK_NAME_ENV = "LMFT_HF_CREDENTIALS_BLOCK"
 NAMESPACE_ENV = "LMFT_HF_NAMESPACE"
@@ -67,7 +69,7 @@ def load_hf_credentials() -> HuggingFaceCredentials:
 @lru_cache(maxsize=8)
 def _load_block(name: str) -> HuggingFaceCredentials:
     try:
-        return HuggingFaceCredentials.load(name)
+        return load_block(HuggingFaceCredentials, name)
     except ValueError as exc:
         raise RuntimeError(
             f"no Hugging Face credentials: the Prefect block {name!r} does not exist ({exc}). Create it with "

@@ -1,11 +1,12 @@
 """`lmft`: the command line of lm-fine-tuning.
 
 `cli.app` defines the Typer app; importing the topic modules registers their commands
-(run; estimate, costs, budget; convert; deploy, serve; health-check; cancel; mcp; validate;
+(run; estimate, costs, budget; approve, reject; convert; deploy, serve; health-check; cancel; mcp; validate;
 github-dispatch, request-finetune).
 """
 
 from cli import (  # noqa: F401
+    approval,
     commands,
     costs,
     deploy,

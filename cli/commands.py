@@ -64,6 +64,7 @@ def run(
         "  wall time     " + ", ".join(f"{k} {v:.0f}s" for k, v in summary.step_seconds.items())
     )
     run_id = state.state_details.flow_run_id
+    assert run_id is not None  # a finished flow run's state names it
     for line in status_lines(run_id):  # stage, gate, cost, links: what the run published
         typer.echo(line)
     if summary.gguf_decision:

@@ -47,7 +47,12 @@ def estimate(
     from tasks.costs import estimate_request, load_catalog
     from tasks.validation import raise_on_errors, validate_dataset
 
-    fields = {"base_model": model, "method": method, "backend": backend, "hardware": hardware}
+    fields: dict[str, object] = {
+        "base_model": model,
+        "method": method,
+        "backend": backend,
+        "hardware": hardware,
+    }
     if full:
         fields["lora"] = {"enabled": False}
     request = request_from_cli(config, dataset, fields, max_steps=max_steps)

@@ -68,7 +68,7 @@ def _cancel_flow_run(flow_run_id: uuid.UUID) -> bool:
             run = client.read_flow_run(flow_run_id)
         except ObjectNotFound:
             typer.echo(f"no flow run {flow_run_id} in Prefect; cancelling its jobs only", err=True)
-            return
+            return False
         if run.state is not None and not run.state.is_final():
             client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
             typer.echo(f"flow run {flow_run_id}: cancelling")

@@ -36,6 +36,7 @@ def status_lines(flow_run_id: uuid.UUID) -> list[str]:
     if result.error:
         raise fail(result.error, code=1)
     run = result.run
+    assert run is not None  # a result without error names its run
     lines = [f"  run           {run.name} ({run.flow}): {run.state_name}"]
     if run.ui_url:
         lines.append(f"  UI            {run.ui_url}")

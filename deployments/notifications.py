@@ -17,12 +17,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import cast
 from uuid import UUID
 
 from prefect.automations import Automation, EventTrigger, Posture, SendNotification
 from prefect.blocks.core import Block
 from prefect.blocks.notifications import SlackWebhook
 from pydantic import BaseModel, SecretStr
+
+from blocks import load_block
 
 SLACK_BLOCK = "slack-webhook/lmft-slack"
 """The notification block the automations post through, as `block-type-slug/name`."""
@@ -67,16 +70,17 @@ def save_slack_webhook(url: SecretStr, *, name: str = SLACK_BLOCK.split("/")[1])
         raise ValueError(
             "SLACK_WEBHOOK_URL: not a Slack incoming-webhook URL (https://hooks.slack.com/services/...)"
         )
-    return SlackWebhook(url=url).save(name, overwrite=True)
+    # Prefect's async_dispatch types save/create/read as "value or coroutine"; called from sync code they return the value.
+    return cast(UUID, SlackWebhook(url=url).save(name, overwrite=True))
 
 
 def ensure_notification_automations(block: str = SLACK_BLOCK) -> list[Automation]:
     """(Re)create the notification automations posting through `block`; none when it is not configured."""
     try:
-        notifier = Block.load(block)
+        notifier = load_block(Block, block)
     except ValueError:
         return []
-    created = []
+    created: list[Automation] = []
     for rule in RULES:
         _delete_automations_named(rule.name)
         automation = Automation(
@@ -96,14 +100,14 @@ def ensure_notification_automations(block: str = SLACK_BLOCK) -> list[Automation
                 )
             ],
         )
-        created.append(automation.create())
+        created.append(cast(Automation, automation.create()))
     return created
 
 
 def _delete_automations_named(name: str) -> None:
     while True:
         try:
-            Automation.read(name=name).delete()
+            cast(Automation, Automation.read(name=name)).delete()
         except ValueError:  # none left with this name
             return
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 from datetime import timedelta
+from typing import cast
 
 from prefect.automations import (
     Automation,
@@ -115,10 +116,11 @@ def settle_automation(settle_deployment_id) -> Automation:
 def _replace(automation: Automation) -> Automation:
     while True:
         try:
-            Automation.read(name=automation.name).delete()
+            cast(Automation, Automation.read(name=automation.name)).delete()
         except ValueError:  # none left with this name
             break
-    return automation.create()
+    # Prefect's async_dispatch types read/create as "value or coroutine"; sync code gets the value.
+    return cast(Automation, automation.create())
 
 
 def ensure_run_safety_automations(heartbeat_seconds: int = HEARTBEAT_SECONDS) -> list[Automation]:

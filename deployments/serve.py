@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any, cast
 
 import yaml
-from prefect import serve
+from prefect import Flow, serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
 from prefect.deployments.runner import RunnerDeployment
 
@@ -35,7 +36,7 @@ from flows.spend_alerts import spend_alerts
 from flows.validate import validate
 from schemas.flows import DeploymentName
 
-SERVED_FLOWS = {
+SERVED_FLOWS: dict[DeploymentName, Flow[..., Any]] = {
     DeploymentName.FINETUNE: finetune,
     DeploymentName.VALIDATE: validate,
     DeploymentName.ESTIMATE: estimate,
@@ -69,8 +70,12 @@ def served_deployments() -> list[RunnerDeployment]:
     """Every pipeline flow as a deployment, with its `prefect.yaml` concurrency limit."""
     limits = concurrency_limits()
     return [
-        flow.to_deployment(
-            name=name.deployment_name, concurrency_limit=limits.get(name.deployment_name)
+        # to_deployment is typed "deployment or coroutine" (async_dispatch); sync code gets it.
+        cast(
+            RunnerDeployment,
+            flow.to_deployment(
+                name=name.deployment_name, concurrency_limit=limits.get(name.deployment_name)
+            ),
         )
         for name, flow in SERVED_FLOWS.items()
     ]

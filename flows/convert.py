@@ -25,7 +25,7 @@ from tasks.gguf import (
 from tasks.reporting.status import STATUS_HOOKS, publish_gguf, publish_stage
 
 
-@flow(name="convert", log_prints=True, **STATUS_HOOKS)
+@flow(name="convert", log_prints=True, **STATUS_HOOKS)  # type: ignore[call-overload]  # hooks given as a dict
 def convert(
     model: ModelSource,
     lineage: GGUFLineage | None = None,

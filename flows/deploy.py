@@ -10,10 +10,12 @@ from pydantic import Field
 from schemas.serving import LOCAL_TARGET, DeployTarget, GGUFLocation, ServedModel, ServedName
 from schemas.status import Stage
 from tasks.reporting.status import STATUS_HOOKS, publish_served, publish_stage
-from tasks.serving.deploy import deploy_gguf
+from tasks.serving.deploy import deploy_model
 
 
-@flow(name="deploy", log_prints=True, **STATUS_HOOKS)
+# Persisted results: a run waiting for its pull request's merge is suspended, and resumed it
+# runs again from the start, reading what it already did (see tasks.serving.deploy.deploy_model).
+@flow(name="deploy", log_prints=True, persist_result=True, **STATUS_HOOKS)  # type: ignore[call-overload]  # hooks given as a dict
 def deploy(
     gguf_path: GGUFLocation,
     name: ServedName,
@@ -30,7 +32,7 @@ def deploy(
 ) -> ServedModel:
     """Deploy `gguf_path` as model `name` on `target` and check that it answers a chat request."""
     publish_stage(Stage.DEPLOYING)
-    deployment = deploy_gguf(
+    deployment = deploy_model(
         gguf_path,
         name,
         target,

@@ -38,7 +38,7 @@ from tasks.reporting.status import (
     stage,
 )
 from tasks.reporting.summary import FineTuneSummary, publish_summary
-from tasks.serving.deploy import deploy_gguf
+from tasks.serving.deploy import deploy_model
 from tasks.validation import raise_on_errors, validate_dataset
 
 
@@ -50,6 +50,9 @@ from tasks.validation import raise_on_errors, validate_dataset
     on_failure=[cancel_job_of_flow_run, release_budget_of_flow_run, end_status],
     on_crashed=[cancel_job_of_flow_run, release_budget_of_flow_run, end_status],
     log_prints=True,
+    # A run waiting for approval (or for its deploy's merge) is suspended; resumed, it runs again
+    # from the start on any worker, and its tasks (and theirs) return their persisted results instead of redoing the work.
+    persist_result=True,
 )
 def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> FineTuneSummary:
     """Fine-tune `request.base_model` on `request.dataset`; one training job per idempotency key."""
@@ -81,12 +84,15 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
     if result.model_dir:  # the model is on this machine: show what training changed
         with stage(Stage.SAMPLING):
             samples = sample_answers(model, result.model_dir)
+    # Set by the request's validator when omitted; a completed job has a model folder or a Hub repo.
+    trained = result.model_dir or result.hub_repo
+    assert request.output_name is not None and trained is not None
     if request.gguf is not None:
         with stage(Stage.CONVERTING):
             lineage = lineage_for_request(request, str(flow_run.id))
             remote = request.backend is not Backend.LOCAL
             gguf = convert(
-                result.model_dir or result.hub_repo,
+                trained,
                 lineage=lineage,
                 settings=request.gguf,
                 dataset=request.dataset,
@@ -95,7 +101,7 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
             publish_gguf(gguf)
         if request.deploy is not None:
             with stage(Stage.DEPLOYING):
-                deployment = deploy_gguf(
+                deployment = deploy_model(
                     gguf.chosen,
                     request.deploy.name or request.output_name,
                     request.deploy.target,

@@ -8,7 +8,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import FlowPauseTimeout, NotPausedError
 from prefect.flow_runs import aresume_flow_run
-from prefect.states import Cancelled, Cancelling
+from prefect.states import Cancelled, Cancelling, State
 
 from mcp_adapter.models import ApprovalResult, CancelResult, RunState
 from mcp_adapter.runs import (
@@ -45,7 +45,7 @@ async def decide_approval(run_id: UUID, decision: ApprovalDecision) -> ApprovalR
         run = await client.read_flow_run(run.id)
         return ApprovalResult(
             run=run_ref(run, await flow_name(client, run)),
-            approved=decision.approve,
+            approved=decision.approved,
             note=decision.note,
             approver=decision.approver,
         )
@@ -64,7 +64,7 @@ async def cancel_run(
                 f"flow run {run.name} has already ended ({run.state.name}); nothing to cancel"
             )
         not_started = run.state is None or run.state.type is StateType.SCHEDULED
-        state = (
+        state: State = (
             Cancelled(message="cancelled through MCP")
             if not_started
             else Cancelling(message="cancelled through MCP")

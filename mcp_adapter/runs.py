@@ -160,6 +160,7 @@ async def wait_for_run(
 
 async def run_result(run: FlowRun, model: type[BaseModel]) -> Any:
     """The return value of a completed run, read from its persisted result."""
+    assert run.state is not None  # only completed runs are read
     try:
         value = await run.state.aresult(raise_on_failure=False)
     except (MissingResult, OSError):  # not persisted, or persisted where this machine cannot read

@@ -207,7 +207,7 @@ async def approve_job(
 ) -> ApprovalResult:
     """Approve a job that waits for approval (gate 'awaiting_approval'): training starts and is billed."""
     return await control.decide_approval(
-        run_id, ApprovalDecision(approve=True, note=note, approver=approver)
+        run_id, ApprovalDecision(decision="approve", note=note, approver=approver)
     )
 
 
@@ -221,7 +221,7 @@ async def reject_job(
 ) -> ApprovalResult:
     """Reject a job that waits for approval: the run stops without training and nothing is spent."""
     return await control.decide_approval(
-        run_id, ApprovalDecision(approve=False, note=note, approver=approver)
+        run_id, ApprovalDecision(decision="reject", note=note, approver=approver)
     )
 
 

@@ -164,7 +164,11 @@ async def create_job(
         run=ref,
         idempotency_key=key,
         gate=gate,
-        approval_required={GateStatus.AWAITING_APPROVAL: True, GateStatus.PASSED: False}.get(gate),
+        approval_required=(
+            {GateStatus.AWAITING_APPROVAL: True, GateStatus.PASSED: False}.get(gate)
+            if gate
+            else None
+        ),
         estimate=status.gate.estimate if status else None,
         error=ended_without_completing(ref, key),
     )

@@ -80,6 +80,8 @@ def reference_table(catalog: HardwareCatalog | None = None) -> str:
         except HardwareDoesNotFit:
             lines.append(f"{head} none fits | {memory_needed(w).total_gb:.0f} GB | – | – | – |")
             continue
+        # An estimate of a workload always carries its memory and times (only free runs lack them).
+        assert e.memory and e.expected_seconds is not None and e.timeout_seconds is not None
         lines.append(
             f"{head} {e.hardware} | {e.memory.total_gb:.0f} GB | {e.expected_seconds / 3600:.2f} h | "
             f"${e.low_usd:.2f} / ${e.expected_usd:.2f} / ${e.high_usd:.2f} | {e.timeout_seconds / 3600:.2f} h |"

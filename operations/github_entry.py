@@ -255,7 +255,8 @@ class DeployInputs(_Inputs):
         return parameters
 
 
-PIPELINES: dict[Pipeline, tuple[type[_Inputs], DeploymentName]] = {
+PipelineInputs = TrainInputs | ValidateInputs | ConvertInputs | DeployInputs
+PIPELINES: dict[Pipeline, tuple[type[PipelineInputs], DeploymentName]] = {
     Pipeline.TRAIN: (TrainInputs, DeploymentName.FINETUNE),
     Pipeline.VALIDATE: (ValidateInputs, DeploymentName.VALIDATE),
     Pipeline.CONVERT: (ConvertInputs, DeploymentName.CONVERT),
@@ -341,6 +342,7 @@ class GitHubEvent(BaseModel):
             raise InputRefused(
                 f"{', '.join(missing)} not set: run inside GitHub Actions, or pass --event-file, --event-name and --run-id"
             )
+        assert path is not None  # in `missing` otherwise
         payload = json.loads(Path(path).read_text())
         repository = os.environ.get("GITHUB_REPOSITORY") or (payload.get("repository") or {}).get(
             "full_name", ""
@@ -480,7 +482,7 @@ def _estimate(artifacts: list[Artifact]) -> CostEstimate | None:
     found = next((a for a in artifacts if a.key == ESTIMATE_FIGURES_KEY), None)
     if found is None:
         return None
-    rows = json.loads(found.data) if isinstance(found.data, str) else found.data
+    rows: Any = json.loads(found.data) if isinstance(found.data, str) else found.data
     return CostEstimate.model_validate(rows[0]) if rows else None
 
 

@@ -122,8 +122,10 @@ class KeepaliveReport(BaseModel):
 class KeptAlive(Protocol):
     """A service the keep-alive runs until its hand-over: the Prefect worker, the MCP server."""
 
-    name: str
     starts: int
+
+    @property
+    def name(self) -> str: ...
 
     def start(self) -> None:
         """Start (or restart) the service; raise when it has crashed too often."""
@@ -189,25 +191,31 @@ class PrefectWorker:
         logger.info("starting worker %s for pool %s", self.settings.worker_name, self.settings.pool)
         self.process = subprocess.Popen(self.command(), env=self.env, stdin=subprocess.DEVNULL)
 
+    def running(self) -> subprocess.Popen | None:
+        """The worker's process while it runs."""
+        if self.process is not None and self.process.poll() is None:
+            return self.process
+        return None
+
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.running() is not None
 
     def successor_serving(self) -> bool:
         return True  # runs wait in the queue for the successor; nothing is refused meanwhile
 
     def drain(self) -> None:
         """Stop the worker polling for new runs; the flow-run processes it started go on."""
-        if self.alive():
-            self.process.send_signal(signal.SIGSTOP)
+        if process := self.running():
+            process.send_signal(signal.SIGSTOP)
 
     def busy(self) -> list[FlowRun]:
         return runs_of_worker(self.settings.pool, self.settings.worker_name)
 
     def stop(self) -> None:
         """SIGKILL: a frozen worker cannot report its runs Crashed on the way out."""
-        if self.alive():
-            self.process.kill()
-            self.process.wait()
+        if process := self.running():
+            process.kill()
+            process.wait()
 
     def hand_over(self, unfinished: list[FlowRun]) -> list[str]:
         for run in unfinished:
@@ -278,6 +286,8 @@ def run_until_hand_over(
 
         if settings.successor is not None:
             try:
+                # The settings refuse a successor without a token.
+                assert settings.successor_token is not None
                 dispatch_workflow(settings.successor, token=settings.successor_token)
                 dispatched = True
                 logger.info(

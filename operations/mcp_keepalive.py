@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 import httpx
 from pydantic import BaseModel, Field, SecretStr
@@ -169,7 +170,8 @@ class McpServer:
         while read_instance(self.local_url, timeout=2) != self.name:
             if not _running(self.server):
                 raise RuntimeError(
-                    f"the MCP server exited with code {self.server.returncode} before answering; see its output above"
+                    f"the MCP server exited with code {self.server.returncode if self.server else None} "
+                    "before answering; see its output above"
                 )
             if time.monotonic() > deadline:
                 raise RuntimeError(
@@ -211,7 +213,7 @@ class McpServer:
         return []  # requests cut at the hand-over are retried by the client; nothing is queued here
 
 
-def _running(process: subprocess.Popen | None) -> bool:
+def _running(process: subprocess.Popen | None) -> TypeGuard[subprocess.Popen]:
     return process is not None and process.poll() is None
 
 

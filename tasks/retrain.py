@@ -17,6 +17,7 @@ from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, Revi
 from prefect import task
 from pydantic import BaseModel, Field
 
+from blocks import load_block
 from blocks.huggingface import hub_api
 from blocks.retrain import RetrainSpec
 from schemas.request import DatasetSource, FineTuneRequest
@@ -122,7 +123,7 @@ def fingerprint_dataset(
 def load_retrain_spec(spec_name: str) -> tuple[RetrainSpec, FineTuneRequest]:
     """The stored spec named `spec_name` and its validated fine-tune request."""
     try:
-        spec = RetrainSpec.load(spec_name)
+        spec = load_block(RetrainSpec, spec_name)
     except ValueError:
         raise ValueError(
             f"spec_name: no RetrainSpec block named {spec_name!r}; create one with "
@@ -142,7 +143,7 @@ def record_retraining(
     spec_name: str, fingerprint: DatasetFingerprint, summary: FineTuneSummary, *, flow_run_id: str
 ) -> RetrainSpec:
     """Store the fingerprint of a successful training, so an unchanged dataset is skipped next time."""
-    spec = RetrainSpec.load(spec_name)
+    spec = load_block(RetrainSpec, spec_name)
     spec.last_fingerprint = fingerprint.token
     spec.last_trained_at = datetime.now(UTC)
     spec.last_flow_run_id = flow_run_id

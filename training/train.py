@@ -164,7 +164,7 @@ def _sharegpt_turn(turn: dict) -> dict:
         return turn
     role = turn.get("from") or turn.get("role")
     return {
-        "role": SHAREGPT_ROLES.get(role, role),
+        "role": SHAREGPT_ROLES.get(role, role) if isinstance(role, str) else role,
         "content": turn.get("value", turn.get("content")),
     }
 
@@ -416,8 +416,7 @@ def main(args: ScriptArguments) -> dict:
                 path_in_repo="adapter",
                 commit_message="lm-fine-tuning: LoRA adapter",
             )
-            info = api.list_repo_commits(args.push_to_hub_repo)[0]
-            result["hub_revision"] = info.commit_id
+            result["hub_revision"] = api.list_repo_commits(args.push_to_hub_repo)[0].commit_id
         else:
             result["hub_revision"] = info.oid
         result["hub_repo"] = args.push_to_hub_repo
@@ -434,7 +433,8 @@ def main(args: ScriptArguments) -> dict:
 if __name__ == "__main__":
     from transformers import HfArgumentParser
 
-    (script_args,) = HfArgumentParser(ScriptArguments).parse_args_into_dataclasses()
+    # transformers types its argument as its DataClassType protocol, which mypy does not match to a dataclass.
+    (script_args,) = HfArgumentParser(ScriptArguments).parse_args_into_dataclasses()  # type: ignore[arg-type]
     if script_args.method not in ("sft", "dpo", "grpo", "kto"):
         sys.exit(f"error: --method must be sft, dpo, grpo or kto, not {script_args.method!r}")
     print("LMFT_ARGS " + json.dumps(asdict(script_args)), flush=True)

@@ -16,10 +16,12 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 
 from prefect import task
+from prefect.blocks.abstract import NotificationBlock
 from prefect.blocks.core import Block
 from pydantic import BaseModel, Field
 from sqlalchemy import Boolean, Column, DateTime, MetaData, String, Table, Text, select, update
 
+from blocks import load_block
 from blocks.budget import BUDGET_BLOCK_NAME, BudgetPolicyMissing, load_budget_policy
 from schemas.costs import cost_so_far
 from tasks.costs.budget import ledger_for
@@ -98,9 +100,9 @@ def evaluate_spend(
     entries = ledger.entries(month=month)
     alerts: list[SpendAlert] = []
 
-    running = [e for e in entries if e.is_open and e.job_started_at is not None]
-    spent = sum(e.actual_usd or 0 for e in entries if e.status is ReservationStatus.SETTLED)
-    spent += sum(cost_so_far(e.price_per_hour, e.job_started_at, now) for e in running)
+    running = [(e, e.job_started_at) for e in entries if e.is_open and e.job_started_at is not None]
+    spent = sum(e.actual_usd or 0.0 for e in entries if e.status is ReservationStatus.SETTLED)
+    spent += sum(cost_so_far(e.price_per_hour, started, now) for e, started in running)
 
     start, end = _month_bounds(now)
     elapsed = (now - start).total_seconds()
@@ -189,7 +191,7 @@ def record_crossings(
                     update(alert_states).where(alert_states.c.key == key).values(active=False)
                 )
         for alert in holding:
-            row = rows.get(alert.key)
+            known = rows.get(alert.key)
             values = dict(
                 kind=alert.kind.value,
                 active=True,
@@ -198,9 +200,9 @@ def record_crossings(
                 body=alert.body,
                 notified_at=None,
             )
-            if row is None:
+            if known is None:
                 conn.execute(alert_states.insert().values(key=alert.key, **values))
-            elif not row.active:
+            elif not known.active:
                 conn.execute(
                     update(alert_states).where(alert_states.c.key == alert.key).values(**values)
                 )
@@ -261,14 +263,20 @@ def send_spend_alerts(alerts: list[SpendAlert], block: str = DEFAULT_NOTIFY_BLOC
     if not alerts:
         return 0
     try:
-        notifier = Block.load(block)
+        notifier = load_block(Block, block)
     except ValueError:
         raise RuntimeError(
             f"no notification block {block!r}: save one with `SLACK_WEBHOOK_URL=... python -m "
             "deployments.notifications`; the alerts stay due until one is sent"
         ) from None
+    if not isinstance(notifier, NotificationBlock):
+        raise RuntimeError(
+            f"block {block!r} is a {type(notifier).__name__}, not a notification block "
+            "(e.g. a Slack Webhook)"
+        )
     _, ledger = load_thresholds(max_jobs_per_hour=None, projection_ratio=1.0)
     for alert in alerts:
-        notifier.notify(body=alert.body, subject=alert.subject)
+        # notify is sync_compatible: called from sync code it sends and returns None.
+        notifier.notify(body=alert.body, subject=alert.subject)  # type: ignore[unused-coroutine]
         mark_notified(ledger, alert)
     return len(alerts)

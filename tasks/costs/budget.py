@@ -1,7 +1,14 @@
 """The budget gate: hold a run's high estimate, ask a human when it is expensive, settle or release.
 
-`gate_budget` runs in the flow body (a paused flow cannot run tasks, and `pause_flow_run`
+`gate_budget` runs in the flow body (a waiting flow cannot run tasks, and Prefect suspends or
 pauses the flow run itself); the ledger writes are tasks so they show in the run's graph.
+
+A run of a deployment is suspended while it waits for the decision (`tasks.suspension`): its
+process ends and its concurrency slot is free; the approval resumes it on any worker, which runs
+the flow again up to here from persisted results (`reserve_budget` is cached, and the ledger
+returns the open hold of a `run_key` anyway). Nobody answering is a rejection: Prefect's server
+fails the suspended run at the timeout. No process of ours is left to see it, so the next gate
+releases the holds of runs that ended while waiting (`release_holds_of_ended_runs`).
 """
 
 from __future__ import annotations
@@ -10,11 +17,12 @@ import logging
 import os
 import uuid
 from datetime import UTC, datetime
+from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.exceptions import FlowPauseTimeout, ObjectNotFound
-from prefect.flow_runs import pause_flow_run
 from prefect.runtime import flow_run as current_flow_run
 
 from blocks.budget import (
@@ -31,6 +39,7 @@ from tasks.costs.ledger import Decision, Ledger, Reservation, ReservationStatus,
 from tasks.jobs import JobHandle, TrainingResult
 from tasks.jobs.backends import jobs_running_seconds
 from tasks.reporting.status import publish_gate
+from tasks.suspension import wait_for_input
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +67,43 @@ def needs_approval(estimate: CostEstimate, policy: BudgetPolicy) -> bool:
     return policy.require_approval_for_all_runs or estimate.high_usd > policy.approval_threshold_usd
 
 
+def release_holds_of_ended_runs(ledger: Ledger) -> list[Reservation]:
+    """Release the holds of runs that ended while they waited for approval; return them.
+
+    A suspended run has no process, so no hook of ours sees it end: Prefect's server fails it
+    at the approval timeout, or someone cancels it. Past its approval deadline the hold is
+    released as a timeout, otherwise with the state the run ended in. Runs still waiting (or
+    resumed and queued for a worker) keep their hold.
+    """
+    waiting = {
+        r.flow_run_id: r
+        for r in ledger.entries()
+        if r.status is ReservationStatus.AWAITING_APPROVAL and r.flow_run_id
+    }
+    if not waiting:
+        return []
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(i) for i in waiting]))
+        )
+    released = []
+    for run in runs:
+        state, reservation = run.state, waiting[str(run.id)]
+        if state is None or not state.is_final():
+            continue
+        deadline = reservation.approval_deadline
+        if state.is_failed() and deadline is not None and datetime.now(UTC) >= deadline:
+            waited = round((deadline - reservation.created_at).total_seconds())
+            closed = ledger.decide(
+                reservation.id, decision=Decision.TIMED_OUT, note=f"no decision within {waited} s"
+            )
+        else:
+            note = f"flow run {state.name} while waiting for approval: {state.message or ''}"
+            closed = ledger.release(reservation.id, note=note[:500])
+        released.append(closed)
+    return released
+
+
 def hold_seconds(estimate: CostEstimate, policy: BudgetPolicy) -> float | None:
     """How long the run's hold may count against the budget before it expires.
 
@@ -77,7 +123,12 @@ def reserve_budget(
 ) -> Reservation:
     """Hold the run's high estimate in the ledger, or fail with the figures."""
     policy = load_budget_policy(policy_name)
-    reservation = ledger_for(policy).reserve(
+    ledger = ledger_for(policy)
+    for closed in release_holds_of_ended_runs(ledger):
+        get_run_logger().info(
+            "budget: released the hold of %s (%s)", closed.run_key, closed.note or closed.status
+        )
+    reservation = ledger.reserve(
         run_key=run_key,
         backend=estimate.backend.value,
         hardware=estimate.hardware,
@@ -87,6 +138,7 @@ def reserve_budget(
         monthly_limit_usd=policy.monthly_limit_usd,
         per_job_max_usd=policy.per_job_max_usd,
         needs_approval=needs_approval(estimate, policy),
+        approval_timeout_seconds=policy.approval_timeout_seconds,
         flow_run_id=str(current_flow_run.id) if current_flow_run.id else None,
         hold_seconds=hold_seconds(estimate, policy),
     )
@@ -106,14 +158,16 @@ def record_approval(
 ) -> Reservation:
     """Record who approved or rejected the run, and their note; a rejection releases the hold."""
     ledger = ledger_for(load_budget_policy(policy_name))
-    verdict = Decision.APPROVED if decision.approve else Decision.REJECTED
+    verdict = Decision.APPROVED if decision.approved else Decision.REJECTED
     return ledger.decide(
         reservation.id, decision=verdict, approver=decision.approver, note=decision.note
     )
 
 
-def approval_form(estimate: CostEstimate, reservation: Reservation, policy: BudgetPolicy):
-    """The `ApprovalDecision` form, its description showing the estimate and the budget."""
+def approval_form(
+    estimate: CostEstimate, reservation: Reservation, policy: BudgetPolicy
+) -> type[ApprovalDecision]:
+    """The `ApprovalDecision` form, its description showing the estimate and the budget; no choice is preset."""
     if is_free(estimate):
         title = f"## Approve a free training run on the {estimate.backend.value} backend?"
     else:
@@ -127,7 +181,7 @@ def approval_form(estimate: CostEstimate, reservation: Reservation, policy: Budg
         f"${reservation.reserved_usd:.2f} is held in the budget until you decide; with no decision in "
         f"{policy.approval_timeout_seconds} s the run is rejected.\n\n{estimate.markdown()}\n"
     )
-    return ApprovalDecision.with_initial_data(description=description, approve=False)
+    return ApprovalDecision.with_initial_data(description=description)
 
 
 def gate_budget(
@@ -143,9 +197,10 @@ def gate_budget(
     saved policy has `require_approval_for_all_runs`: then they hold $0 in the ledger and wait
     for an approval like a paid run. Paid runs need a saved `BudgetPolicy`; over the monthly
     limit or the per-job maximum they fail with the figures; above the approval threshold (or
-    under `require_approval_for_all_runs`) the flow run pauses for an `ApprovalDecision` (a
-    timeout is a rejection); otherwise they are approved automatically. Every decision is
-    recorded in the ledger.
+    under `require_approval_for_all_runs`) the flow run waits for an `ApprovalDecision` —
+    suspended when it runs from a deployment, paused in place otherwise — and a timeout is a
+    rejection; otherwise they are approved automatically. Every decision is recorded in the
+    ledger.
     """
     try:
         policy = load_budget_policy(policy_name)
@@ -174,13 +229,13 @@ def gate_budget(
         timeout_seconds=policy.approval_timeout_seconds,
     )
     try:
-        decision = pause_flow_run(
-            wait_for_input=approval_form(estimate, reservation, policy),
+        decision = wait_for_input(
+            approval_form(estimate, reservation, policy),
+            key=f"approve-{reservation.id}",
             timeout=policy.approval_timeout_seconds,
             poll_interval=poll_interval,
-            key=f"approve-{reservation.id}",
         )
-    except FlowPauseTimeout:
+    except FlowPauseTimeout:  # paused in place; a suspended run is failed by Prefect's server
         # The flow run is still paused, so no task may run: write to the ledger directly.
         ledger_for(policy).decide(
             reservation.id,
@@ -195,10 +250,15 @@ def gate_budget(
             "it was not started and its hold was released"
         ) from None
     reservation = record_approval(reservation, decision, policy_name=policy_name)
-    verdict = GateDecision.APPROVED if decision.approve else GateDecision.REJECTED
+    verdict = GateDecision.APPROVED if decision.approved else GateDecision.REJECTED
     publish_gate(verdict, approver=decision.approver, note=decision.note)
     who = decision.approver or "an anonymous approver"
-    if not decision.approve:
+    if decision.approved and not reservation.is_open:  # released meanwhile: do not start
+        raise ApprovalRejected(
+            f"budget: the hold of this run was released before {who}'s decision arrived "
+            f"({reservation.note}); the ${estimate.high_usd:.2f} run was not started"
+        )
+    if not decision.approved:
         raise ApprovalRejected(
             f"budget: {who} rejected the ${estimate.high_usd:.2f} run: {decision.note or 'no note'}"
         )
@@ -315,7 +375,8 @@ def settle_ended_runs(ledger: Ledger, *, now: datetime | None = None) -> list[Re
     gate calls it before every reservation, the `settle-ended-runs` flow after every run.
     """
     now = now or datetime.now(UTC)
-    released: list[Reservation] = []
+    # Holds waiting for an approval that timed out are recorded as timeouts first.
+    released: list[Reservation] = release_holds_of_ended_runs(ledger)
     holds = ledger.open_entries()
     if not holds:
         return released

@@ -15,6 +15,9 @@ when the budget left fits exactly N jobs, exactly N reservations succeed.
   `SELECT … FOR UPDATE` on the single row of `budget_lock`.
 
 Amounts are stored as integer micro-USD (as the Hub prices jobs) so sums are exact.
+
+A hold that waits for a human records its approval deadline (`approval_deadline`), so that a
+hold whose run ended unanswered can be told a timeout (`tasks.costs.budget.release_holds_of_ended_runs`).
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ class Reservation(BaseModel):
     created_at: datetime
     job_started_at: datetime | None
     closed_at: datetime | None
+    approval_deadline: datetime | None = None
     expires_at: datetime | None = None
     closed_by: str | None = None
 
@@ -150,6 +154,8 @@ entries = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("job_started_at", DateTime(timezone=True)),
     Column("closed_at", DateTime(timezone=True)),
+    # Added after the first release: `_add_missing_columns` adds it to older ledgers.
+    Column("approval_deadline", DateTime(timezone=True)),
     Column("expires_at", DateTime(timezone=True)),
     Column("closed_by", String(200)),
 )
@@ -271,6 +277,7 @@ class Ledger:
             created_at=_utc(m["created_at"]),
             job_started_at=_utc(m["job_started_at"]),
             closed_at=_utc(m["closed_at"]),
+            approval_deadline=_utc(m["approval_deadline"]),
             expires_at=_utc(m["expires_at"]),
             closed_by=m["closed_by"],
         )
@@ -351,6 +358,7 @@ class Ledger:
         monthly_limit_usd: float,
         per_job_max_usd: float,
         needs_approval: bool,
+        approval_timeout_seconds: int | None = None,
         flow_run_id: str | None = None,
         hold_seconds: float | None = None,
         now: datetime | None = None,
@@ -360,6 +368,7 @@ class Ledger:
         The hold counts against this month until it is settled or released, or for at most
         `hold_seconds` (None: until then). An open reservation of the same `run_key` (a retried
         flow) is returned as is.
+        A hold that needs approval notes its deadline, `approval_timeout_seconds` after `now`.
         """
         high, limit = micro(high_usd), micro(monthly_limit_usd)
         if high > micro(per_job_max_usd):
@@ -412,6 +421,11 @@ class Ledger:
                     note="",
                     month=month,
                     created_at=now,
+                    approval_deadline=(
+                        now + timedelta(seconds=approval_timeout_seconds)
+                        if needs_approval and approval_timeout_seconds is not None
+                        else None
+                    ),
                     expires_at=None
                     if hold_seconds is None
                     else now + timedelta(seconds=hold_seconds),

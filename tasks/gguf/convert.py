@@ -44,7 +44,9 @@ def gguf_dir() -> Path:
     return path
 
 
-def download_model(repo_id: str, *, token: str | None = None, endpoint: str | None = None) -> Path:
+def download_model(
+    repo_id: str, *, token: str | bool | None = None, endpoint: str | None = None
+) -> Path:
     """Weights, config and tokenizer of a Hub model (the Hub cache makes this a no-op the second
     time), read with the given token and endpoint, else with the run's Hub client (`hub_api`)."""
     from huggingface_hub import snapshot_download
@@ -168,7 +170,7 @@ def compute_imatrix(plan: ConversionPlan, reference: GGUFVariant, texts: list[st
     """Importance matrix (mean squared activations per weight column) from training text, saved as .npz; its path."""
     values = compute_importance_matrix(Path(plan.model_dir), Path(reference.path), texts)
     path = Path(plan.output_dir) / f"{plan.name}.imatrix.npz"
-    np.savez(path, **values)
+    np.savez(path, **values)  # type: ignore[arg-type]  # numpy's stub: a **kwds key might be allow_pickle
     return str(path)
 
 

@@ -114,7 +114,11 @@ def registered_architectures(directory: Path) -> list[str]:
                 if any(getattr(t, "id", None) == "TEXT_MODEL_MAP" for t in targets) and isinstance(
                     node.value, ast.Dict
                 ):
-                    names.update(k.value for k in node.value.keys if isinstance(k, ast.Constant))
+                    names.update(
+                        k.value
+                        for k in node.value.keys
+                        if isinstance(k, ast.Constant) and isinstance(k.value, str)
+                    )
     return sorted(names)
 
 

@@ -72,7 +72,7 @@ def render_chat(llm, messages: list[dict[str, str]]) -> str:
     bos = llm.detokenize([llm.token_bos()], special=True).decode() if llm.token_bos() >= 0 else ""
     return Jinja2ChatFormatter(
         template=template, eos_token=eos, bos_token=bos, add_generation_prompt=False
-    )(messages=messages).prompt
+    )(messages=messages).prompt  # type: ignore[arg-type]  # plain dicts of the TypedDict's keys
 
 
 def _chat(llm, prompts: list[str], max_tokens: int) -> tuple[list[Answer], float]:

@@ -156,7 +156,7 @@ def end_vanished_run(flow_run_id: str, owner_pid: int) -> str:
 
     import httpx
     from prefect.client.orchestration import get_client
-    from prefect.states import Crashed
+    from prefect.states import Crashed, State
 
     run_id = UUID(flow_run_id)
     try:
@@ -165,16 +165,16 @@ def end_vanished_run(flow_run_id: str, owner_pid: int) -> str:
     except httpx.TransportError as exc:
         # An ephemeral API ends with its owner. The process is gone, so the run cannot go on:
         # the hooks are safe whatever its state (ended jobs and settled holds are left as they are).
-        run = SimpleNamespace(id=run_id)
-        state = Crashed(message=f"the process running this flow run (pid {owner_pid}) ended")
-        _run_hooks(run, state)
+        stand_in = SimpleNamespace(id=run_id)
+        gone: State = Crashed(message=f"the process running this flow run (pid {owner_pid}) ended")
+        _run_hooks(stand_in, gone)
         return f"Prefect API unreachable ({exc}); ran the crash hooks of {flow_run_id} anyway"
     with get_client(sync_client=True) as client:
         state = run.state
         if state is not None and state.is_completed():
             return f"flow run {flow_run_id} completed; nothing to do"
         if state is None or not state.is_final():
-            crashed = Crashed(
+            crashed: State = Crashed(
                 message=(
                     f"the process running this flow run (pid {owner_pid}) ended without reporting "
                     "a final state (killed?); the run guard cancelled its training jobs and released "
@@ -185,7 +185,7 @@ def end_vanished_run(flow_run_id: str, owner_pid: int) -> str:
             run = client.read_flow_run(run_id)
             state = run.state
     _run_hooks(run, state)
-    return f"flow run {flow_run_id} is {state.name}; its jobs were cancelled and its holds released"
+    return f"flow run {flow_run_id} is {state.name if state else 'unknown'}; its jobs were cancelled and its holds released"
 
 
 def _run_hooks(run, state) -> None:

@@ -298,7 +298,7 @@ def hf_job_status(credentials: HuggingFaceCredentials, handle: JobHandle) -> Job
     )
     stage = JobStage(job.status.stage)
     message = job.status.message or ("the job was deleted" if stage is JobStage.DELETED else None)
-    running = job.durations.running_secs if job.durations else None
+    running: float | None = job.durations.running_secs if job.durations else None
     if running is None and job.started_at is None and stage is not JobStage.RUNNING:
         running = 0.0  # never ran (still scheduling, or ended before it started): nothing billed
     return JobStatus(state=_STAGES[stage], message=message, running_seconds=running)

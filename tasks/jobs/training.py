@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import cast
+from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.artifacts import (
@@ -272,8 +274,12 @@ def monitor_training(
     """Follow the job to its end: stage changes, live progress artifact, metrics and cost, the final result."""
     logger = get_run_logger()
     key = _artifact_key(handle.job_id)
-    artifact_id = create_progress_artifact(
-        0.0, key=f"training-progress-{key}", description=f"Training job {handle.job_id}"
+    # Called from sync code, it returns the id (its async_dispatch type also allows a coroutine).
+    artifact_id = cast(
+        UUID,
+        create_progress_artifact(
+            0.0, key=f"training-progress-{key}", description=f"Training job {handle.job_id}"
+        ),
     )
     links = job_links(handle)
     if links.hf_job:

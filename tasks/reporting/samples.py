@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from prefect import task
 from pydantic import BaseModel
 
@@ -19,18 +21,21 @@ class SampleAnswer(BaseModel):
 def generate_answers(model_dir: str, prompts: list[str], *, max_new_tokens: int = 48) -> list[str]:
     """Greedy chat answers of the checkpoint in `model_dir`, through its chat template."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
     answers = []
     for prompt in prompts:
-        inputs = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}],
-            add_generation_prompt=True,
-            return_tensors="pt",
-            return_dict=True,
+        inputs = cast(  # return_dict=True: a BatchEncoding, whatever the union in its signature
+            BatchEncoding,
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}],
+                add_generation_prompt=True,
+                return_tensors="pt",
+                return_dict=True,
+            ),
         )
         with torch.no_grad():
             output = model.generate(
@@ -39,11 +44,8 @@ def generate_answers(model_dir: str, prompts: list[str], *, max_new_tokens: int 
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
             )
-        answers.append(
-            tokenizer.decode(
-                output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-            ).strip()
-        )
+        text = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        answers.append(str(text).strip())  # one sequence decodes to one str
     return answers
 
 

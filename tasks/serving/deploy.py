@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from blocks.serverless_llm import ServerlessLLMTarget
+from blocks import load_block
+from blocks.serverless_llm import DeployMode, ServerlessLLMTarget
 from schemas.serving import LOCAL_TARGET, ServedModel, ServeStatus
 from tasks.paths import lmft_home
 from tasks.serving.endpoints import smoke_chat
@@ -73,7 +75,7 @@ def resolve_target(target: str | ServerlessLLMTarget) -> ServerlessLLMTarget | N
     if target == LOCAL_TARGET:
         return None
     try:
-        return ServerlessLLMTarget.load(target)
+        return load_block(ServerlessLLMTarget, target)
     except ValueError:
         raise ValueError(
             f"target {target!r} is neither 'local' nor a saved ServerlessLLMTarget block; "
@@ -109,8 +111,13 @@ def deploy_gguf(
     lineage: dict | None = None,
     hf_repo: str | None = None,
     description: str | None = None,
+    stop_at_pull_request: bool = False,
+    merged_commit: str | None = None,
 ) -> ServedModel:
-    """Deploy a GGUF (a local file, or hf://owner/repo/file.gguf) to `target` and smoke-test it."""
+    """Deploy a GGUF (a local file, or hf://owner/repo/file.gguf) to `target` and smoke-test it.
+
+    `stop_at_pull_request` and `merged_commit`: see `deploy_model`, which waits for the merge.
+    """
     resolved = resolve_target(target)
     if resolved is None:
         deployment = serve_locally(gguf_path, local_name_for(name))
@@ -127,8 +134,54 @@ def deploy_gguf(
                 lineage=lineage,
                 hf_repo=hf_repo,
                 description=description,
+                stop_at_pull_request=stop_at_pull_request,
+                merged_commit=merged_commit,
             )
         except DeploymentFailed as exc:
             record_deployment(exc.record)  # rolled back or failed: keep the reason, PR and run
             raise
     return record_deployment(deployment)
+
+
+def deploy_model(
+    gguf_path: str,
+    name: str,
+    target: str | ServerlessLLMTarget = LOCAL_TARGET,
+    *,
+    quality_report_md: str | None = None,
+    lineage: dict | None = None,
+    hf_repo: str | None = None,
+) -> ServedModel:
+    """In a flow body: `deploy_gguf`, waiting for the pull request's merge where the target asks.
+
+    A saved serverless-llm target with `wait_for_merge` opens its pull request, then the flow
+    waits for the merge (`await_merge`: suspended, holding no worker, in a run of a deployment),
+    then deploys again from the merged base branch: build, dispatch, smoke test, roll back.
+    """
+    from tasks.serving.serverless_llm.github import await_merge
+
+    resolved = resolve_target(target)
+    waits = (
+        isinstance(target, str)  # the watcher that resumes the run loads the block by name
+        and resolved is not None
+        and resolved.mode is DeployMode.PULL_REQUEST
+        and resolved.wait_for_merge
+    )
+    deploy_this = partial(
+        deploy_gguf,
+        gguf_path,
+        name,
+        target,
+        quality_report_md=quality_report_md,
+        lineage=lineage,
+        hf_repo=hf_repo,
+    )
+    deployment = deploy_this(stop_at_pull_request=waits)
+    if not waits or deployment.status is not ServeStatus.AWAITING_MERGE:
+        return deployment
+    assert resolved is not None and isinstance(target, str) and deployment.pull_request_url
+    merged = await_merge(target, resolved, deployment.pull_request_url)
+    served = deploy_this(merged_commit=merged)
+    return served.model_copy(
+        update={"pull_request_url": deployment.pull_request_url, "branch": deployment.branch}
+    )

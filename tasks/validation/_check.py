@@ -389,6 +389,8 @@ def _add_token_stats(
     tokenizer_path: str | None,
     token_rows: int,
 ) -> None:
+    # The caller checks it: only a known format has token rows.
+    assert report.format_kind is not None
     tokenizer, name = load_tokenizer(request.base_model, tokenizer_path)
     if tokenizer is None:
         totals.add_issue(_issue(IssueCode.TOKENS_NOT_COUNTED, f"token lengths not checked: {name}"))

@@ -177,7 +177,8 @@ def _texts(
         if conversational:
             return [[t] for t in render([r["messages"] for r in rows])]
         return [[r["text"]] for r in rows]
-    sides = [s for s in ("completion", "chosen", "rejected") if s in rows[0]] or [None]
+    sides: list[str | None] = [s for s in ("completion", "chosen", "rejected") if s in rows[0]]
+    sides = sides or [None]
     columns: list[list[str]] = []
     for side in sides:
         if conversational:
@@ -216,7 +217,7 @@ def count_tokens(
     """
     from jinja2 import TemplateError
 
-    render_errors = (*_RENDER_ERRORS, TemplateError)
+    render_errors: tuple[type[Exception], ...] = (*_RENDER_ERRORS, TemplateError)
     templated = conversational and bool(getattr(tokenizer, "chat_template", None))
     per_token = longest_token_chars(tokenizer)
     bound = max_length * per_token

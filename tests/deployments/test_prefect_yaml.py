@@ -28,6 +28,7 @@ EXPECTED = {
     "settle_ended_runs",
     "spend_alerts",
     "health_check",
+    "merge_watch",
 }
 
 

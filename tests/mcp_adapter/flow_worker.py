@@ -21,7 +21,7 @@ def approval_probe(timeout_seconds: int = 300) -> ApprovalDecision:
     """Pause for an `ApprovalDecision`, the way the finetune flow's budget gate does; return it."""
     publish_gate(GateDecision.AWAITING_APPROVAL, timeout_seconds=timeout_seconds)
     decision = pause_flow_run(wait_for_input=ApprovalDecision, timeout=timeout_seconds)
-    verdict = GateDecision.APPROVED if decision.approve else GateDecision.REJECTED
+    verdict = GateDecision.APPROVED if decision.approved else GateDecision.REJECTED
     publish_gate(verdict, approver=decision.approver, note=decision.note)
     return decision
 

@@ -286,12 +286,12 @@ async def test_approve_and_reject_resume_the_paused_run(flow_worker):
         async with get_client() as client:
             finished = await client.read_flow_run(run.id)
         decisions.append(await finished.state.aresult())
-    assert (decisions[0].approve, decisions[0].note, decisions[0].approver) == (
-        True,
+    assert (decisions[0].decision, decisions[0].note, decisions[0].approver) == (
+        "approve",
         "fits the budget",
         "ana",
     )
-    assert (decisions[1].approve, decisions[1].note) == (False, "too dear")
+    assert (decisions[1].decision, decisions[1].note) == ("reject", "too dear")
 
 
 async def test_paid_job_waits_at_the_budget_gate_and_is_rejected(

@@ -9,6 +9,9 @@
    (status `unchanged`).
 4. Images are built only by pushes to the base branch matching the Build workflow's paths:
    after a push (or a merge, with `wait_for_merge`) that matches, wait for that Build run.
+   In a flow run that can be suspended the merge is awaited in the flow body instead
+   (`tasks.serving.deploy.deploy_model`): the deploy stops at the pull request
+   (`stop_at_pull_request`) and runs again once merged (`merged_commit`).
 5. Dispatch `inference.yml` with `model=NAME` (on the deploy branch while the PR is
    unmerged: the workflow reads the branch's config and pulls an image `main` built), then
    wait for `/health` while following the run, and send a chat.
@@ -209,6 +212,7 @@ def publish_change(
     record: ServedModel,
     *,
     body: str,
+    merge_here: bool = True,
 ) -> Published:
     """Bring the edited clone to GitHub (pull request or push); push nothing the remote already holds."""
     name = entry.name
@@ -234,7 +238,7 @@ def publish_change(
     pull = open_or_update_pull(repo, head=ref, base=base, title=f"Deploy model {name}", body=body)
     record.branch, record.pull_request_url = ref, pull.html_url
     logger.info("pull request %s", pull.html_url)
-    if target.wait_for_merge and not pull.merged:
+    if merge_here and target.wait_for_merge and not pull.merged:
         merged = wait_for_merge(
             pull, timeout=target.merge_timeout_seconds, poll_interval=target.poll_seconds
         )
@@ -255,7 +259,7 @@ def wait_for_build(
     head: str,
 ) -> None:
     """Wait for the image Build run of commit `head` on the base branch, when that push starts one."""
-    if not starts_build(
+    if target.build_workflow is None or not starts_build(
         clone, target.build_workflow, branch=target.base_branch, base=base, head=head
     ):
         logger.info(
@@ -284,8 +288,16 @@ def deploy_to_serverless_llm(
     lineage: dict | None = None,
     hf_repo: str | None = None,
     description: str | None = None,
+    stop_at_pull_request: bool = False,
+    merged_commit: str | None = None,
 ) -> ServedModel:
     """Register `name` in the serverless-llm repository, start it, and check it answers.
+
+    With `stop_at_pull_request` a target that waits for the merge returns the record as
+    `awaiting_merge` once its pull request is open, without waiting; the caller runs the
+    deploy again with the `merged_commit`: then the entry is already on the base branch, and
+    the deploy waits for that commit's image build, serves it, and rolls the entry back to
+    what it was before the merge if it does not answer.
 
     Raises:
         ModelsFileError, SyncError: the repository could not be edited; nothing was pushed.
@@ -313,7 +325,28 @@ def deploy_to_serverless_llm(
         repo = open_repository(target)
         body = pull_request_body(name, edit.entry, quality_report_md, lineage)
         try:
-            published = publish_change(clone, repo, target, edit.entry, record, body=body)
+            published = publish_change(
+                clone,
+                repo,
+                target,
+                edit.entry,
+                record,
+                body=body,
+                merge_here=not stop_at_pull_request,
+            )
+            if stop_at_pull_request and published.pull is not None and not published.pull.merged:
+                record.status = ServeStatus.AWAITING_MERGE
+                return record
+            if merged_commit is not None and not published.changed:
+                # The second half of a deploy that waited for its merge: the entry came with
+                # the merge. Wait for that commit's image build; a rollback restores the entry
+                # the base branch had before the merge.
+                wait_for_build(
+                    clone, repo, target, record, base=f"{merged_commit}^1", head=merged_commit
+                )
+                record.commit_sha = merged_commit
+                published = Published(None, target.base_branch, changed=True)
+                edit.previous_entry = _entry_before(clone, merged_commit, edit.entry)
         except GitHubStepFailed as exc:
             raise _failed(record, str(exc)) from None
         record.models_entry_changed = published.changed
@@ -360,6 +393,7 @@ def serve_and_check(
     if health_url:
         record.url = health_url.rsplit("/health", 1)[0]
     if health_url and not record.models_entry_changed and _answers(health_url, record):
+        assert record.url is not None  # set from health_url above
         record.smoke = smoke_chat(record.url, model=name)
         record.status = ServeStatus.SERVING
         return
@@ -375,6 +409,7 @@ def serve_and_check(
         return
     try:
         wait_until_serving(health_url, record, run, target)
+        assert record.url is not None  # set from health_url above
         record.smoke = smoke_chat(record.url, model=name)
     except SmokeTestFailed:
         cancel_run(run)
@@ -468,6 +503,12 @@ def _roll_back(
         f"{name} did not serve on serverless-llm and was rolled back ({record.rolled_back_by}): {reason}",
         record=record,
     )
+
+
+def _entry_before(clone: GitClone, merged_commit: str, entry: ModelEntry) -> str | None:
+    """The source of `entry`'s model in the base branch before `merged_commit` (None: it was new)."""
+    before = clone.run("show", f"{merged_commit}^1:{MODELS_FILE}")
+    return upsert_model_entry(before, entry, str(MODELS_FILE)).previous_entry
 
 
 def roll_back_entry(

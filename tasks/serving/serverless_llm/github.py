@@ -1,15 +1,26 @@
-"""The GitHub side of a deployment, through PyGithub: pull requests and Actions workflows."""
+"""The GitHub side of a deployment, through PyGithub: pull requests and Actions workflows.
+
+A deploy that waits for its pull request's merge (hours, a maintainer's review) waits in the
+flow body (`await_merge`): a run of a deployment is suspended, holding no worker, and
+`resume_merged_deploys` (the scheduled `merge_watch` flow) resumes it once the pull request is
+merged or closed; a run called in-process polls instead (`wait_for_merge`).
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
 
 from github import Auth, Github, GithubException
 from github.PullRequest import PullRequest
 from github.Repository import Repository
 from github.WorkflowRun import WorkflowRun
+from prefect import task
 
+from blocks import load_block
 from blocks.serverless_llm import ServerlessLLMTarget
 from tasks.serving.serverless_llm.names import (
     check_branch_name,
@@ -17,6 +28,10 @@ from tasks.serving.serverless_llm.names import (
     check_repository,
     check_workflow_file,
 )
+from tasks.suspension import can_suspend
+
+MERGE_WAIT_KEY = "lmft-merge-wait"
+"""Flow-run input naming the pull request a suspended deploy waits for (read by the watcher)."""
 
 
 class GitHubStepFailed(RuntimeError):
@@ -60,19 +75,26 @@ def close_pull(pull: PullRequest, *, comment: str) -> None:
     pull.edit(state="closed")
 
 
+def merge_commit(pull: PullRequest, *, out_of_time: bool, timeout: float) -> str | None:
+    """`pull`'s merge commit once merged, None while it may still be; fails when it was closed
+    unmerged, or is still open when `out_of_time`."""
+    pull.update()
+    if pull.merged:
+        return pull.merge_commit_sha
+    if pull.state == "closed":
+        raise GitHubStepFailed(f"pull request {pull.html_url} was closed without being merged")
+    if out_of_time:
+        raise GitHubStepFailed(f"pull request {pull.html_url} was not merged within {timeout:.0f}s")
+    return None
+
+
 def wait_for_merge(pull: PullRequest, *, timeout: float, poll_interval: float = 30) -> str:
     """Wait until `pull` is merged; return the merge commit. Fails if it is closed unmerged."""
     deadline = time.monotonic() + timeout
     while True:
-        pull.update()
-        if pull.merged:
-            return pull.merge_commit_sha
-        if pull.state == "closed":
-            raise GitHubStepFailed(f"pull request {pull.html_url} was closed without being merged")
-        if time.monotonic() >= deadline:
-            raise GitHubStepFailed(
-                f"pull request {pull.html_url} was not merged within {timeout:.0f}s"
-            )
+        merged = merge_commit(pull, out_of_time=time.monotonic() >= deadline, timeout=timeout)
+        if merged is not None:
+            return merged
         time.sleep(poll_interval)
 
 
@@ -176,3 +198,83 @@ def check_run_alive(run: WorkflowRun) -> bool:
 def cancel_run(run: WorkflowRun) -> bool:
     """Cancel `run`; False when it had already ended (GitHub answers 409, PyGithub returns False)."""
     return run.cancel()
+
+
+def pull_number(url: str) -> int:
+    """The number of a pull request from its URL (`https://github.com/OWNER/REPO/pull/N`)."""
+    try:
+        return int(url.rstrip("/").rsplit("/pull/", 1)[1])
+    except (IndexError, ValueError):
+        raise ValueError(f"{url!r} is not a pull request URL") from None
+
+
+def await_merge(target_name: str, target: ServerlessLLMTarget, pull_request_url: str) -> str:
+    """In a flow body: wait until the pull request is merged; return the merge commit.
+
+    A run of a deployment is suspended between checks: it gives back its worker, and the
+    `merge_watch` flow (or anyone, e.g. `prefect flow-run resume`) resumes it when the pull
+    request was merged or closed; resumed, it runs again from the start (persisted results)
+    and checks the pull request here. The wait lasts at most `merge_timeout_seconds` from its
+    first check. Fails if the pull request is closed unmerged or the time is up.
+    """
+    from prefect.flow_runs import suspend_flow_run
+    from prefect.input import create_flow_run_input, read_flow_run_input
+
+    pull = open_repository(target).get_pull(pull_number(pull_request_url))
+    if not can_suspend():
+        return wait_for_merge(
+            pull, timeout=target.merge_timeout_seconds, poll_interval=target.poll_seconds
+        )
+    waiting: Any = read_flow_run_input(MERGE_WAIT_KEY)
+    if not waiting:
+        waiting = {
+            "target": target_name,
+            "pull_request": pull.number,
+            "url": pull.html_url,
+            "since": datetime.now(UTC).isoformat(),
+        }
+        create_flow_run_input(MERGE_WAIT_KEY, waiting)
+    deadline = datetime.fromisoformat(waiting["since"]) + timedelta(
+        seconds=target.merge_timeout_seconds
+    )
+    check = 0
+    while True:
+        left = (deadline - datetime.now(UTC)).total_seconds()
+        merged = merge_commit(pull, out_of_time=left <= 0, timeout=target.merge_timeout_seconds)
+        if merged is not None:
+            return merged
+        # Each check has its own key: a fired one returns at once when the run is replayed.
+        suspend_flow_run(timeout=math.ceil(left), key=f"merge-{pull.number}-{check}")
+        check += 1
+
+
+@task(name="resume-merged-deploys")
+def resume_merged_deploys() -> list[UUID]:
+    """Resume the deploy runs suspended for a pull request that is now merged or closed."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+    from prefect.input import read_flow_run_input
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+            )
+        )
+    resumed = []
+    for run in runs:
+        waiting: Any = read_flow_run_input(MERGE_WAIT_KEY, flow_run_id=run.id)
+        if not waiting:
+            continue  # paused for something else (an approval)
+        target = load_block(ServerlessLLMTarget, waiting["target"])
+        pull = open_repository(target).get_pull(waiting["pull_request"])
+        if pull.merged or pull.state == "closed":
+            resume_flow_run(run.id)
+            resumed.append(run.id)
+    return resumed

@@ -71,7 +71,7 @@ def choose_inference_dir(
     uses = Counter(
         values.get("inference_dir")
         for values in entries.values()
-        if images.get(values.get("inference_dir")) == LLAMA_SERVER  # type: ignore[arg-type]
+        if images.get(str(values.get("inference_dir"))) == LLAMA_SERVER
     )
     if not uses:
         raise NoServingImage(

@@ -14,11 +14,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import libcst as cst
-from libcst.metadata import MetadataWrapper, PositionProvider
+from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 from pydantic import BaseModel, Field
 
 from tasks.serving.serverless_llm.names import check_hf_location, check_model_name
@@ -96,7 +97,7 @@ class _Field:
 @dataclass
 class _Layout:
     module: cst.Module
-    positions: dict
+    positions: Mapping[cst.CSTNode, CodeRange]
     dict_node: cst.Dict
     fields: dict[str, _Field]
     enums: dict[str, dict[str, str]]  # enum class -> {member name: value}
@@ -178,7 +179,8 @@ def _dataclass_fields(module: cst.Module, node: cst.ClassDef) -> dict[str, _Fiel
 
 def _key(element: cst.BaseDictElement) -> str | None:
     if isinstance(element, cst.DictElement) and isinstance(element.key, cst.SimpleString):
-        return element.key.evaluated_value
+        value = element.key.evaluated_value
+        return value if isinstance(value, str) else None  # a bytes key is no model name
     return None
 
 
@@ -349,7 +351,7 @@ def _update_entry(
     layout: _Layout,
     source: str,
     starts: list[int],
-    element: cst.DictElement,
+    element: cst.BaseDictElement,
     wanted: dict[str, str],
 ) -> str:
     call = element.value

@@ -18,20 +18,7 @@ from tasks.costs import CostEstimate, free_estimate
 from tasks.costs.budget import gate_budget, record_job_start, release_budget_of_flow_run
 from tasks.costs.ledger import BudgetExceeded, Decision, Ledger, ReservationStatus
 from tasks.jobs import JobHandle
-
-
-def estimate(high: float) -> CostEstimate:
-    return CostEstimate(
-        backend=Backend.HF_JOBS,
-        hardware="a10g-small",
-        price_per_hour=1.0,
-        low_usd=high / 3,
-        expected_usd=high / 2,
-        high_usd=high,
-        expected_seconds=1800,
-        timeout_seconds=7200,
-        source="test prices",
-    )
+from tests.estimates import paid_estimate as estimate
 
 
 @flow(name="gate-test")
@@ -78,6 +65,10 @@ def wait_for_pause(ledger: Ledger, run_key: str) -> str:
     raise AssertionError(f"{run_key} never paused for approval")
 
 
+def verdict(approve: bool) -> str:
+    return "approve" if approve else "reject"
+
+
 def resume(flow_run_id: str, run_input: dict) -> None:
     # The form's schema is saved just after the pause; the server refuses input until then.
     for _ in range(50):
@@ -114,7 +105,11 @@ def test_a_human_approves_or_rejects_through_the_paused_run(policy, approve):
     flow_run_id = wait_for_pause(ledger, run_key)
     resume(
         flow_run_id,
-        {"approve": approve, "approver": "ana@example.com", "note": "checked the estimate"},
+        {
+            "decision": verdict(approve),
+            "approver": "ana@example.com",
+            "note": "checked the estimate",
+        },
     )
     thread.join(timeout=60)
     entry = ledger.entries()[0]
@@ -171,7 +166,11 @@ def test_require_approval_for_all_runs_pauses_a_free_run(strict_policy, approve)
         ).state.state_details.run_input_keyset  # a form waits for input
     resume(
         flow_run_id,
-        {"approve": approve, "approver": "ana@example.com", "note": "fine on the lab box"},
+        {
+            "decision": verdict(approve),
+            "approver": "ana@example.com",
+            "note": "fine on the lab box",
+        },
     )
     thread.join(timeout=60)
     (entry,) = ledger.entries()
@@ -193,7 +192,7 @@ def test_require_approval_for_all_runs_pauses_a_paid_run_below_the_threshold(str
     name, ledger = strict_policy
     thread, outcome = run_in_thread(estimate(2), "cheap-but-checked", name)
     flow_run_id = wait_for_pause(ledger, "cheap-but-checked")
-    resume(flow_run_id, {"approve": True, "approver": "bo", "note": "ok"})
+    resume(flow_run_id, {"decision": "approve", "approver": "bo", "note": "ok"})
     thread.join(timeout=60)
     assert outcome[0].result() == "approved"
     (entry,) = ledger.entries()
@@ -258,6 +257,31 @@ def test_a_failed_run_keeps_what_was_billed_and_releases_the_rest(
         assert entry.status is ReservationStatus.RELEASED and entry.actual_usd == 0
     else:  # 30 (or 31) started minutes at $1/h
         assert entry.status is ReservationStatus.SETTLED and 0.5 <= entry.actual_usd <= 0.52
+
+
+def test_a_run_without_deployment_pauses_in_place_and_needs_an_explicit_choice(strict_policy):
+    """`lmft run` and scripts call the flow in-process: Prefect cannot reschedule such a run, so
+    it pauses (its process waits) instead of suspending. A note without a choice is refused."""
+    name, ledger = strict_policy
+    thread, outcome = run_in_thread(estimate(20), "explicit", name)
+    flow_run_id = wait_for_pause(ledger, "explicit")
+    refusal = ""
+    for _ in range(50):  # until the form's schema is saved, the server refuses any input
+        try:
+            resume_flow_run(flow_run_id, run_input={"note": "looks fine", "approver": "ana"})
+        except RuntimeError as exc:
+            refusal = str(exc)
+            if "'decision' is a required property" in refusal:
+                break
+            time.sleep(0.2)
+    assert "'decision' is a required property" in refusal
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+    assert (state.name, state.state_details.pause_reschedule) == ("Paused", False)
+    assert ledger.entries()[0].status is ReservationStatus.AWAITING_APPROVAL  # still waiting
+    resume(flow_run_id, {"decision": "approve", "approver": "ana", "note": "looks fine"})
+    thread.join(timeout=60)
+    assert outcome[0].result() == "approved"
 
 
 @flow(name="killed-run")

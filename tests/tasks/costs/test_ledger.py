@@ -95,6 +95,28 @@ def test_a_retried_run_reuses_its_hold_and_the_per_job_maximum_is_enforced(tmp_p
     assert billed.status is ReservationStatus.SETTLED and billed.actual_usd == pytest.approx(0.4)
 
 
+def test_a_hold_that_needs_approval_notes_its_deadline(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    asked = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    args = dict(
+        backend="hf-jobs",
+        hardware="l4x1",
+        price_per_hour=0.8,
+        expected_usd=1.0,
+        high_usd=2.0,
+        monthly_limit_usd=30.0,
+        per_job_max_usd=2.5,
+        approval_timeout_seconds=600,
+        now=asked,
+    )
+    waiting = ledger.reserve(run_key="waiting", needs_approval=True, **args)
+    automatic = ledger.reserve(run_key="automatic", needs_approval=False, **args)
+    assert ledger.get(waiting.id).approval_deadline == asked + timedelta(seconds=600)
+    assert automatic.approval_deadline is None
+
+
 def hold(ledger: Ledger, run_key: str, *, now, hold_seconds=None, high=5.0, limit=10.0):
     return ledger.reserve(
         run_key=run_key,
