@@ -51,11 +51,12 @@ from prefect.settings import PREFECT_API_URL
 from prefect.utilities.urls import url_for
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from schemas.costs import ESTIMATE_FIGURES_KEY, CostEstimate
+from schemas.costs import CostEstimate
 from schemas.flows import DeploymentName
 from schemas.gguf import GGUFSettings
 from schemas.request import Backend, FineTuneRequest, check_repo_id, looks_like_local_path
 from schemas.serving import LOCAL_TARGET, MODEL_NAME_PATTERN
+from schemas.status import STATUS_ARTIFACT_KEY, RunStatus
 
 TRIGGER_TRAINING = "trigger_training"
 """The `repository_dispatch` event type that asks for a fine-tune (serverless-llm sends it)."""
@@ -479,11 +480,12 @@ def read_outcome(
 
 
 def _estimate(artifacts: list[Artifact]) -> CostEstimate | None:
-    found = next((a for a in artifacts if a.key == ESTIMATE_FIGURES_KEY), None)
+    """The estimate the run's structured status carries (`schemas.status.RunStatus.gate`)."""
+    found = next((a for a in artifacts if a.key == STATUS_ARTIFACT_KEY), None)
     if found is None:
         return None
-    rows: Any = json.loads(found.data) if isinstance(found.data, str) else found.data
-    return CostEstimate.model_validate(rows[0]) if rows else None
+    data: Any = json.loads(found.data) if isinstance(found.data, str) else found.data
+    return RunStatus.model_validate(data).gate.estimate
 
 
 def _latest_markdown(artifacts: list[Artifact]) -> list[str]:

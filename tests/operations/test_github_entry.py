@@ -399,12 +399,13 @@ def test_lmft_github_dispatch_is_the_same_entry(deployments, tmp_path: Path) -> 
 def test_the_summary_shows_the_estimate_the_run_published(
     deployments, tmp_path: Path, in_repository: Path
 ) -> None:
-    """The finetune flow publishes its estimate as the `cost-estimate-figures` table artifact
-    (tasks/reporting/summary.py); the summary of a later attempt renders it."""
+    """The finetune flow publishes its estimate in its status artifact (`schemas.status`,
+    tasks/reporting/status.py); the summary of a later attempt renders it."""
     from prefect.client.schemas.actions import ArtifactCreate
 
-    from schemas.costs import ESTIMATE_FIGURES_KEY, CostEstimate
+    from schemas.costs import CostEstimate
     from schemas.request import Backend
+    from schemas.status import STATUS_ARTIFACT_KEY, STATUS_ARTIFACT_TYPE, BudgetGate, RunStatus
 
     args = event(tmp_path, "workflow_dispatch", recorded("workflow_dispatch"), "7400")
     assert main(["train", *args, "--wait-seconds", "0"]) == 0
@@ -429,9 +430,11 @@ def test_the_summary_shows_the_estimate_the_run_published(
     with get_client(sync_client=True) as client:
         client.create_artifact(
             ArtifactCreate(
-                key=ESTIMATE_FIGURES_KEY,
-                type="table",
-                data=json.dumps([estimate.model_dump(mode="json")]),
+                key=STATUS_ARTIFACT_KEY,
+                type=STATUS_ARTIFACT_TYPE,
+                data=RunStatus(
+                    flow_run_id=str(run.id), flow="finetune", gate=BudgetGate(estimate=estimate)
+                ).model_dump(mode="json"),
                 flow_run_id=run.id,
             )
         )
