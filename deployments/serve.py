@@ -23,11 +23,15 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig
 from prefect.deployments.runner import RunnerDeployment
 
 from deployments.run_safety import enable_heartbeats, ensure_run_safety_automations
+from flows.convert import convert
 from flows.cost_report import cost_report
 from flows.deploy import deploy
 from flows.estimate import estimate
 from flows.finetune import finetune
+from flows.health_check import health_check
+from flows.retrain import retrain
 from flows.settle_ended_runs import settle_ended_runs
+from flows.spend_alerts import spend_alerts
 from flows.validate import validate
 from schemas.flows import DeploymentName
 
@@ -35,10 +39,15 @@ SERVED_FLOWS = {
     DeploymentName.FINETUNE: finetune,
     DeploymentName.VALIDATE: validate,
     DeploymentName.ESTIMATE: estimate,
+    DeploymentName.CONVERT: convert,
     DeploymentName.DEPLOY: deploy,
+    DeploymentName.RETRAIN: retrain,
     DeploymentName.COST_REPORT: cost_report,
+    DeploymentName.SPEND_ALERTS: spend_alerts,
+    DeploymentName.HEALTH_CHECK: health_check,
     DeploymentName.SETTLE_ENDED_RUNS: settle_ended_runs,
 }
+"""Every deployment of `prefect.yaml` (tests/deployments check both against `DeploymentName`)."""
 DEFAULT_LIMIT = 4
 PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
 

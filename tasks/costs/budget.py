@@ -25,10 +25,12 @@ from blocks.budget import (
     load_budget_policy,
 )
 from schemas.approval import ApprovalDecision
+from schemas.status import GateDecision
 from tasks.costs import CostEstimate, cost_of_running, cost_so_far
 from tasks.costs.ledger import Decision, Ledger, Reservation, ReservationStatus, release_note
 from tasks.jobs import JobHandle, TrainingResult
 from tasks.jobs.backends import jobs_running_seconds
+from tasks.reporting.status import publish_gate
 
 logger = logging.getLogger(__name__)
 
@@ -149,19 +151,27 @@ def gate_budget(
         policy = load_budget_policy(policy_name)
     except BudgetPolicyMissing:
         if is_free(estimate):
+            publish_gate(GateDecision.NOT_REQUIRED)
             return None
         raise
     if is_free(estimate) and not policy.require_approval_for_all_runs:
+        publish_gate(GateDecision.NOT_REQUIRED)
         return None
     settle_ended_runs(ledger_for(policy))
     reservation = reserve_budget(estimate, run_key=run_key, policy_name=policy_name)
     if reservation.status is ReservationStatus.APPROVED:
+        publish_gate(GateDecision.NOT_REQUIRED, reserved_usd=reservation.reserved_usd)
         return reservation
     log = get_run_logger()
     log.info(
         "budget: waiting up to %ss for approval of $%.2f (high estimate)",
         policy.approval_timeout_seconds,
         estimate.high_usd,
+    )
+    publish_gate(
+        GateDecision.AWAITING_APPROVAL,
+        reserved_usd=reservation.reserved_usd,
+        timeout_seconds=policy.approval_timeout_seconds,
     )
     try:
         decision = pause_flow_run(
@@ -177,11 +187,16 @@ def gate_budget(
             decision=Decision.TIMED_OUT,
             note=f"no decision within {policy.approval_timeout_seconds} s",
         )
+        publish_gate(
+            GateDecision.TIMED_OUT, note=f"no decision within {policy.approval_timeout_seconds} s"
+        )
         raise ApprovalRejected(
             f"budget: nobody approved the ${estimate.high_usd:.2f} run within {policy.approval_timeout_seconds} s; "
             "it was not started and its hold was released"
         ) from None
     reservation = record_approval(reservation, decision, policy_name=policy_name)
+    verdict = GateDecision.APPROVED if decision.approve else GateDecision.REJECTED
+    publish_gate(verdict, approver=decision.approver, note=decision.note)
     who = decision.approver or "an anonymous approver"
     if not decision.approve:
         raise ApprovalRejected(

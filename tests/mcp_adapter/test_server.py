@@ -20,6 +20,7 @@ from tasks.jobs.backends import find_jobs, job_status
 pytestmark = pytest.mark.anyio
 
 FINAL = {"completed", "failed", "cancelled", "crashed"}
+FINAL_STAGES = {"completed", "failed", "cancelled"}
 
 
 async def call(name: str, arguments: dict | None = None, **kwargs) -> dict:
@@ -152,6 +153,46 @@ async def test_get_costs_and_deploy_model_start_their_flows(flow_worker):
     assert status["run"]["state"] == "failed"
     assert "/no/such/model.gguf" in status["run"]["state_message"]
     assert status["gate"] is None
+
+
+async def test_convert_to_gguf_then_deploy_model_run_to_completion(
+    flow_worker, tiny_llama: Path, chat_dataset: Path
+):
+    """The tiny llama → GGUF (a `convert` run) → a local llama.cpp server that answers (a `deploy`
+    run), each started by its tool with the flow's own parameter types and followed by its status."""
+    import httpx
+
+    from tasks.serving.local import stop_local_server
+
+    converting = await call(
+        "convert_to_gguf",
+        {
+            "model": str(tiny_llama),
+            "settings": {"quant_types": ["Q8_0"], "prompts": ["Hello?"], "max_answer_tokens": 8},
+            "dataset": {"path": str(chat_dataset)},
+        },
+    )
+    assert converting["error"] is None and converting["run"]["flow"] == "convert"
+    converted = await wait_until(
+        converting["run"]["id"], lambda s: s["stage"] in FINAL_STAGES, timeout=600
+    )
+    assert converted["run"]["state"] == "completed", converted["run"]["state_message"]
+    assert converted["stage"] == "completed" and converted["gate"] is None
+    gguf = converted["links"]["gguf"]
+    assert gguf.endswith(".gguf") and Path(gguf).exists()
+
+    try:
+        deploying = await call("deploy_model", {"gguf_path": gguf, "name": "tinymcp"})
+        assert deploying["error"] is None and deploying["run"]["flow"] == "deploy"
+        deployed = await wait_until(
+            deploying["run"]["id"], lambda s: s["stage"] in FINAL_STAGES, timeout=300
+        )
+        assert deployed["run"]["state"] == "completed", deployed["run"]["state_message"]
+        url = deployed["links"]["serving"]
+        models = httpx.get(f"{url.rstrip('/')}/v1/models", timeout=30).json()
+        assert models["data"], "the deployed model is listed by its server"
+    finally:
+        stop_local_server("tinymcp")
 
 
 async def test_validate_dataset_returns_the_report(flow_worker, chat_dataset: Path):
@@ -337,6 +378,8 @@ async def complete_a_job(chat_dataset: Path, tiny_llama: Path) -> None:
     assert status["estimate"]["backend"] == "local"
     assert status["cost_so_far_usd"] == 0.0
     assert "tiny-pirate" in status["summary_markdown"]
+    assert Path(status["links"]["model"], "config.json").exists()
+    assert status["progress"]["job_state"] == "completed"
 
     logs = await call("get_job_logs", {"run_id": run_id, "lines": 200})
     assert any("step 3/3" in line["message"] for line in logs["lines"])
