@@ -66,6 +66,7 @@ def test_settle_flow_cancels_the_jobs_and_releases_the_hold_of_a_crashed_run(
         monthly_limit_usd=10, approval_threshold_usd=10, per_job_max_usd=10, ledger_url=url
     ).save("default", overwrite=True)
     run_id = flow_run_in(Crashed(message="no heartbeat"))
+    hf_server.run_jobs = False  # the job's life is played here: it runs until cancelled
     job = hf_server.create_job(
         hf_server.namespace,
         {
