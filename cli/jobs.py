@@ -26,7 +26,11 @@ def cancel(
     except ValueError:
         flow_run_id = None
     if flow_run_id is not None:
-        cancelling = _cancel_flow_run(flow_run_id)
+        # The run's own process (or its worker) cancels its jobs in its cancellation hooks;
+        # wait for it first, so a job is never cancelled under a monitor that was not told,
+        # then cancel whatever is still live (a run whose process is gone).
+        if _cancel_flow_run(flow_run_id):
+            _wait_until_final(flow_run_id)
         handles = []
         for backend in Backend:
             try:
@@ -52,8 +56,6 @@ def cancel(
     for handle in handles:
         status = cancel_job(handle)
         typer.echo(f"job {handle.job_id} ({handle.backend.value}): {status.state.value}")
-    if flow_run_id is not None and cancelling:
-        _wait_until_final(flow_run_id)
 
 
 def _cancel_flow_run(flow_run_id: uuid.UUID) -> bool:
