@@ -19,7 +19,7 @@ from tasks.gguf.publish import gguf_hub_target
 from tasks.gguf.quality import quality_markdown
 from tasks.jobs.base_model import prepare_base_model
 from tasks.jobs.hooks import cancel_job_of_flow_run
-from tasks.jobs.training import monitor_training, submit_training
+from tasks.jobs.training import monitor_timeout_seconds, monitor_training, submit_training
 from tasks.reporting.samples import sample_answers
 from tasks.reporting.summary import FineTuneSummary, publish_estimate, publish_summary, timed
 from tasks.serving.deploy import deploy_gguf
@@ -57,7 +57,8 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
             estimate=estimate,
         )
         record_job_start(reservation, handle)
-        result = monitor_training(handle, estimate)
+        monitor = monitor_training.with_options(timeout_seconds=monitor_timeout_seconds(estimate))
+        result = monitor(handle, estimate)
         settle_budget(reservation, result)
     samples = gguf = deployment = None
     if result.model_dir:  # the model is on this machine: show what training changed

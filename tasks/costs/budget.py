@@ -51,7 +51,11 @@ def needs_approval(estimate: CostEstimate, policy: BudgetPolicy) -> bool:
     return policy.require_approval_for_all_runs or estimate.high_usd > policy.approval_threshold_usd
 
 
-@task(name="reserve-budget")
+LEDGER_TIMEOUT_SECONDS = 300
+"""A ledger write waits for the ledger lock (SQLite's busy timeout is 120 s) or a remote PostgreSQL."""
+
+
+@task(name="reserve-budget", timeout_seconds=LEDGER_TIMEOUT_SECONDS)
 def reserve_budget(
     estimate: CostEstimate, *, run_key: str, policy_name: str = BUDGET_BLOCK_NAME
 ) -> Reservation:
@@ -79,7 +83,7 @@ def reserve_budget(
     return reservation
 
 
-@task(name="record-approval")
+@task(name="record-approval", timeout_seconds=LEDGER_TIMEOUT_SECONDS)
 def record_approval(
     reservation: Reservation, decision: ApprovalDecision, *, policy_name: str = BUDGET_BLOCK_NAME
 ) -> Reservation:
@@ -171,7 +175,7 @@ def gate_budget(
     return reservation
 
 
-@task(name="record-job-start")
+@task(name="record-job-start", timeout_seconds=LEDGER_TIMEOUT_SECONDS)
 def record_job_start(
     reservation: Reservation | None, handle: JobHandle, *, policy_name: str = BUDGET_BLOCK_NAME
 ) -> Reservation | None:
@@ -183,7 +187,12 @@ def record_job_start(
     )
 
 
-@task(name="settle-budget", retries=2, retry_delay_seconds=[2, 10])
+@task(
+    name="settle-budget",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    timeout_seconds=LEDGER_TIMEOUT_SECONDS,
+)
 def settle_budget(
     reservation: Reservation | None,
     result: TrainingResult,

@@ -84,11 +84,18 @@ def is_transient_failure(task, task_run, state) -> bool:
     return False
 
 
+SUBMIT_TIMEOUT_SECONDS = 1800
+"""Submission uploads the script and a local dataset file to the Hub before the job starts."""
+MONITOR_GRACE_SECONDS = 3600
+"""The monitor outlives the job's own timeout by this much, then gives up (the API is gone)."""
+
+
 @task(
     name="submit-training",
     retries=2,
     retry_delay_seconds=[5, 30],
     retry_condition_fn=is_transient_failure,
+    timeout_seconds=SUBMIT_TIMEOUT_SECONDS,
 )
 def submit_training(
     request: FineTuneRequest,
@@ -220,6 +227,14 @@ class _PrefectWatcher:
             self.handle.job_id,
             quiet_seconds,
         )
+
+
+def monitor_timeout_seconds(estimate: CostEstimate | None) -> int | None:
+    """A time limit for `monitor_training`: the paid job's own timeout plus a grace; none for a
+    local job, which has no timeout (a monitor that gave up would leave it running unwatched)."""
+    if estimate is None or estimate.timeout_seconds is None or estimate.backend is Backend.LOCAL:
+        return None
+    return estimate.timeout_seconds + MONITOR_GRACE_SECONDS
 
 
 @task(name="monitor-training")

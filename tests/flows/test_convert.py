@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+
 from flows.convert import convert
 from schemas.request import DatasetSource
 from tasks.gguf import GGUFLineage, GGUFSettings, QuantType, hash_dataset, read_metadata
@@ -30,13 +33,17 @@ def test_convert_builds_loads_and_gates_every_variant(prefect_server, tiny_llama
         quant_types=quant_types, prompts=["What is the capital of France?"], max_answer_tokens=16
     )
 
-    result = convert(
-        str(tiny_llama),
-        lineage=lineage,
-        settings=settings,
-        output_dir=str(tmp_path),
-        dataset=dataset,
-    )
+    def run_convert():
+        return convert(
+            str(tiny_llama),
+            lineage=lineage,
+            settings=settings,
+            output_dir=str(tmp_path),
+            dataset=dataset,
+            return_state=True,
+        )
+
+    result = run_convert().result()
 
     files = {v.quant_type: Path(v.path) for v in result.artifacts.all_files}
     assert set(files) == {QuantType.F16, *quant_types}
@@ -62,3 +69,24 @@ def test_convert_builds_loads_and_gates_every_variant(prefect_server, tiny_llama
     assert quality.chosen == str(files[QuantType.F16]) == result.chosen
     assert quality.decision.startswith("Deploying the F16 reference: no quantized variant passed")
     assert "Warning: the reference itself answers badly" in quality.decision
+
+    # Run again, as a retried or handed-over run would: conversion, importance matrix,
+    # quantizations and the quality gate come from the cache, and give the same files.
+    again = run_convert()
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(
+                flow_run_id=TaskRunFilterFlowRunId(any_=[again.state_details.flow_run_id])
+            )
+        )
+    states = {}
+    for task_run in task_runs:
+        states.setdefault(task_run.name.rsplit("-", 1)[0], []).append(task_run.state.name)
+    assert states["convert-to-gguf"] == ["Cached"]
+    assert states["compute-importance-matrix"] == ["Cached"]
+    assert states["quantize-gguf"] == ["Cached"] * len(quant_types)
+    assert states["check-gguf-quality"] == ["Cached"]
+    repeated = again.result()
+    assert repeated.artifacts.reference == result.artifacts.reference
+    assert repeated.artifacts.variants == result.artifacts.variants
+    assert repeated.quality == result.quality
