@@ -103,9 +103,18 @@ def this_machine(_inputs: dict[str, Any]) -> list[str]:
     return [f"{socket.gethostname()}:{Path(lmft_home()).resolve()}"]
 
 
-def keyed_on(of: Callable[[dict[str, Any]], Iterable[str]], *, local_result: bool) -> CachePolicy:
-    """INPUTS + TASK_SOURCE + the identities `of(inputs)` (+ this machine for a result made of local files)."""
-    policy = INPUTS + TASK_SOURCE + Identity(of=of)
+def keyed_on(
+    of: Callable[[dict[str, Any]], Iterable[str]],
+    *,
+    local_result: bool,
+    leave_out: tuple[str, ...] = (),
+) -> CachePolicy:
+    """INPUTS (less `leave_out`, whose identity `of` gives instead) + TASK_SOURCE + the identities
+    `of(inputs)`, + this machine for a result made of local files."""
+    inputs = INPUTS
+    for name in leave_out:
+        inputs = inputs - name
+    policy = inputs + TASK_SOURCE + Identity(of=of)
     return policy + Identity(of=this_machine) if local_result else policy
 
 
@@ -126,19 +135,33 @@ VALIDATION_CACHE = keyed_on(
 )
 """`validate_dataset`: the request, the dataset's version and the tokenizer's."""
 
+
+def plan_identity(plan: Any) -> list[str]:
+    """A conversion plan without its preflight figures (free disk space changes from run to run):
+    source, target files, llama.cpp's version, and the model folder's files."""
+    return [
+        f"plan:{plan.model}|{plan.model_dir}|{plan.output_dir}|{plan.name}|{plan.converter.version}",
+        f"files:{files_fingerprint(plan.model_dir)}",
+    ]
+
+
 GGUF_CONVERSION_CACHE = keyed_on(
-    lambda i: [f"files:{files_fingerprint(i['plan'].model_dir)}"], local_result=True
+    lambda i: plan_identity(i["plan"]) + (gguf_files(i["reference"]) if i.get("reference") else []),
+    local_result=True,
+    leave_out=("plan",),
 )
-"""`convert_to_gguf`, `compute_imatrix`: the plan and settings, and the model folder's files."""
+"""`convert_to_gguf`, `compute_imatrix`: the plan, settings (and reference GGUF), the model's files."""
 
 GGUF_QUANTIZATION_CACHE = keyed_on(
     lambda i: (
-        gguf_files(i["reference"])
+        plan_identity(i["plan"])
+        + gguf_files(i["reference"])
         + ([f"files:{files_fingerprint(i['imatrix'])}"] if i.get("imatrix") else [])
     ),
     local_result=True,
+    leave_out=("plan",),
 )
-"""`quantize_gguf`: the settings, and the reference GGUF's (and importance matrix's) files."""
+"""`quantize_gguf`: plan and settings, and the reference GGUF's (and importance matrix's) files."""
 
 QUALITY_GATE_CACHE = keyed_on(
     lambda i: gguf_files(i["reference"], *i["variants"]), local_result=True

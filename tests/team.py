@@ -10,7 +10,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,12 @@ from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    TaskRunFilter,
+    TaskRunFilterFlowRunId,
+)
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -114,6 +120,28 @@ def all_terminal(runs: list[FlowRun]) -> bool:
     return all(r.state is not None and r.state.type in TERMINAL for r in runs)
 
 
+def task_run_states(
+    flow_run_id: UUID, until: Callable[[dict[str, list[str]]], bool], timeout: float = 180
+) -> dict[str, list[str]]:
+    """The states of a flow run's task runs by task name, once `until(states)` holds (task run
+    states reach the API through its event pipeline, a little after the flow run has ended)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            task_runs = client.read_task_runs(
+                task_run_filter=TaskRunFilter(
+                    flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id])
+                )
+            )
+        states: dict[str, list[str]] = {}
+        for task_run in task_runs:
+            name = task_run.name.rsplit("-", 1)[0]
+            states.setdefault(name, []).append(task_run.state.name if task_run.state else "")
+        if until(states) or time.monotonic() > deadline:
+            return {name: sorted(found) for name, found in states.items()}
+        time.sleep(1)
+
+
 def write_chats(path: Path, rows: int = 12) -> Path:
     """A small valid chat dataset."""
     lines = [
@@ -136,8 +164,11 @@ def team_server(
     """Start the server (SQLite in `work`, or `database_url`), the pool and the deployment; this
     process's Prefect client points at the server inside the block. Workers start on demand
     (`Team.start_worker`) and stop with the block."""
+    work.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    server = start_prefect_server(work / "server-home", port, database_url=database_url)
+    server = start_prefect_server(
+        work / "server-home", port, timeout=600, database_url=database_url
+    )
     api_url = f"http://127.0.0.1:{port}/api"
     env = {
         **os.environ,

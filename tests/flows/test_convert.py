@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
-
 from flows.convert import convert
 from schemas.request import DatasetSource
 from tasks.gguf import GGUFLineage, GGUFSettings, QuantType, hash_dataset, read_metadata
+from tests.team import task_run_states
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "pirate_chat.jsonl"
 
@@ -73,19 +71,17 @@ def test_convert_builds_loads_and_gates_every_variant(prefect_server, tiny_llama
     # Run again, as a retried or handed-over run would: conversion, importance matrix,
     # quantizations and the quality gate come from the cache, and give the same files.
     again = run_convert()
-    with get_client(sync_client=True) as client:
-        task_runs = client.read_task_runs(
-            task_run_filter=TaskRunFilter(
-                flow_run_id=TaskRunFilterFlowRunId(any_=[again.state_details.flow_run_id])
-            )
-        )
-    states = {}
-    for task_run in task_runs:
-        states.setdefault(task_run.name.rsplit("-", 1)[0], []).append(task_run.state.name)
-    assert states["convert-to-gguf"] == ["Cached"]
-    assert states["compute-importance-matrix"] == ["Cached"]
-    assert states["quantize-gguf"] == ["Cached"] * len(quant_types)
-    assert states["check-gguf-quality"] == ["Cached"]
+    expected = {
+        "convert-to-gguf": ["Cached"],
+        "compute-importance-matrix": ["Cached"],
+        "quantize-gguf": ["Cached"] * len(quant_types),
+        "check-gguf-quality": ["Cached"],
+    }
+    states = task_run_states(
+        again.state_details.flow_run_id,
+        until=lambda found: all(found.get(name) == want for name, want in expected.items()),
+    )
+    assert {name: states.get(name) for name in expected} == expected
     repeated = again.result()
     assert repeated.artifacts.reference == result.artifacts.reference
     assert repeated.artifacts.variants == result.artifacts.variants
