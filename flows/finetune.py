@@ -7,6 +7,7 @@ from prefect.runtime import flow_run
 
 from flows.convert import convert
 from schemas.request import Backend, FineTuneRequest
+from tasks.cancellation import watch_for_cancellation
 from tasks.costs import estimate_cost
 from tasks.costs.budget import (
     gate_budget,
@@ -19,7 +20,7 @@ from tasks.gguf.publish import gguf_hub_target
 from tasks.gguf.quality import quality_markdown
 from tasks.jobs.base_model import prepare_base_model
 from tasks.jobs.hooks import cancel_job_of_flow_run
-from tasks.jobs.training import monitor_timeout_seconds, monitor_training, submit_training
+from tasks.jobs.training import monitor_timeout, monitor_training, submit_training
 from tasks.reporting.samples import sample_answers
 from tasks.reporting.summary import FineTuneSummary, publish_estimate, publish_summary, timed
 from tasks.serving.deploy import deploy_gguf
@@ -28,6 +29,7 @@ from tasks.validation import raise_on_errors, validate_dataset
 
 @flow(
     name="finetune",
+    on_running=[watch_for_cancellation],
     on_cancellation=[cancel_job_of_flow_run, release_budget_of_flow_run],
     on_failure=[release_budget_of_flow_run],
     on_crashed=[release_budget_of_flow_run],
@@ -57,8 +59,9 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
             estimate=estimate,
         )
         record_job_start(reservation, handle)
-        monitor = monitor_training.with_options(timeout_seconds=monitor_timeout_seconds(estimate))
-        result = monitor(handle, estimate)
+        result = monitor_training.with_options(timeout_seconds=monitor_timeout(estimate))(
+            handle, estimate
+        )
         settle_budget(reservation, result)
     samples = gguf = deployment = None
     if result.model_dir:  # the model is on this machine: show what training changed

@@ -88,10 +88,18 @@ class TrainingResult(BaseModel):
     final_loss: float | None
     train_seconds: float
     trackio_project: str
+    running_seconds: float | None = Field(
+        default=None,
+        description="The job's running time as its backend bills it (from RUNNING to its end).",
+    )
 
 
 class TrainingFailed(RuntimeError):
     """The training job ended in ERROR or CANCELLED; the message carries its last log lines."""
+
+
+class JobUnreachable(RuntimeError):
+    """The job's state could not be read, time after time: the monitor stops instead of polling forever."""
 
 
 def parse_progress_line(line: str) -> ProgressUpdate | None:

@@ -86,8 +86,6 @@ def is_transient_failure(task, task_run, state) -> bool:
 
 SUBMIT_TIMEOUT_SECONDS = 1800
 """Submission uploads the script and a local dataset file to the Hub before the job starts."""
-MONITOR_GRACE_SECONDS = 3600
-"""The monitor outlives the job's own timeout by this much, then gives up (the API is gone)."""
 
 
 @task(
@@ -229,14 +227,6 @@ class _PrefectWatcher:
         )
 
 
-def monitor_timeout_seconds(estimate: CostEstimate | None) -> int | None:
-    """A time limit for `monitor_training`: the paid job's own timeout plus a grace; none for a
-    local job, which has no timeout (a monitor that gave up would leave it running unwatched)."""
-    if estimate is None or estimate.timeout_seconds is None or estimate.backend is Backend.LOCAL:
-        return None
-    return estimate.timeout_seconds + MONITOR_GRACE_SECONDS
-
-
 @task(name="monitor-training")
 def monitor_training(
     handle: JobHandle, estimate: CostEstimate | None = None, settings: MonitorSettings | None = None
@@ -277,7 +267,23 @@ def monitor_training(
         final_loss=result.get("final_loss"),
         train_seconds=result.get("train_seconds", outcome.running_seconds),
         trackio_project=result.get("trackio_project", TRACKIO_PROJECT),
+        running_seconds=outcome.running_seconds,
     )
+
+
+MONITOR_MARGIN_SECONDS = 900
+"""How long the monitor may outlive the job's own timeout: scheduling, pushing, draining the log."""
+
+
+def monitor_timeout(estimate: CostEstimate | None) -> float | None:
+    """`timeout_seconds` of the monitor task: the job's timeout (the estimate's) plus a margin.
+
+    The service ends the job at its timeout; a monitor still waiting well after that has lost
+    the job (or the service), and fails instead of holding the worker and the budget forever.
+    """
+    if estimate is None or not estimate.timeout_seconds:
+        return None
+    return float(estimate.timeout_seconds + MONITOR_MARGIN_SECONDS)
 
 
 def job_links(handle: JobHandle) -> list[tuple[str, str]]:
