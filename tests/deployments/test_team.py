@@ -190,7 +190,9 @@ def test_a_stopped_workers_run_is_finished_by_the_other_on_the_same_job(
         drive_until([run_id], training, team)
         [handle] = find_local_jobs({"flow_run_id": str(run_id)})
         team.start_worker("runner-2")  # the successor the keep-alive would have dispatched
-        clock.offset += 3600  # runner-1's hand-over time, mid-training: its run goes back to the queue
+        clock.offset += (
+            3600  # runner-1's hand-over time, mid-training: its run goes back to the queue
+        )
         thread.join(timeout=300)
         [done] = drive_until([run_id], all_terminal, team)
     finally:
