@@ -18,6 +18,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.flow_runs import resume_flow_run
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from operations.keepalive import WORKER_LABEL, KeepaliveReport, KeepaliveSettings, keep_alive
 from schemas.jobs import JobState
@@ -179,7 +180,13 @@ def test_a_stopped_workers_run_is_finished_by_the_other_on_the_same_job(
         drain_seconds=1800,
         poll_seconds=0.2,
     )
-    thread = threading.Thread(target=lambda: reports.append(keep_alive(settings, clock=clock)))
+
+    def keep_runner_1_alive() -> None:
+        # A thread starts with no Prefect settings context: give it the team's server.
+        with temporary_settings({PREFECT_API_URL: team.env["PREFECT_API_URL"]}):
+            reports.append(keep_alive(settings, clock=clock))
+
+    thread = threading.Thread(target=keep_runner_1_alive)
     thread.start()
     try:
 
