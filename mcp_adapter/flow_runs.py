@@ -397,12 +397,25 @@ async def create_job(
         )
         artifacts = await run_artifacts(client, run.id)
     gate = gate_status(run, artifacts, DeploymentName.FINETUNE.flow_name)
+    ref = run_ref(run, DeploymentName.FINETUNE.flow_name)
     return JobCreated(
-        run=run_ref(run, DeploymentName.FINETUNE.flow_name),
+        run=ref,
         idempotency_key=key,
         gate=gate,
         approval_required={GateStatus.AWAITING_APPROVAL: True, GateStatus.PASSED: False}.get(gate),
         estimate=estimate_of(artifacts),
+        error=ended_without_completing(ref, key),
+    )
+
+
+def ended_without_completing(ref: FlowRunRef, key: str) -> str | None:
+    """The error of a run that a key found ended Crashed, Failed or Cancelled (a key starts one run)."""
+    if not ref.is_final or ref.state is RunState.COMPLETED:
+        return None
+    return (
+        f"flow run {ref.name} of idempotency_key {key!r} ended {ref.state_name}: "
+        f"{ref.state_message or 'no message'} (see {ref.ui_url}); a key always returns the same "
+        "run, so start again with a new idempotency_key"
     )
 
 
