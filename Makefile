@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
-	$(PY) -m pip install $(PIP_FLAGS) -e ".[training,test]"
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[training,postgres,test]"
 	touch $@
 
 install: $(VENV)/.installed

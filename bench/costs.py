@@ -41,10 +41,11 @@ def _reserve_many(url: str, worker: int, count: int, start, done) -> None:
     done.put(granted)
 
 
-def ledger_throughput(procs: int, per_proc: int) -> float:
-    """Reservations per second, `procs` processes each reserving `per_proc` times in one SQLite ledger."""
+def ledger_throughput(procs: int, per_proc: int, url: str | None = None) -> float:
+    """Reservations per second, `procs` processes each reserving `per_proc` times in one ledger:
+    a fresh SQLite file, or the empty database at `url` (bench.scale passes a PostgreSQL one)."""
     with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{Path(tmp) / 'ledger.sqlite'}"
+        url = url or f"sqlite:///{Path(tmp) / 'ledger.sqlite'}"
         Ledger(url)
         ctx = mp.get_context("fork")
         start, done = ctx.Event(), ctx.Queue()

@@ -32,10 +32,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_prefect_server(home: Path, port: int, timeout: float = 180) -> subprocess.Popen:
-    """`prefect server start` on 127.0.0.1:port; return once /api/health answers."""
+def start_prefect_server(
+    home: Path, port: int, timeout: float = 180, *, database_url: str | None = None
+) -> subprocess.Popen:
+    """`prefect server start` on 127.0.0.1:port; return once /api/health answers.
+
+    Its database is SQLite in `home`, or `database_url` (e.g. `postgresql+asyncpg://…`).
+    """
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
+    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     process = subprocess.Popen(
         [
             sys.executable,

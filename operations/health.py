@@ -94,7 +94,7 @@ def start_worker_if_missing(
     return report
 
 
-@task(name="check-prefect-health", retries=2, retry_delay_seconds=[10, 30])
+@task(name="check-prefect-health", retries=2, retry_delay_seconds=[10, 30], timeout_seconds=120)
 def check_health(pool: str) -> HealthReport:
     """Check the Prefect API and the workers of `pool`."""
     return check_prefect_health(pool)

@@ -98,6 +98,7 @@ def hub_dataset_revision(source: DatasetSource, *, api: HfApi) -> str:
     name="fingerprint-dataset",
     retries=3,
     retry_delay_seconds=[5, 30, 120],
+    timeout_seconds=300,  # one Hub call, or hashing local files
     retry_condition_fn=lambda task, run, state: isinstance(
         state.result(raise_on_failure=False), HfHubHTTPError
     ),

@@ -1,12 +1,15 @@
-"""Session-wide fixtures: an isolated LMFT_HOME, a Prefect test server, tiny models."""
+"""Session-wide fixtures: an isolated LMFT_HOME, a Prefect test server, PostgreSQL, tiny models."""
 
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.postgres import POSTGRES_URL_ENV, PostgresCluster, PostgresServer
 from tests.tiny_models import build_tiny_llama, save_tokenizer
 
 
@@ -29,6 +32,43 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server: the one `.ci/run` started (`$LMFT_TEST_POSTGRES_URL`), else a
+    throw-away cluster of this session when PostgreSQL is installed. Where there is none the
+    tests that need it skip, saying why; under CI they fail instead: CI must provide it."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _postgres_unavailable("the PostgreSQL driver is missing: pip install -e '.[postgres]'")
+    if url := os.environ.get(POSTGRES_URL_ENV):
+        yield PostgresServer(url)
+        return
+    if reason := PostgresCluster.available():
+        _postgres_unavailable(reason)
+    # Not under tmp_path: pytest's folder is private to this user, and the server runs as `postgres`.
+    cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix="lmft-test-pg-")), fsync=False)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+def _postgres_unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must provide PostgreSQL for these tests: {reason}")
+    pytest.skip(f"no PostgreSQL here: {reason}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty budget ledger, in SQLite and in PostgreSQL (where workers on several machines share it)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.database_url(server.create_database("ledger"))
 
 
 @pytest.fixture(scope="session")

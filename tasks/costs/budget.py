@@ -104,6 +104,10 @@ def release_holds_of_ended_runs(ledger: Ledger) -> list[Reservation]:
     return released
 
 
+LEDGER_TIMEOUT_SECONDS = 300
+"""A ledger write waits for the ledger lock (SQLite's busy timeout is 120 s) or a remote PostgreSQL."""
+
+
 def hold_seconds(estimate: CostEstimate, policy: BudgetPolicy) -> float | None:
     """How long the run's hold may count against the budget before it expires.
 
@@ -117,7 +121,7 @@ def hold_seconds(estimate: CostEstimate, policy: BudgetPolicy) -> float | None:
     return estimate.timeout_seconds + HOLD_MARGIN_SECONDS + waiting
 
 
-@task(name="reserve-budget")
+@task(name="reserve-budget", timeout_seconds=LEDGER_TIMEOUT_SECONDS)
 def reserve_budget(
     estimate: CostEstimate, *, run_key: str, policy_name: str = BUDGET_BLOCK_NAME
 ) -> Reservation:
@@ -152,7 +156,7 @@ def reserve_budget(
     return reservation
 
 
-@task(name="record-approval")
+@task(name="record-approval", timeout_seconds=LEDGER_TIMEOUT_SECONDS)
 def record_approval(
     reservation: Reservation, decision: ApprovalDecision, *, policy_name: str = BUDGET_BLOCK_NAME
 ) -> Reservation:
@@ -266,7 +270,7 @@ def gate_budget(
     return reservation
 
 
-@task(name="record-job-start")
+@task(name="record-job-start", timeout_seconds=LEDGER_TIMEOUT_SECONDS)
 def record_job_start(
     reservation: Reservation | None, handle: JobHandle, *, policy_name: str = BUDGET_BLOCK_NAME
 ) -> Reservation | None:
@@ -279,7 +283,12 @@ def record_job_start(
     )
 
 
-@task(name="settle-budget", retries=2, retry_delay_seconds=[2, 10])
+@task(
+    name="settle-budget",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    timeout_seconds=LEDGER_TIMEOUT_SECONDS,
+)
 def settle_budget(
     reservation: Reservation | None,
     result: TrainingResult,

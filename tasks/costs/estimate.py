@@ -244,7 +244,7 @@ def estimate_request(
     return estimate_workload(workload, catalog, hardware=request.hardware, assumptions=notes)
 
 
-@task(name="estimate-cost")
+@task(name="estimate-cost", timeout_seconds=600)  # the Hub: prices, safetensors headers
 def estimate_cost(request: FineTuneRequest, report: ValidationReport) -> CostEstimate:
     """Estimate the run's hardware, time and cost, and publish the estimate as an artifact."""
     estimate = estimate_request(request, report)

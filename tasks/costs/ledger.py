@@ -48,7 +48,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from tasks.paths import lmft_home
 
@@ -182,46 +182,90 @@ def default_ledger_url() -> str:
 
 _ENGINES: dict[tuple[int, str], Engine] = {}
 
+SCHEMA_LOCK_KEY = 0x6C6D6674  # "lmft": the PostgreSQL advisory lock that serialises schema creation
+POSTGRES_DRIVER_HINT = (
+    "the ledger's PostgreSQL driver is not installed: pip install 'lm-fine-tuning[postgres]' "
+    "(psycopg[binary]), or use a postgresql+DRIVER:// URL of a driver you have"
+)
+
+
+class LedgerUnavailable(RuntimeError):
+    """The ledger's database cannot be used: a bad URL, a missing driver, or no server."""
+
+
+def ledger_url_for_driver(url: str) -> str:
+    """`postgresql://` and `postgres://` mean psycopg 3 here (SQLAlchemy's default is psycopg2)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
 
 def _engine(url: str) -> Engine:
     # One engine per process: pooled connections must not cross a fork.
     key = (os.getpid(), url)
     if key in _ENGINES:
         return _ENGINES[key]
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
-        if engine.url.database and engine.url.database != ":memory:":
-            Path(engine.url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-
-        # pysqlite opens transactions lazily and only as DEFERRED; writes take the write lock
-        # at BEGIN instead, so the read-check-insert of a reservation cannot interleave.
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection, _record):
-            dbapi_connection.isolation_level = None
-            dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
-            dbapi_connection.execute("PRAGMA journal_mode = WAL")
-            dbapi_connection.execute(
-                "PRAGMA synchronous = FULL"
-            )  # every commit survives a power loss
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(connection):
-            write = connection.get_execution_options().get("ledger_write", False)
-            connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-    else:
-        engine = create_engine(url, pool_pre_ping=True)
-    writer = engine.execution_options(ledger_write=True)
-    with writer.begin() as conn:
-        metadata.create_all(conn)
-        _add_missing_columns(conn)
     try:
-        with writer.begin() as conn:
-            if conn.execute(select(lock.c.name)).first() is None:
-                conn.execute(insert(lock).values(name=LOCK_ROW))
-    except IntegrityError:  # another process inserted the lock row first
-        pass
+        if url.startswith("sqlite"):
+            engine = _sqlite_engine(url)
+        else:
+            engine = create_engine(ledger_url_for_driver(url), pool_pre_ping=True)
+    except ModuleNotFoundError as exc:
+        hint = POSTGRES_DRIVER_HINT if url.startswith("postgres") else f"install {exc.name!r}"
+        raise LedgerUnavailable(f"ledger_url: {hint}") from exc
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise LedgerUnavailable(
+            f"ledger_url: not a SQLAlchemy database URL this install can open ({exc}); "
+            "use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB"
+        ) from exc
+    try:
+        _create_schema(engine)
+    except OperationalError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        raise LedgerUnavailable(
+            f"ledger: cannot reach the database at {where}: {exc.orig}"
+        ) from exc
     _ENGINES[key] = engine
     return engine
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
+    if engine.url.database and engine.url.database != ":memory:":
+        Path(engine.url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+    # pysqlite opens transactions lazily and only as DEFERRED; writes take the write lock
+    # at BEGIN instead, so the read-check-insert of a reservation cannot interleave.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
+        dbapi_connection.execute("PRAGMA journal_mode = WAL")
+        dbapi_connection.execute("PRAGMA synchronous = FULL")  # every commit survives a power loss
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        write = connection.get_execution_options().get("ledger_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def _create_schema(engine: Engine) -> None:
+    """The tables and the lock row, created once however many workers start at the same time.
+
+    SQLite's `BEGIN IMMEDIATE` already serialises this. PostgreSQL does not: two sessions that
+    both find no table and both CREATE it collide on the catalog's unique index, so the first
+    use takes a transaction-scoped advisory lock first.
+    """
+    with engine.execution_options(ledger_write=True).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        metadata.create_all(conn)
+        _add_missing_columns(conn)
+        if conn.execute(select(lock.c.name)).first() is None:
+            conn.execute(insert(lock).values(name=LOCK_ROW))
 
 
 def _add_missing_columns(conn) -> None:

@@ -13,6 +13,7 @@ from prefect import task
 from pydantic import BaseModel
 
 from schemas.gguf import GGUFLineage, GGUFSettings, GGUFVariant, QuantType
+from tasks.caching import GGUF_CONVERSION_CACHE, GGUF_QUANTIZATION_CACHE
 from tasks.gguf.converter import Converter, fetch_converter, run_converter
 from tasks.gguf.imatrix import compute_importance_matrix
 from tasks.gguf.lineage import converter_metadata, lineage_overrides
@@ -88,7 +89,18 @@ def _model_name(model: str, lineage: GGUFLineage) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
 
 
-@task(name="preflight-gguf", retries=1, retry_delay_seconds=10)
+# Time limits of the steps that wait on something outside: pip (the converter's sdist), the Hub
+# (model download), llama.cpp's converter run as a subprocess.
+PREFLIGHT_TIMEOUT_SECONDS = 3600
+CONVERSION_TIMEOUT_SECONDS = 3 * 3600
+
+
+@task(
+    name="preflight-gguf",
+    retries=1,
+    retry_delay_seconds=10,
+    timeout_seconds=PREFLIGHT_TIMEOUT_SECONDS,
+)
 def preflight_gguf(
     model: str,
     lineage: GGUFLineage,
@@ -131,7 +143,12 @@ def preflight_gguf(
     )
 
 
-@task(name="convert-to-gguf")
+@task(
+    name="convert-to-gguf",
+    cache_policy=GGUF_CONVERSION_CACHE,
+    persist_result=True,
+    timeout_seconds=CONVERSION_TIMEOUT_SECONDS,
+)
 def convert_to_gguf(
     plan: ConversionPlan, lineage: GGUFLineage, settings: GGUFSettings
 ) -> GGUFVariant:
@@ -165,7 +182,7 @@ def convert_to_gguf(
     return variant.model_copy(update={"seconds": round(time.monotonic() - started, 3)})
 
 
-@task(name="compute-importance-matrix")
+@task(name="compute-importance-matrix", cache_policy=GGUF_CONVERSION_CACHE, persist_result=True)
 def compute_imatrix(plan: ConversionPlan, reference: GGUFVariant, texts: list[str]) -> str:
     """Importance matrix (mean squared activations per weight column) from training text, saved as .npz; its path."""
     values = compute_importance_matrix(Path(plan.model_dir), Path(reference.path), texts)
@@ -174,7 +191,7 @@ def compute_imatrix(plan: ConversionPlan, reference: GGUFVariant, texts: list[st
     return str(path)
 
 
-@task(name="quantize-gguf")
+@task(name="quantize-gguf", cache_policy=GGUF_QUANTIZATION_CACHE, persist_result=True)
 def quantize_gguf(
     plan: ConversionPlan,
     reference: GGUFVariant,

@@ -29,7 +29,7 @@ def render_row(row: dict, tokenizer) -> str | None:
     return None
 
 
-@task(name="select-held-out", retries=1, retry_delay_seconds=5)
+@task(name="select-held-out", retries=1, retry_delay_seconds=5, timeout_seconds=600)
 def select_held_out(dataset: DatasetSource, model_dir: str, rows: int = 8) -> list[str]:
     """The last `rows` rows of the dataset rendered as text (empty when none can be rendered)."""
     from itertools import islice

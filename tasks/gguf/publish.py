@@ -86,7 +86,12 @@ Each file carries its lineage in its metadata (`general.base_model.*`, `general.
     )
 
 
-@task(name="upload-gguf", retries=2, retry_delay_seconds=[10, 30])
+@task(
+    name="upload-gguf",
+    retries=2,
+    retry_delay_seconds=[10, 30],
+    timeout_seconds=4 * 3600,  # several GB to the Hub
+)
 def upload_gguf(
     artifacts: GGUFArtifacts, report: QualityReport, hub: HubTarget, token: SecretStr | None = None
 ) -> str:

@@ -18,6 +18,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from schemas.gguf import Answer, GGUFSettings, GGUFVariant, QualityReport, VariantCheck
+from tasks.caching import QUALITY_GATE_CACHE
 
 
 def find_degeneration(text: str, finish_reason: str | None, max_tokens: int) -> str | None:
@@ -183,7 +184,7 @@ def choose_variant(
     return best, decision
 
 
-@task(name="check-gguf-quality")
+@task(name="check-gguf-quality", cache_policy=QUALITY_GATE_CACHE, persist_result=True)
 def check_gguf_quality(
     reference: GGUFVariant, variants: list[GGUFVariant], held_out: list[str], settings: GGUFSettings
 ) -> QualityReport:

@@ -16,6 +16,7 @@ from pathlib import Path
 from prefect import task
 
 from schemas.request import DEFAULT_BASE_MODEL, Backend, FineTuneRequest, looks_like_local_path
+from tasks.caching import BASE_MODEL_CACHE
 from tasks.paths import models_dir
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -69,7 +70,13 @@ def materialize_embedded_model(target: Path | None = None) -> Path:
     return target
 
 
-@task(name="prepare-base-model", retries=1, retry_delay_seconds=5)
+@task(
+    name="prepare-base-model",
+    retries=1,
+    retry_delay_seconds=5,
+    cache_policy=BASE_MODEL_CACHE,
+    persist_result=True,
+)
 def prepare_base_model(request: FineTuneRequest) -> str:
     """Return what the training job loads: a local folder, or a Hub id (the embedded alias on remote backends)."""
     if request.base_model == DEFAULT_BASE_MODEL:

@@ -89,11 +89,16 @@ def is_transient_failure(task, task_run, state) -> bool:
     return False
 
 
+SUBMIT_TIMEOUT_SECONDS = 1800
+"""Submission uploads the script and a local dataset file to the Hub before the job starts."""
+
+
 @task(
     name="submit-training",
     retries=2,
     retry_delay_seconds=[5, 30],
     retry_condition_fn=is_transient_failure,
+    timeout_seconds=SUBMIT_TIMEOUT_SECONDS,
 )
 def submit_training(
     request: FineTuneRequest,

@@ -21,9 +21,13 @@ from schemas.validation import (
     ValidationIssue,
     ValidationReport,
 )
+from tasks.caching import VALIDATION_CACHE
 from tasks.validation._artifact import publish_report, render_markdown
 from tasks.validation._check import DEFAULT_MIN_ROWS, check_dataset
 from tasks.validation._sources import load_rows
+
+VALIDATION_TIMEOUT_SECONDS = 3600
+"""A Hub dataset is streamed from the Hub while it is checked."""
 
 __all__ = [
     "DEFAULT_MIN_ROWS",
@@ -42,7 +46,12 @@ __all__ = [
 ]
 
 
-@task(name="validate-dataset")
+@task(
+    name="validate-dataset",
+    cache_policy=VALIDATION_CACHE,
+    persist_result=True,
+    timeout_seconds=VALIDATION_TIMEOUT_SECONDS,
+)
 def validate_dataset(
     request: FineTuneRequest, tokenizer_path: str | None = None, min_rows: int = DEFAULT_MIN_ROWS
 ) -> ValidationReport:

@@ -7,6 +7,7 @@ from pathlib import Path
 from flows.convert import convert
 from schemas.request import DatasetSource
 from tasks.gguf import GGUFLineage, GGUFSettings, QuantType, hash_dataset, read_metadata
+from tests.team import task_run_states
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "pirate_chat.jsonl"
 
@@ -30,13 +31,17 @@ def test_convert_builds_loads_and_gates_every_variant(prefect_server, tiny_llama
         quant_types=quant_types, prompts=["What is the capital of France?"], max_answer_tokens=16
     )
 
-    result = convert(
-        str(tiny_llama),
-        lineage=lineage,
-        settings=settings,
-        output_dir=str(tmp_path),
-        dataset=dataset,
-    )
+    def run_convert():
+        return convert(
+            str(tiny_llama),
+            lineage=lineage,
+            settings=settings,
+            output_dir=str(tmp_path),
+            dataset=dataset,
+            return_state=True,
+        )
+
+    result = run_convert().result()
 
     files = {v.quant_type: Path(v.path) for v in result.artifacts.all_files}
     assert set(files) == {QuantType.F16, *quant_types}
@@ -62,3 +67,22 @@ def test_convert_builds_loads_and_gates_every_variant(prefect_server, tiny_llama
     assert quality.chosen == str(files[QuantType.F16]) == result.chosen
     assert quality.decision.startswith("Deploying the F16 reference: no quantized variant passed")
     assert "Warning: the reference itself answers badly" in quality.decision
+
+    # Run again, as a retried or handed-over run would: conversion, importance matrix,
+    # quantizations and the quality gate come from the cache, and give the same files.
+    again = run_convert()
+    expected = {
+        "convert-to-gguf": ["Cached"],
+        "compute-importance-matrix": ["Cached"],
+        "quantize-gguf": ["Cached"] * len(quant_types),
+        "check-gguf-quality": ["Cached"],
+    }
+    states = task_run_states(
+        again.state_details.flow_run_id,
+        until=lambda found: all(found.get(name) == want for name, want in expected.items()),
+    )
+    assert {name: states.get(name) for name in expected} == expected
+    repeated = again.result()
+    assert repeated.artifacts.reference == result.artifacts.reference
+    assert repeated.artifacts.variants == result.artifacts.variants
+    assert repeated.quality == result.quality

@@ -1,12 +1,27 @@
-"""The ledger under contention: concurrent gate calls in separate processes cannot overrun the budget."""
+"""The ledger under contention: concurrent gate calls in separate processes cannot overrun the
+budget, and a worker killed inside a ledger transaction leaves books that still settle. Every
+test runs on SQLite and on PostgreSQL (the `ledger_url` fixture)."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import signal
+import time
+from multiprocessing.connection import Connection
 
 import pytest
+from sqlalchemy import select, update
 
-from tasks.costs.ledger import BudgetExceeded, Ledger, ReservationStatus
+from tasks.costs.ledger import (
+    LOCK_ROW,
+    BudgetExceeded,
+    Ledger,
+    LedgerUnavailable,
+    ReservationStatus,
+    entries,
+    lock,
+)
 
 HIGH = 1.25
 FITS = 7
@@ -14,30 +29,34 @@ CALLS = 24
 LIMIT = FITS * HIGH
 
 
+def gate(ledger: Ledger, run_key: str):
+    """One gate call of a $HIGH run against the LIMIT budget."""
+    return ledger.reserve(
+        run_key=run_key,
+        backend="hf-jobs",
+        hardware="a10g-small",
+        price_per_hour=1.0,
+        expected_usd=0.8,
+        high_usd=HIGH,
+        monthly_limit_usd=LIMIT,
+        per_job_max_usd=LIMIT,
+        needs_approval=False,
+    )
+
+
 def reserve_in_process(url: str, run_key: str, start, results) -> None:
     """One gate call, in its own process, released at the same time as the others."""
     ledger = Ledger(url)
     start.wait()
     try:
-        reservation = ledger.reserve(
-            run_key=run_key,
-            backend="hf-jobs",
-            hardware="a10g-small",
-            price_per_hour=1.0,
-            expected_usd=0.8,
-            high_usd=HIGH,
-            monthly_limit_usd=LIMIT,
-            per_job_max_usd=LIMIT,
-            needs_approval=False,
-        )
+        reservation = gate(ledger, run_key)
         results.put((run_key, reservation.id))
     except BudgetExceeded:
         results.put((run_key, None))
 
 
-def test_concurrent_gate_calls_let_exactly_the_budget_through(tmp_path):
-    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    Ledger(url)  # create the schema once, as the first worker would
+def test_concurrent_gate_calls_let_exactly_the_budget_through(ledger_url):
+    url = ledger_url  # empty: the racing processes create the schema too, as first workers would
     ctx = mp.get_context("fork")
     start, results = ctx.Event(), ctx.Queue()
     procs = [
@@ -72,8 +91,8 @@ def test_concurrent_gate_calls_let_exactly_the_budget_through(tmp_path):
     assert len(ledger.entries()) == FITS
 
 
-def test_a_retried_run_reuses_its_hold_and_the_per_job_maximum_is_enforced(tmp_path):
-    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+def test_a_retried_run_reuses_its_hold_and_the_per_job_maximum_is_enforced(ledger_url):
+    ledger = Ledger(ledger_url)
     args = dict(
         backend="hf-jobs",
         hardware="l4x1",
@@ -115,6 +134,69 @@ def test_a_hold_that_needs_approval_notes_its_deadline(tmp_path):
     automatic = ledger.reserve(run_key="automatic", needs_approval=False, **args)
     assert ledger.get(waiting.id).approval_deadline == asked + timedelta(seconds=600)
     assert automatic.approval_deadline is None
+
+
+def die_inside_a_transaction(url: str, run_key: str, holding: Connection) -> None:
+    """A worker that reserved, then was killed in the middle of its next ledger write."""
+    ledger = Ledger(url)
+    reservation = gate(ledger, run_key)
+    with ledger.engine.execution_options(ledger_write=True).begin() as conn:
+        conn.execute(select(lock.c.name).where(lock.c.name == LOCK_ROW).with_for_update())
+        conn.execute(
+            update(entries).where(entries.c.id == reservation.id).values(note="half-written")
+        )
+        holding.send(reservation.id)  # a pipe of its own: a killed sender holds no shared lock
+        time.sleep(600)  # killed here, holding the ledger lock
+
+
+def test_workers_killed_inside_a_transaction_leave_books_that_settle_and_release(ledger_url):
+    ctx = mp.get_context("fork")
+    results, go = ctx.Queue(), ctx.Event()
+    go.set()
+    crashed = []
+    for i in range(2):
+        holding, child_end = ctx.Pipe(duplex=False)
+        worker = ctx.Process(
+            target=die_inside_a_transaction, args=(ledger_url, f"crash-{i}", child_end)
+        )
+        worker.start()
+        assert holding.poll(120), "the worker never got the ledger lock"
+        crashed.append(holding.recv())
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join(timeout=60)
+
+    # The lock died with its holder: the next gate call goes through (no waiting for a timeout).
+    survivor = ctx.Process(target=reserve_in_process, args=(ledger_url, "survivor", go, results))
+    survivor.start()
+    run_key, survivor_id = results.get(timeout=60)
+    survivor.join(timeout=60)
+    assert run_key == "survivor" and survivor_id is not None
+
+    ledger = Ledger(ledger_url)
+    for reservation_id in crashed:  # committed before the crash; the killed write is gone
+        reservation = ledger.get(reservation_id)
+        assert reservation.is_open and reservation.note == ""
+    totals = ledger.totals(limit_usd=LIMIT)
+    assert totals.open_reservations == 3 and totals.reserved_usd == pytest.approx(3 * HIGH)
+
+    # The crash hook of each run (or `lmft budget release`) closes what the dead worker held.
+    assert (
+        ledger.release(crashed[0], billed_usd=0.3, note="worker crashed").status
+        is ReservationStatus.SETTLED
+    )
+    assert ledger.release(crashed[1], note="worker crashed").status is ReservationStatus.RELEASED
+    ledger.settle(survivor_id, 0.9)
+    totals = ledger.totals(limit_usd=LIMIT)
+    assert totals.spent_usd == pytest.approx(1.2) and totals.reserved_usd == 0
+    assert totals.open_reservations == 0 and totals.left_usd == pytest.approx(LIMIT - 1.2)
+
+
+def test_a_ledger_url_that_cannot_be_used_is_refused_with_what_to_do(tmp_path):
+    (tmp_path / "ledger-is-a-folder").mkdir()
+    with pytest.raises(LedgerUnavailable, match=r"not a SQLAlchemy database URL"):
+        Ledger("db.example.com/ledger")
+    with pytest.raises(LedgerUnavailable, match=r"cannot reach the database at sqlite:///"):
+        Ledger(f"sqlite:///{tmp_path}/ledger-is-a-folder")
 
 
 def hold(ledger: Ledger, run_key: str, *, now, hold_seconds=None, high=5.0, limit=10.0):
