@@ -30,6 +30,7 @@ from flows.deploy import deploy
 from flows.estimate import estimate
 from flows.finetune import finetune
 from flows.health_check import health_check
+from flows.merge_watch import merge_watch
 from flows.retrain import retrain
 from flows.settle_ended_runs import settle_ended_runs
 from flows.spend_alerts import spend_alerts
@@ -47,6 +48,7 @@ SERVED_FLOWS: dict[DeploymentName, Flow[..., Any]] = {
     DeploymentName.SPEND_ALERTS: spend_alerts,
     DeploymentName.HEALTH_CHECK: health_check,
     DeploymentName.SETTLE_ENDED_RUNS: settle_ended_runs,
+    DeploymentName.MERGE_WATCH: merge_watch,
 }
 """Every deployment of `prefect.yaml` (tests/deployments check both against `DeploymentName`)."""
 DEFAULT_LIMIT = 4

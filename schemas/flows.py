@@ -21,6 +21,7 @@ class DeploymentName(str, Enum):
     SPEND_ALERTS = "spend_alerts/spend_alerts"
     HEALTH_CHECK = "health_check/health_check"
     SETTLE_ENDED_RUNS = "settle_ended_runs/settle_ended_runs"
+    MERGE_WATCH = "merge_watch/merge_watch"
 
     @property
     def flow_name(self) -> str:
