@@ -7,23 +7,18 @@ from prefect.runtime import flow_run
 
 from flows.convert import convert
 from schemas.request import Backend, FineTuneRequest
-from tasks.costs import estimate_cost
-from tasks.costs.budget import (
-    gate_budget,
-    record_job_start,
-    release_budget_of_flow_run,
-    settle_budget,
-)
+from tasks.costs.budget import gate_budget, release_budget_of_flow_run
 from tasks.gguf import lineage_for_request
+from tasks.gguf.held_out import held_out_dataset, held_out_split
 from tasks.gguf.publish import gguf_hub_target
 from tasks.gguf.quality import quality_markdown
 from tasks.jobs.base_model import prepare_base_model
 from tasks.jobs.hooks import cancel_job_of_flow_run
-from tasks.jobs.training import monitor_training, submit_training
+from tasks.jobs.resume import estimate_from, find_start_checkpoint, train_resuming
 from tasks.reporting.samples import sample_answers
 from tasks.reporting.summary import FineTuneSummary, publish_estimate, publish_summary, timed
 from tasks.serving.deploy import deploy_gguf
-from tasks.validation import raise_on_errors, validate_dataset
+from tasks.validation import raise_on_errors, validate_dataset, validate_eval_dataset
 
 
 @flow(
@@ -43,22 +38,26 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
     with timed(timings, "validate"):
         report = validate_dataset(request, tokenizer_path=model)
         raise_on_errors(report)
+        raise_on_errors(
+            validate_eval_dataset(request, tokenizer_path=model), field="evaluation.eval_dataset"
+        )
+        start = find_start_checkpoint(request)
     with timed(timings, "estimate"):
-        estimate = estimate_cost(request, report)
+        estimate = estimate_from(request, report, start)
         publish_estimate(estimate)
     with timed(timings, "budget"):
         reservation = gate_budget(estimate, run_key=key)
     with timed(timings, "train"):
-        handle = submit_training(
+        result = train_resuming(
             request,
             model,
-            idempotency_key=key,
+            key=key,
             labels={"flow_run_id": str(flow_run.id)},
             estimate=estimate,
+            report=report,
+            reservation=reservation,
+            start=start,
         )
-        record_job_start(reservation, handle)
-        result = monitor_training(handle, estimate)
-        settle_budget(reservation, result)
     samples = gguf = deployment = None
     if result.model_dir:  # the model is on this machine: show what training changed
         with timed(timings, "sample answers"):
@@ -70,7 +69,8 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
                 result.model_dir or result.hub_repo,
                 lineage=lineage,
                 settings=request.gguf,
-                dataset=request.dataset,
+                dataset=held_out_dataset(request),
+                held_out_split=held_out_split(request),
                 hub=gguf_hub_target(
                     request.output_name, remote=request.backend is not Backend.LOCAL
                 ),

@@ -133,6 +133,13 @@ class TrainingProgress(BaseModel):
     total_steps: int | None = None
     loss: float | None = None
     eta_seconds: float | None = None
+    eval_loss: float | None = Field(
+        default=None, description="Latest eval loss on the held-out rows (lower is better)."
+    )
+    eval_step: int | None = Field(default=None, description="The step of that evaluation.")
+    base_eval_loss: float | None = Field(
+        default=None, description="The base model's eval loss on the same rows, before training."
+    )
 
 
 class JobStatus(ToolResult):

@@ -101,13 +101,16 @@ class ScriptArguments:
         default=0.05,
         metadata={"help": "Share of the dataset held out for evaluation (0: none)."},
     )
-    eval_max_rows: int = field(default=500, metadata={"help": "At most this many held-out rows."})
+    eval_max_rows: int = field(default=200, metadata={"help": "At most this many held-out rows."})
     eval_dataset_path: str | None = field(
         default=None, metadata={"help": "A separate evaluation dataset (then nothing is held out)."}
     )
     eval_dataset_config: str | None = field(default=None, metadata={"help": "Its Hub config."})
     eval_dataset_split: str = field(default="train", metadata={"help": "Its split."})
     eval_dataset_revision: str | None = field(default=None, metadata={"help": "Its revision."})
+    eval_column_map: str | None = field(
+        default=None, metadata={"help": "Its column map (default: --column_map)."}
+    )
     eval_steps: int = field(
         default=0, metadata={"help": "Evaluate every N steps; 0: at every checkpoint."}
     )
@@ -129,6 +132,13 @@ class ScriptArguments:
         metadata={
             "help": "A checkpoint folder, a folder of checkpoint-N folders, or 'hub' for "
             "--push_to_hub_repo's checkpoints/last."
+        },
+    )
+    warm_start_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start from this checkpoint's or adapter's LoRA weights with a new optimizer "
+            "and schedule (continue a finished run); same forms as --resume_from_checkpoint."
         },
     )
     watchdog_factor: float = field(
@@ -226,11 +236,16 @@ def _sharegpt_turn(turn: dict) -> dict:
 def load_training_dataset(args: ScriptArguments):
     """Load the dataset (local files or the Hub) and apply the column map."""
     return _load_dataset(
-        args, args.dataset_path, args.dataset_config, args.dataset_split, args.dataset_revision
+        args,
+        args.dataset_path,
+        args.dataset_config,
+        args.dataset_split,
+        args.dataset_revision,
+        args.column_map,
     )
 
 
-def _load_dataset(args: ScriptArguments, path: str, config, split: str, revision):
+def _load_dataset(args: ScriptArguments, path: str, config, split: str, revision, column_map: str):
     from datasets import load_dataset
 
     if os.path.exists(path):
@@ -248,7 +263,7 @@ def _load_dataset(args: ScriptArguments, path: str, config, split: str, revision
         dataset = load_dataset(_local_format(files[0]), data_files=files, split="train")
     else:
         dataset = load_dataset(path, config, split=split, revision=revision)
-    column_map = json.loads(args.column_map or "{}")
+    column_map = json.loads(column_map or "{}")
     if column_map:
         dataset = dataset.rename_columns(
             {k: v for k, v in column_map.items() if k in dataset.column_names}
@@ -286,6 +301,7 @@ def split_evaluation(args: ScriptArguments, dataset):
             args.eval_dataset_config,
             args.eval_dataset_split,
             args.eval_dataset_revision,
+            args.column_map if args.eval_column_map is None else args.eval_column_map,
         )
         return dataset, eval_set
     n_eval = eval_row_count(len(dataset), args.eval_ratio, args.eval_max_rows)
@@ -591,30 +607,51 @@ def evaluation_result(trainer, progress) -> dict:
     }
 
 
-def resolve_checkpoint(args: ScriptArguments) -> str | None:
-    """The checkpoint folder `--resume_from_checkpoint` names (downloading it for 'hub'), or None."""
-    value = args.resume_from_checkpoint
+def resolve_checkpoint(args: ScriptArguments, value: str | None) -> str | None:
+    """The checkpoint folder `value` names, or None.
+
+    `value`: a checkpoint folder, a folder of `checkpoint-N` folders (the last one is taken),
+    `hub` (the `checkpoints/last` folder of --push_to_hub_repo) or `hub:NAMESPACE/REPO`.
+    """
     if not value:
         return None
-    if value == "hub":
-        if not args.push_to_hub_repo:
-            raise SystemExit("error: --resume_from_checkpoint hub needs --push_to_hub_repo")
+    if value == "hub" or value.startswith("hub:"):
+        repo = value.removeprefix("hub").removeprefix(":") or args.push_to_hub_repo
+        if not repo:
+            raise SystemExit(f"error: {value!r} needs --push_to_hub_repo or a repo (hub:NS/NAME)")
         from huggingface_hub import snapshot_download
 
         local = snapshot_download(
-            args.push_to_hub_repo,
+            repo,
             allow_patterns=[f"{HUB_CHECKPOINT_FOLDER}/*"],
             local_dir=os.path.join(args.output_dir, "hub-checkpoint"),
         )
         value = os.path.join(local, HUB_CHECKPOINT_FOLDER)
-    if os.path.isfile(os.path.join(value, "trainer_state.json")):
+    if os.path.isfile(os.path.join(value, "trainer_state.json")) or os.path.isfile(
+        os.path.join(value, "adapter_config.json")
+    ):
         return value
     from transformers.trainer_utils import get_last_checkpoint
 
     found = get_last_checkpoint(value) if os.path.isdir(value) else None
     if found is None:
-        raise SystemExit(f"error: no checkpoint to resume from in {args.resume_from_checkpoint}")
+        raise SystemExit(f"error: no checkpoint in {value}")
     return found
+
+
+def warm_start(args: ScriptArguments, model):
+    """`model` with the LoRA weights of --warm_start_from, trainable (None when not asked)."""
+    folder = resolve_checkpoint(args, args.warm_start_from)
+    if folder is None:
+        return None
+    if not args.use_lora:
+        raise SystemExit(
+            "error: --warm_start_from continues a LoRA adapter; use it with --use_lora"
+        )
+    from peft import PeftModel
+
+    print(f"warm start from the adapter in {folder}", flush=True)
+    return PeftModel.from_pretrained(model, folder, is_trainable=True)
 
 
 # --- training -------------------------------------------------------------------------------
@@ -660,7 +697,7 @@ def main(args: ScriptArguments) -> dict:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32)
     dataset, eval_dataset = split_evaluation(args, load_training_dataset(args))
-    checkpoint = resolve_checkpoint(args)
+    checkpoint = resolve_checkpoint(args, args.resume_from_checkpoint)
 
     common = dict(
         output_dir=os.path.join(args.output_dir, "checkpoints"),
@@ -684,7 +721,9 @@ def main(args: ScriptArguments) -> dict:
     )
     config, trainer_cls = _trainer_for(args, common)
     peft_config = None
-    if args.use_lora:
+    if (started := warm_start(args, model)) is not None:
+        model = started
+    elif args.use_lora:
         targets = args.lora_target_modules
         peft_config = LoraConfig(
             r=args.lora_r,

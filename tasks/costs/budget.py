@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from prefect import get_run_logger, task
 from prefect.exceptions import FlowPauseTimeout
@@ -200,6 +200,32 @@ def settle_budget(
         "budget: the run cost $%.2f (estimated $%.2f)", actual, reservation.expected_usd
     )
     return settled
+
+
+@task(name="settle-ended-job", retries=2, retry_delay_seconds=[2, 10])
+def settle_ended_job(
+    reservation: Reservation | None,
+    *,
+    running_seconds: float | None,
+    note: str,
+    policy_name: str = BUDGET_BLOCK_NAME,
+) -> Reservation | None:
+    """Close the hold of a job that ended early (failed, timed out, lost, stopped by the watchdog).
+
+    What it ran is billed (its running time × the price, per started minute); the rest of the
+    hold is released. A job resumed from its checkpoint gets a hold of its own.
+    """
+    if reservation is None:
+        return None
+    started = reservation.job_started_at
+    if running_seconds is not None:
+        started = datetime.now(UTC) - timedelta(seconds=running_seconds)
+    billed = cost_so_far(reservation.price_per_hour, started) if started else 0.0
+    closed = ledger_for(load_budget_policy(policy_name)).release(
+        reservation.id, billed_usd=billed, note=note[:500]
+    )
+    get_run_logger().info("budget: the job that ended early cost $%.2f", billed)
+    return closed
 
 
 def release_budget_of_flow_run(flow, flow_run, state) -> None:

@@ -14,7 +14,8 @@ from prefect.artifacts import (
 )
 
 from blocks.huggingface import load_hf_credentials
-from schemas.request import Backend, FineTuneRequest
+from schemas.jobs import ResumePoint, parse_stopped_line
+from schemas.request import Backend, DatasetSource, FineTuneRequest
 from tasks.costs import CostEstimate
 from tasks.jobs import (
     JobHandle,
@@ -29,6 +30,8 @@ from tasks.jobs.local import submit_local_job
 from tasks.jobs.monitor import FollowOutcome, MonitorSettings, follow_job
 
 TRACKIO_PROJECT = "lm-fine-tuning"
+DEFAULT_SAVE_FRACTION = 0.1
+"""Checkpoints every 10 % of the run unless `checkpoints.save_steps` says otherwise."""
 HF_JOB_OUTPUT_DIR = (
     "/tmp/lmft-output"  # inside the job container; the model leaves it through the Hub
 )
@@ -39,8 +42,7 @@ def training_script_args(request: FineTuneRequest, model: str, *, run_name: str)
     h, lora, data = request.hyperparameters, request.lora, request.dataset
     args = {
         "model_name_or_path": model,
-        # The job runs in its own folder (or on another machine): local paths must be absolute.
-        "dataset_path": str(Path(data.path).expanduser().resolve()) if data.is_local else data.path,
+        "dataset_path": _dataset_path(data),
         "dataset_split": data.split,
         "column_map": json.dumps(data.column_map),
         "method": request.method.value,
@@ -69,10 +71,49 @@ def training_script_args(request: FineTuneRequest, model: str, *, run_name: str)
         args["dataset_config"] = data.config
     if data.revision:
         args["dataset_revision"] = data.revision
+    args.update(evaluation_script_args(request))
     out: list[str] = []
     for key, value in args.items():
         out += [f"--{key}", str(value)]
     return out
+
+
+def _dataset_path(data: DatasetSource) -> str:
+    # The job runs in its own folder (or on another machine): local paths must be absolute.
+    return str(Path(data.path).expanduser().resolve()) if data.is_local else data.path
+
+
+def evaluation_script_args(request: FineTuneRequest) -> dict[str, object]:
+    """train.py's evaluation, checkpoint and watchdog arguments for `request`."""
+    ev, ck, wd = request.evaluation, request.checkpoints, request.watchdog
+    args: dict[str, object] = {
+        "eval_ratio": ev.eval_ratio if ev else 0,
+        "eval_max_rows": ev.eval_max_rows if ev else 1,
+        "eval_steps": (ev.eval_steps or 0) if ev else 0,
+        "early_stopping_patience": (ev.early_stopping_patience or 0) if ev else 0,
+        "save_steps": ck.save_steps or DEFAULT_SAVE_FRACTION,
+        "save_minutes": ck.save_minutes,
+        "save_total_limit": ck.keep,
+        "watchdog_factor": wd.divergence_factor,
+        "watchdog_patience": wd.patience,
+    }
+    if ev is not None and (held_out := ev.eval_dataset) is not None:
+        args["eval_dataset_path"] = _dataset_path(held_out)
+        args["eval_dataset_split"] = held_out.split
+        args["eval_column_map"] = json.dumps(held_out.column_map or request.dataset.column_map)
+        if held_out.config:
+            args["eval_dataset_config"] = held_out.config
+        if held_out.revision:
+            args["eval_dataset_revision"] = held_out.revision
+    return args
+
+
+def start_script_args(start: ResumePoint | None) -> list[str]:
+    """Resume an unfinished run's checkpoint; continue a finished one from its adapter."""
+    if start is None:
+        return []
+    flag = "--warm_start_from" if start.finished else "--resume_from_checkpoint"
+    return [flag, start.checkpoint]
 
 
 def is_transient_failure(task, task_run, state) -> bool:
@@ -97,12 +138,16 @@ def submit_training(
     idempotency_key: str,
     labels: dict[str, str],
     estimate: CostEstimate | None = None,
+    start: ResumePoint | None = None,
 ) -> JobHandle:
-    """Start the training job on the request's backend; an existing job with the same key is reused."""
+    """Start the training job on the request's backend; an existing job with the same key is reused.
+
+    With `start`, the job resumes from (or, for a finished run, continues) that checkpoint.
+    """
     logger = get_run_logger()
     script_args = training_script_args(
         request, model, run_name=request.output_name or idempotency_key
-    )
+    ) + start_script_args(start)
     if request.backend is Backend.LOCAL:
         handle = submit_local_job(
             script_args=script_args, idempotency_key=idempotency_key, labels=labels
@@ -192,6 +237,8 @@ class _PrefectWatcher:
         self.logger.info("job %s: %s -> %s%s", self.handle.job_id, was, status.state.value, message)
 
     def on_progress(self, update: ProgressUpdate) -> None:
+        if update.is_evaluation:
+            return self.on_evaluation(update)
         update_progress_artifact(self.artifact_id, round(100 * update.fraction, 1))
         eta = "?" if update.eta_seconds is None else f"{update.eta_seconds:.0f}s"
         self.logger.info(
@@ -202,6 +249,19 @@ class _PrefectWatcher:
             update.learning_rate or 0.0,
             eta,
         )
+
+    def on_evaluation(self, update: ProgressUpdate) -> None:
+        # The MCP adapter reads this line back (mcp_adapter/flow_runs.py, _EVAL_LINE).
+        base = update.base_eval_loss
+        line = f"eval loss {update.eval_loss:.4f} at step {update.step}/{update.total_steps}"
+        if base is not None and update.step > 0:
+            line += f" (base model {base:.4f})"
+        update_progress_artifact(
+            self.artifact_id,
+            round(100 * update.fraction, 1),
+            description=f"Training job {self.handle.job_id}: {line}",
+        )
+        self.logger.info(line)
 
     def on_metrics(self, metrics: GpuMetrics, cost_usd: float | None) -> None:
         cost = "" if cost_usd is None else f"  cost so far ${cost_usd:.2f}"
@@ -243,11 +303,7 @@ def monitor_training(
     )
     status, result = outcome.status, outcome.result
     if status.state is not JobState.COMPLETED or result is None:
-        last = "\n".join(outcome.tail[-20:])
-        reason = status.message or status.state.value
-        raise TrainingFailed(
-            f"training job {handle.job_id} ended {status.state.value} ({reason}); last log lines:\n{last}"
-        )
+        raise training_failure(handle, outcome)
     update_progress_artifact(artifact_id, 100.0)
     create_markdown_artifact(_job_report(handle, outcome, links), key=f"training-report-{key}")
     remote = handle.backend is not Backend.LOCAL
@@ -262,7 +318,35 @@ def monitor_training(
         final_loss=result.get("final_loss"),
         train_seconds=result.get("train_seconds", outcome.running_seconds),
         trackio_project=result.get("trackio_project", TRACKIO_PROJECT),
+        **evaluation_fields(result),
     )
+
+
+def training_failure(handle: JobHandle, outcome: FollowOutcome) -> TrainingFailed:
+    """The error of a job that did not complete; resumable unless it was stopped on purpose."""
+    status = outcome.status
+    stopped = next((r for line in outcome.tail if (r := parse_stopped_line(line))), None)
+    reason = (stopped or {}).get("reason") or status.message or status.state.value
+    last = "\n".join(outcome.tail[-20:])
+    failure = TrainingFailed(
+        f"training job {handle.job_id} ended {status.state.value} ({reason}); last log lines:\n{last}"
+    )
+    # The watchdog's stop or a cancel: another attempt would pay for the same end.
+    failure.resumable = status.state is JobState.ERROR and (stopped or {}).get("resumable", True)
+    failure.running_seconds = outcome.running_seconds
+    return failure
+
+
+def evaluation_fields(result: dict) -> dict:
+    """The result line's evaluation figures, as `TrainingResult` fields."""
+    return {
+        "base_eval_loss": result.get("base_eval_loss"),
+        "eval_loss": result.get("eval_loss"),
+        "best_step": result.get("best_step"),
+        "eval_history": result.get("eval_history") or [],
+        "stopped_early": bool(result.get("stopped_early")),
+        "resumed_from_step": result.get("resumed_from_step"),
+    }
 
 
 def job_links(handle: JobHandle) -> list[tuple[str, str]]:
