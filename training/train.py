@@ -363,6 +363,8 @@ def _progress_callback():
             if "eval_loss" in logs:
                 self.evals.append((state.global_step, float(logs["eval_loss"])))
                 line = self._line(state, eval_loss=float(logs["eval_loss"]))
+                if "eval_runtime" in logs:
+                    line["eval_seconds"] = float(logs["eval_runtime"])
                 if self.base_eval_loss is not None:
                     line["base_eval_loss"] = self.base_eval_loss
                 print(PROGRESS_PREFIX + json.dumps(line), flush=True)
