@@ -283,7 +283,7 @@ def _load_dataset(args: ScriptArguments, path: str, config, split: str, revision
 def eval_row_count(total: int, ratio: float, max_rows: int) -> int:
     """Rows held out of `total`: `ratio` of them (at least 1), at most `max_rows`, leaving one to train.
 
-    The worker's GGUF quality gate computes the same rows (tasks/gguf/held_out.py); keep both in step.
+    The worker's GGUF quality gate (tasks/gguf/held_out.py) imports it to read the same rows.
     """
     if ratio <= 0 or total < 2:
         return 0

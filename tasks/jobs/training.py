@@ -225,6 +225,14 @@ def hf_flavor_and_timeout(
     )
 
 
+def evaluation_line(update: ProgressUpdate) -> str:
+    """The monitor's log line for an evaluation; the MCP adapter reads it back (`_EVAL_LINE`)."""
+    line = f"eval loss {update.eval_loss:.4f} at step {update.step}/{update.total_steps}"
+    if update.base_eval_loss is not None and update.step > 0:
+        line += f" (base model {update.base_eval_loss:.4f})"
+    return line
+
+
 class _PrefectWatcher:
     """Turns the monitor's notices into Prefect logs and the progress artifact."""
 
@@ -251,11 +259,7 @@ class _PrefectWatcher:
         )
 
     def on_evaluation(self, update: ProgressUpdate) -> None:
-        # The MCP adapter reads this line back (mcp_adapter/flow_runs.py, _EVAL_LINE).
-        base = update.base_eval_loss
-        line = f"eval loss {update.eval_loss:.4f} at step {update.step}/{update.total_steps}"
-        if base is not None and update.step > 0:
-            line += f" (base model {base:.4f})"
+        line = evaluation_line(update)
         update_progress_artifact(
             self.artifact_id,
             round(100 * update.fraction, 1),

@@ -113,6 +113,6 @@ def test_a_bad_eval_dataset_is_refused_with_its_row_before_any_job(
     state = finetune(request, return_state=True)
 
     assert state.is_failed()
-    with pytest.raises(DatasetInvalid, match=r"evaluation.eval_dataset '.*eval.jsonl'.*row 3"):
+    with pytest.raises(DatasetInvalid, match=r"(?s)evaluation.eval_dataset '.*eval.jsonl'.*row 3"):
         state.result()
     assert sorted(jobs_dir().iterdir()) == before
