@@ -51,7 +51,8 @@ def pirate_args(max_steps: int | None) -> list[str]:
     if max_steps:
         config["hyperparameters"]["max_steps"] = max_steps
     request = FineTuneRequest.model_validate(config)
-    return training_script_args(request, prepare_base_model(request), run_name="bench")
+    model = prepare_base_model.fn(request)  # the plain function: no Prefect server needed
+    return training_script_args(request, model, run_name="bench")
 
 
 class Run:

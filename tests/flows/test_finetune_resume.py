@@ -116,3 +116,30 @@ def test_a_bad_eval_dataset_is_refused_with_its_row_before_any_job(
     with pytest.raises(DatasetInvalid, match=r"(?s)evaluation.eval_dataset '.*eval.jsonl'.*row 3"):
         state.result()
     assert sorted(jobs_dir().iterdir()) == before
+
+
+def test_resume_from_continues_an_earlier_run_that_was_not_resumed(
+    prefect_server, tiny_llama, tmp_path
+):
+    from flows.finetune import finetune
+
+    data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(24))
+    settings = {"save_steps": 2, "max_resumes": 0}
+    before, killed = {p.name for p in jobs_dir().iterdir()}, []
+    killer = threading.Thread(target=kill_first_job_after_checkpoint, args=(before, killed))
+    killer.start()
+    first = finetune(request_for(tiny_llama, data, checkpoints=settings), return_state=True)
+    killer.join()
+    assert first.is_failed() and len(killed) == 1  # max_resumes 0: the flow gave up
+
+    run_id = str(first.state_details.flow_run_id)
+    second = finetune(
+        request_for(tiny_llama, data, checkpoints=settings, resume_from=run_id), return_state=True
+    )
+
+    assert second.is_completed(), second.message
+    summary = second.result()
+    assert summary.steps == 8
+    command = json.loads((jobs_dir() / summary.jobs[-1] / "job.json").read_text())["command"]
+    flag = command.index("--resume_from_checkpoint")
+    assert f"{killed[0]}/output/checkpoints/checkpoint-" in command[flag + 1]

@@ -196,3 +196,23 @@ def test_watchdog_stops_a_diverging_run(tiny_llama, learnable, tmp_path, capsys)
     assert record["reason"].startswith("watchdog:") and not record["resumable"]
     assert record["step"] < 50
     assert not (tmp_path / "out" / "model").exists()
+
+
+def test_warm_start_continues_a_finished_adapter_with_a_new_schedule(
+    tiny_llama, learnable, tmp_path, capsys
+):
+    first = run_in_process(arguments(tiny_llama, learnable, tmp_path / "first", max_steps=4))
+    capsys.readouterr()
+    checkpoint = tmp_path / "first" / "checkpoints" / "checkpoint-4"
+
+    second = run_in_process(
+        arguments(tiny_llama, learnable, tmp_path / "second", max_steps=4)
+        + ["--warm_start_from", str(checkpoint)]
+    )
+
+    lines = records(capsys.readouterr().out, "LMFT_PROGRESS ")
+    assert lines[0]["step"] == 0 and "resumed_from_step" not in lines[0]  # a new schedule
+    # It starts from the trained adapter: the "base" it evaluates first is the first run's model.
+    at_step_4 = {e["step"]: e["eval_loss"] for e in first["eval_history"]}[4]
+    assert second["base_eval_loss"] == pytest.approx(at_step_4, rel=1e-4)
+    assert second["base_eval_loss"] < first["base_eval_loss"]
