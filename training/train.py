@@ -597,10 +597,12 @@ def evaluation_result(trainer, progress) -> dict:
     state = trainer.state
     best = state.best_model_checkpoint
     best_step = int(best.rsplit("-", 1)[-1]) if best else None
+    last_eval = progress.evals[-1][1] if progress.evals and progress.evals[-1][0] > 0 else None
     return {
         "base_eval_loss": progress.base_eval_loss,
-        # load_best_model_at_end: the model saved is the best checkpoint's
-        "eval_loss": dict(progress.evals).get(best_step) if best_step else None,
+        # load_best_model_at_end: the model saved is the best checkpoint's; with none better than
+        # the base model (best at step 0, which has no checkpoint), it is the last step's.
+        "eval_loss": dict(progress.evals).get(best_step) if best_step else last_eval,
         "best_step": best_step,
         "eval_history": [{"step": s, "eval_loss": v} for s, v in progress.evals],
         "stopped_early": bool(state.max_steps and state.global_step < state.max_steps),

@@ -90,6 +90,8 @@ def eval_row(result: TrainingResult) -> str:
     if result.best_step is not None:
         text += f" (best checkpoint: step {result.best_step} of {result.global_step}"
         text += ", stopped early)" if result.stopped_early else ")"
+    if result.base_eval_loss is not None and result.eval_loss >= result.base_eval_loss:
+        text += "; no better than the base model on held-out rows"
     if result.resumed_from_step:
         text += f"; resumed from step {result.resumed_from_step}"
     return text

@@ -216,3 +216,25 @@ def test_warm_start_continues_a_finished_adapter_with_a_new_schedule(
     at_step_4 = {e["step"]: e["eval_loss"] for e in first["eval_history"]}[4]
     assert second["base_eval_loss"] == pytest.approx(at_step_4, rel=1e-4)
     assert second["base_eval_loss"] < first["base_eval_loss"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "save", "every"),
+    [
+        ({}, 0.1, 0.1),  # defaults: a checkpoint and an evaluation every 10 % of the run
+        ({"eval_steps": 3}, 3, 3),  # evaluations set the pace: a checkpoint at each
+        ({"save_steps": 6, "eval_steps": 3}, 6, 3),
+        ({"save_steps": 5}, 5, 5),
+    ],
+)
+def test_evaluation_settings_are_accepted_by_transformers(tmp_path, overrides, save, every):
+    from transformers import TrainingArguments
+
+    args = train_script.ScriptArguments(
+        model_name_or_path="m", dataset_path="d", output_dir=str(tmp_path), **overrides
+    )
+    settings = train_script.evaluation_settings(args, evaluates=True, resuming=False)
+    assert (settings["save_steps"], settings["eval_steps"]) == (save, every)
+    config = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, **settings)
+    assert config.load_best_model_at_end and config.metric_for_best_model == "eval_loss"
+    assert config.eval_on_start and not config.logging_nan_inf_filter
