@@ -4,15 +4,15 @@
     python bench/training_eval.py --max-steps 12  # a shorter run
 
 Runs `training/train.py` on this machine's CPU with the arguments the pipeline gives it for
-the pirate example (SmolLM2-135M-Instruct, LoRA, 30 steps), three times, each in a fresh process:
+the pirate example (SmolLM2-135M-Instruct, LoRA, 30 steps), each in a fresh process:
 
   1. defaults: 5 % of the rows held out and evaluated on the base model, at every checkpoint
      (every 10 % of the run) and at the end; checkpoints every 10 % of the run;
-  2. bare: no evaluation, no checkpoint;
-  3. the default run killed (SIGKILL) after its first checkpoint, then started again with
-     `--resume_from_checkpoint`.
+  2. a new process resuming run 1 from its checkpoint before the last (`--resume_from_checkpoint`),
+     stopped at its first new step;
+  3. bare: no evaluation, no checkpoint.
 
-Prints the training seconds of 1 and 2, the evaluation seconds the trainer measured, the
+Prints the training seconds of 1 and 3, the evaluation seconds the trainer measured, the
 overhead of evaluation + checkpoints as a share of the bare run, and the resume overhead:
 seconds from the resumed process's start to its first new step, next to a fresh start's
 seconds to its first step (loading Python, the model and the data is the same in both).
@@ -109,27 +109,37 @@ def main() -> None:
         work = Path(tmp)
         print("1/3 defaults (evaluation + checkpoints) ...", flush=True)
         full = Run(args, work / "full").finish()
-        print("2/3 bare (no evaluation, no checkpoints) ...", flush=True)
-        plain = Run(args + bare, work / "bare").finish()
-        print("3/3 killed after the first checkpoint, then resumed ...", flush=True)
-        killed = Run(args, work / "resume")
-        checkpoints = work / "resume" / "checkpoints"
-        for _ in killed.lines():
-            if any(checkpoints.glob("checkpoint-*/trainer_state.json")):
-                killed.process.send_signal(signal.SIGKILL)
-                break
-        killed.process.wait()
-        saved = max(
-            int(p.parent.name.rsplit("-", 1)[1])
-            for p in checkpoints.glob("checkpoint-*/trainer_state.json")
+        evals = [p for _, p in full.progress if "eval_loss" in p]
+        eval_seconds = sum(p.get("eval_seconds", 0.0) for p in evals)
+        print(
+            f"  {full.result['global_step']} steps in {full.result['train_seconds']:.1f} s, "
+            f"{len(evals)} evaluations of the held-out rows: {eval_seconds:.1f} s; eval loss "
+            f"base {full.result['base_eval_loss']:.4f} -> {full.result['eval_loss']:.4f} "
+            f"(best step {full.result['best_step']})",
+            flush=True,
         )
-        resumed = Run(
-            args + ["--resume_from_checkpoint", str(checkpoints)], work / "resume"
-        ).finish()
+        print("2/3 resumed from the run's checkpoint before its last ...", flush=True)
+        checkpoints = sorted(
+            (work / "full" / "checkpoints").glob("checkpoint-*"),
+            key=lambda p: int(p.name.rsplit("-", 1)[1]),
+        )
+        start = checkpoints[-2]  # an unfinished state: steps remain after it
+        resumed = Run(args + ["--resume_from_checkpoint", str(start)], work / "resumed")
+        for record in resumed.lines():
+            if "loss" in record:  # the first new step: that is all this measures
+                resumed.process.send_signal(signal.SIGKILL)
+                break
+        resumed.process.wait()
+        print(
+            f"  from {start.name}: first new step (step {record['step']}) "
+            f"{resumed.first_step_seconds():.1f} s after the process started; a fresh start's "
+            f"first step came {full.first_step_seconds():.1f} s after it",
+            flush=True,
+        )
+        print("3/3 bare (no evaluation, no checkpoints) ...", flush=True)
+        plain = Run(args + bare, work / "bare").finish()
 
     steps = full.result["global_step"]
-    evals = [p for _, p in full.progress if "eval_loss" in p]
-    eval_seconds = sum(p.get("eval_seconds", 0.0) for p in evals)
     overhead = full.result["train_seconds"] - plain.result["train_seconds"]
     share = overhead / plain.result["train_seconds"]
     print()
@@ -137,14 +147,11 @@ def main() -> None:
     print(f"  training with defaults   {full.result['train_seconds']:8.1f} s")
     print(f"  training bare            {plain.result['train_seconds']:8.1f} s")
     print(
-        f"  evaluation (trainer)     {eval_seconds:8.1f} s  ({eval_seconds / plain.result['train_seconds']:.1%} of bare)"
+        f"  evaluation (trainer)     {eval_seconds:8.1f} s  "
+        f"({eval_seconds / plain.result['train_seconds']:.1%} of bare)"
     )
     print(f"  eval + checkpoints       {overhead:8.1f} s  ({share:.1%} of bare; target < 10 %)")
-    print(
-        f"  eval loss                base {full.result['base_eval_loss']:.4f} -> "
-        f"{full.result['eval_loss']:.4f} (best step {full.result['best_step']})"
-    )
-    print(f"resume from the checkpoint at step {saved}")
+    print(f"resume from {start.name}")
     print(f"  first new step after     {resumed.first_step_seconds():8.1f} s from process start")
     print(f"  a fresh start's first    {full.first_step_seconds():8.1f} s from process start")
     print(
