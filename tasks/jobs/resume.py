@@ -23,6 +23,7 @@ from schemas.request import Backend, FineTuneRequest
 from schemas.validation import ValidationReport
 from tasks.costs import estimate_cost
 from tasks.costs.budget import gate_budget, record_job_start, settle_budget, settle_ended_job
+from tasks.costs.ledger import Reservation
 from tasks.jobs.backends import find_jobs
 from tasks.jobs.hf import call_with_backoff, hf_job_handle
 from tasks.jobs.local import job_dir
@@ -165,7 +166,7 @@ def train_resuming(
     labels: dict[str, str],
     estimate: CostEstimate,
     report: ValidationReport,
-    reservation,
+    reservation: Reservation | None,
     start: ResumePoint | None = None,
 ) -> TrainingResult:
     """Train; a job that ends early and left a checkpoint is followed by one resuming from it.
