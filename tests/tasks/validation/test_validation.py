@@ -23,7 +23,7 @@ from tasks.validation import (
     raise_on_errors,
 )
 
-DATA = Path(__file__).parents[1] / "data" / "validation"
+DATA = Path(__file__).parents[2] / "data" / "validation"
 
 
 def check(
