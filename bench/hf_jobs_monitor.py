@@ -30,7 +30,7 @@ def serve(jobs: int, job_seconds: float) -> None:
     """Child process: start the server, create the jobs, play them after 'go', report stage times."""
     from tests.doubles.hf_jobs_server import HfJobsServer
 
-    server = HfJobsServer(keepalive_seconds=15.0).start()
+    server = HfJobsServer(keepalive_seconds=15.0, run_jobs=False).start()  # scripted lives
     ids = [
         server.create_job(
             server.namespace,

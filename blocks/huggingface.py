@@ -73,3 +73,21 @@ def _load_block(name: str) -> HuggingFaceCredentials:
             f"no Hugging Face credentials: the Prefect block {name!r} does not exist ({exc}). Create it with "
             f"`HuggingFaceCredentials(token=..., namespace=...).save({name!r})`, or set {NAMESPACE_ENV} and HF_TOKEN"
         ) from None
+
+
+def hub_api() -> HfApi:
+    """The Hub client that every worker-side Hub call of a run goes through (tokenizer and model
+    downloads, model sizes, prices, GGUF uploads): the token and endpoint of
+    `load_hf_credentials()`; without credentials, huggingface_hub's own (HF_TOKEN,
+    `hf auth login` or anonymous; HF_ENDPOINT), which public repos are enough for.
+
+    Example:
+        ```python
+        api = hub_api()
+        snapshot_download("me/private-model", token=api.token, endpoint=api.endpoint)
+        ```
+    """
+    try:
+        return load_hf_credentials().api()
+    except RuntimeError:  # no Block and no environment: not an error until a private repo says so
+        return HfApi()

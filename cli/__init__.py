@@ -1,10 +1,21 @@
 """`lmft`: the command line of lm-fine-tuning.
 
 `cli.app` defines the Typer app; importing the topic modules registers their commands
-(run; estimate, costs, budget; convert; deploy, serve; health-check; cancel; mcp; validate).
+(run; estimate, costs, budget; convert; deploy, serve; health-check; cancel; mcp; validate;
+github-dispatch, request-finetune).
 """
 
-from cli import commands, costs, deploy, gguf, jobs, mcp, operations, validation  # noqa: F401
+from cli import (  # noqa: F401
+    commands,
+    costs,
+    deploy,
+    gguf,
+    github,
+    jobs,
+    mcp,
+    operations,
+    validation,
+)
 from cli.app import app
 
 __all__ = ["app"]

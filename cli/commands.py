@@ -49,9 +49,18 @@ def run(
         max_steps=max_steps,
     )
 
+    from prefect.exceptions import TerminationSignal
+
     from flows.finetune import finetune
 
-    state = finetune(request, return_state=True)
+    try:
+        state = finetune(request, return_state=True)
+    except TerminationSignal:  # `lmft cancel`: the run ended Cancelled (tasks/cancellation.py)
+        raise fail(
+            "the finetune flow run was cancelled: its training job is cancelled and its budget "
+            "hold released",
+            code=1,
+        ) from None
     if not state.is_completed():
         raise fail(f"the finetune flow ended {state.name}: {state.message}", code=1)
     summary = state.result()

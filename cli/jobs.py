@@ -26,7 +26,7 @@ def cancel(
     except ValueError:
         flow_run_id = None
     if flow_run_id is not None:
-        _cancel_flow_run(flow_run_id)
+        cancelling = _cancel_flow_run(flow_run_id)
         handles = []
         for backend in Backend:
             try:
@@ -47,15 +47,18 @@ def cancel(
             raise fail(str(exc)) from None
         except Exception as exc:
             raise fail(f"no Hugging Face job {target!r} ({type(exc).__name__}: {exc})") from None
-    if not handles:
+    if not handles and flow_run_id is None:
         raise fail(f"no training job found for {target!r}", code=1)
     for handle in handles:
         status = cancel_job(handle)
         typer.echo(f"job {handle.job_id} ({handle.backend.value}): {status.state.value}")
+    if flow_run_id is not None and cancelling:
+        _wait_until_final(flow_run_id)
 
 
-def _cancel_flow_run(flow_run_id: uuid.UUID) -> None:
-    """Ask Prefect to cancel the run; its worker stops it and the run's cancellation hook fires."""
+def _cancel_flow_run(flow_run_id: uuid.UUID) -> bool:
+    """Ask Prefect to cancel the run (True when it was still going): whoever runs it (its worker,
+    or `lmft run` itself) stops it, runs its cancellation hooks and ends it Cancelled."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
     from prefect.states import Cancelling
@@ -69,3 +72,32 @@ def _cancel_flow_run(flow_run_id: uuid.UUID) -> None:
         if run.state is not None and not run.state.is_final():
             client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
             typer.echo(f"flow run {flow_run_id}: cancelling")
+            return True
+    return False
+
+
+CANCEL_WAIT_SECONDS = 60.0
+
+
+def _wait_until_final(flow_run_id: uuid.UUID) -> None:
+    """Wait for whoever runs the flow run (a worker, or `lmft run` itself) to end it; say how."""
+    import time
+
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+    with get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(flow_run_id).state
+            if state is not None and state.is_final():
+                typer.echo(f"flow run {flow_run_id}: {state.name}")
+                return
+            if time.monotonic() > deadline:
+                typer.echo(
+                    f"flow run {flow_run_id} is still {state.name if state else 'unknown'} after "
+                    f"{CANCEL_WAIT_SECONDS:.0f} s: the process running it has not stopped it "
+                    "(is that process still alive?); its jobs are cancelled",
+                    err=True,
+                )
+                return
+            time.sleep(1.0)

@@ -7,6 +7,7 @@ from prefect.runtime import flow_run
 
 from flows.convert import convert
 from schemas.request import Backend, FineTuneRequest
+from tasks.cancellation import watch_for_cancellation
 from tasks.costs.budget import gate_budget, release_budget_of_flow_run
 from tasks.gguf import lineage_for_request
 from tasks.gguf.held_out import held_out_dataset, held_out_split
@@ -23,6 +24,7 @@ from tasks.validation import raise_on_errors, validate_dataset, validate_eval_da
 
 @flow(
     name="finetune",
+    on_running=[watch_for_cancellation],
     on_cancellation=[cancel_job_of_flow_run, release_budget_of_flow_run],
     on_failure=[release_budget_of_flow_run],
     on_crashed=[release_budget_of_flow_run],

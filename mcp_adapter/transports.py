@@ -2,21 +2,29 @@
 
 HTTP requires `Authorization: Bearer <token>` (401 without it) and limits each client
 (by address) to a request rate, with FastMCP's auth provider and rate-limiting middleware.
+`GET /healthz` answers without a token with the instance's name, which the keep-alive on
+GitHub Actions (`operations.mcp_keepalive`) uses to see its successor answer through the tunnel.
 """
 
 from __future__ import annotations
 
 import hmac
+import os
+import socket
 
 from fastmcp.server.auth import AccessToken, TokenVerifier
 from fastmcp.server.dependencies import get_http_request
 from fastmcp.server.middleware.middleware import MiddlewareContext
 from fastmcp.server.middleware.rate_limiting import RateLimitingMiddleware
 from pydantic import BaseModel, Field, SecretStr, field_validator
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from mcp_adapter.server import server
 
 TOKEN_ENV = "LMFT_MCP_TOKEN"
+INSTANCE_ENV = "LMFT_MCP_INSTANCE"
+"""The name `/healthz` answers with (set by `operations.mcp_keepalive`; default: the host name)."""
 MIN_TOKEN_LENGTH = 16
 
 
@@ -75,8 +83,16 @@ def run_stdio() -> None:
     server.run(transport="stdio", show_banner=False)
 
 
+async def health(request: Request) -> JSONResponse:
+    """Liveness, without a token: which instance answered."""
+    return JSONResponse(
+        {"status": "ok", "instance": os.environ.get(INSTANCE_ENV) or socket.gethostname()}
+    )
+
+
 def run_http(settings: HttpSettings) -> None:
     """Serve the tools over streamable HTTP at `http://host:port/mcp` until interrupted."""
+    server.custom_route("/healthz", methods=["GET"])(health)
     server.auth = BearerTokenVerifier(settings.token)
     server.add_middleware(
         RateLimitingMiddleware(

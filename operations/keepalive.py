@@ -18,6 +18,10 @@ Timeline, counted from the start of this process:
 
 The successor token (`GITHUB_TOKEN`, needs `actions: write`) is removed from the worker's
 environment, so flow runs never see it.
+
+The timeline itself is `run_until_hand_over`, which runs any `KeptAlive` service: the worker
+here, and the MCP server behind its tunnel (`operations.mcp_keepalive`), which also waits for
+its successor to answer before it drains.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -56,31 +61,24 @@ SECRET_ENV = ("GITHUB_TOKEN", "GH_TOKEN", "LMFT_DISPATCH_TOKEN")
 """Environment variables the worker (and so every flow run) must not inherit."""
 
 
-class KeepaliveSettings(BaseModel):
-    """When to drain and hand over, which pool to serve, and which workflow succeeds this one."""
+class HandoverSettings(BaseModel):
+    """The timeline every kept-alive service follows: when to drain, when to hand over, who succeeds it."""
 
-    pool: str = Field(default="github-actions", min_length=1)
-    worker_name: str = Field(default_factory=lambda: f"gha-{socket.gethostname()}-{os.getpid()}")
     runtime_seconds: float = Field(
         default=GITHUB_JOB_LIMIT_SECONDS - 30 * 60,
         gt=0,
         description="Hand-over time, from start; keep it below the job's timeout with room for the steps after.",
     )
     drain_seconds: float = Field(
-        default=45 * 60, ge=0, description="Stop taking new runs this long before the hand-over."
+        default=45 * 60, ge=0, description="Stop taking new work this long before the hand-over."
     )
-    limit: int | None = Field(default=None, ge=1, description="Flow runs this worker runs at once.")
     poll_seconds: float = Field(default=5.0, gt=0)
     successor: WorkflowTarget | None = None
     successor_token: SecretStr | None = None
-    max_worker_restarts: int = Field(default=5, ge=0)
-    skip_if_online: bool = Field(
-        default=False,
-        description="Start no worker when one is already online for the pool (scheduled backstop runs).",
-    )
+    max_restarts: int = Field(default=5, ge=0, description="Restarts of a crashed service.")
 
     @model_validator(mode="after")
-    def _check_times(self) -> KeepaliveSettings:
+    def _check_times(self) -> HandoverSettings:
         if self.drain_seconds >= self.runtime_seconds:
             raise ValueError(
                 f"drain_seconds ({self.drain_seconds:g}) must be shorter than runtime_seconds ({self.runtime_seconds:g})"
@@ -92,28 +90,80 @@ class KeepaliveSettings(BaseModel):
         return self
 
 
+class KeepaliveSettings(HandoverSettings):
+    """The Prefect worker's settings: which pool to serve, under which name."""
+
+    pool: str = Field(default="github-actions", min_length=1)
+    worker_name: str = Field(default_factory=lambda: f"gha-{socket.gethostname()}-{os.getpid()}")
+    limit: int | None = Field(default=None, ge=1, description="Flow runs this worker runs at once.")
+    skip_if_online: bool = Field(
+        default=False,
+        description="Start no worker when one is already online for the pool (scheduled backstop runs).",
+    )
+
+
 class KeepaliveReport(BaseModel):
     """What the keep-alive did before it ended."""
 
-    worker_name: str
+    worker_name: str = Field(description="The kept-alive worker (or MCP server instance).")
     worker_starts: int
     successor_dispatched: bool
     dispatch_error: str | None = None
-    drained_cleanly: bool = Field(
-        description="The worker finished all its runs before the hand-over."
+    successor_serving: bool = Field(
+        default=True, description="The successor answered before this one drained."
     )
-    handed_over: list[str] = Field(default=[], description="Flow runs put back to AwaitingRetry.")
+    drained_cleanly: bool = Field(
+        description="The service finished all its work before the hand-over."
+    )
+    handed_over: list[str] = Field(default=[], description="Work put back for the successor.")
     skipped_because: str | None = None
 
 
+class KeptAlive(Protocol):
+    """A service the keep-alive runs until its hand-over: the Prefect worker, the MCP server."""
+
+    name: str
+    starts: int
+
+    def start(self) -> None:
+        """Start (or restart) the service; raise when it has crashed too often."""
+
+    def alive(self) -> bool: ...
+
+    def successor_serving(self) -> bool:
+        """Whether the successor already serves, so this one may stop taking work."""
+
+    def drain(self) -> None:
+        """Take no new work; work in flight goes on."""
+
+    def busy(self) -> list[Any]:
+        """Work still in flight."""
+
+    def stop(self) -> None: ...
+
+    def hand_over(self, unfinished: list[Any]) -> list[str]:
+        """Give work still going at the hand-over to the successor; return what was handed over."""
+
+
+def restart_limit_reached(service: KeptAlive, settings: HandoverSettings) -> None:
+    if service.starts > settings.max_restarts:
+        raise RuntimeError(f"{service.name} exited {service.starts} times; see its output above")
+
+
 @dataclass
-class _Worker:
+class PrefectWorker:
+    """`prefect worker start`, frozen (SIGSTOP) to drain: its flow-run processes go on."""
+
     settings: KeepaliveSettings
     process: subprocess.Popen | None = None
     starts: int = 0
     env: dict[str, str] = field(
         default_factory=lambda: {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
     )
+
+    @property
+    def name(self) -> str:
+        return self.settings.worker_name
 
     def command(self) -> list[str]:
         command = [
@@ -134,10 +184,7 @@ class _Worker:
         return command
 
     def start(self) -> None:
-        if self.starts > self.settings.max_worker_restarts:
-            raise RuntimeError(
-                f"the Prefect worker exited {self.starts} times; see its output above (is PREFECT_API_URL reachable?)"
-            )
+        restart_limit_reached(self, self.settings)
         self.starts += 1
         logger.info("starting worker %s for pool %s", self.settings.worker_name, self.settings.pool)
         self.process = subprocess.Popen(self.command(), env=self.env, stdin=subprocess.DEVNULL)
@@ -145,16 +192,28 @@ class _Worker:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def freeze(self) -> None:
+    def successor_serving(self) -> bool:
+        return True  # runs wait in the queue for the successor; nothing is refused meanwhile
+
+    def drain(self) -> None:
         """Stop the worker polling for new runs; the flow-run processes it started go on."""
         if self.alive():
             self.process.send_signal(signal.SIGSTOP)
 
-    def kill(self) -> None:
+    def busy(self) -> list[FlowRun]:
+        return runs_of_worker(self.settings.pool, self.settings.worker_name)
+
+    def stop(self) -> None:
         """SIGKILL: a frozen worker cannot report its runs Crashed on the way out."""
         if self.alive():
             self.process.kill()
             self.process.wait()
+
+    def hand_over(self, unfinished: list[FlowRun]) -> list[str]:
+        for run in unfinished:
+            hand_over_run(run)
+            logger.info("handed over flow run %s (%s)", run.name, run.id)
+        return [str(run.id) for run in unfinished]
 
 
 def runs_of_worker(pool: str, worker_name: str) -> list[FlowRun]:
@@ -194,35 +253,29 @@ def _local_pid(infrastructure_pid: str | None) -> int | None:
     return int(pid) if pid.isdigit() else None
 
 
-def keep_alive(
-    settings: KeepaliveSettings, *, clock: Callable[[], float] = time.monotonic
+def run_until_hand_over(
+    service: KeptAlive, settings: HandoverSettings, *, clock: Callable[[], float] = time.monotonic
 ) -> KeepaliveReport:
-    """Run a worker until the hand-over time; drain it and dispatch a successor on the way."""
-    if settings.skip_if_online and (online := check_prefect_health(settings.pool).workers_online):
-        return KeepaliveReport(
-            worker_name=settings.worker_name,
-            worker_starts=0,
-            successor_dispatched=False,
-            drained_cleanly=True,
-            skipped_because=f"workers already online for pool {settings.pool!r}: {', '.join(online)}",
-        )
+    """Run `service` until the hand-over time; start its successor and drain it on the way.
+
+    1. Start the service and restart it if it dies.
+    2. At `runtime - drain_seconds`: dispatch the successor workflow, wait (until the hand-over
+       at most) for the successor to serve, then drain: no new work, work in flight goes on.
+    3. When nothing is in flight, or at the hand-over, stop the service; work still going is
+       handed to the successor.
+    """
     started = clock()
     drain_at = started + settings.runtime_seconds - settings.drain_seconds
     hand_over_at = started + settings.runtime_seconds
-    worker = _Worker(settings)
-    worker.start()
+    service.start()
+    dispatched, dispatch_error, serving = False, None, True
     try:
         while clock() < drain_at:
-            if not worker.alive():
-                logger.warning(
-                    "worker exited with code %s; restarting it", worker.process.returncode
-                )
-                worker.start()
+            if not service.alive():
+                logger.warning("%s exited; restarting it", service.name)
+                service.start()
             time.sleep(min(settings.poll_seconds, max(0.0, drain_at - clock())))
 
-        logger.info("draining: worker %s takes no new flow runs", settings.worker_name)
-        worker.freeze()
-        dispatched, dispatch_error = False, None
         if settings.successor is not None:
             try:
                 dispatch_workflow(settings.successor, token=settings.successor_token)
@@ -237,28 +290,69 @@ def keep_alive(
             ) as exc:  # drain all the same; the health check dispatches later
                 dispatch_error = str(exc)
                 logger.error("%s", exc)
-        remaining = runs_of_worker(settings.pool, settings.worker_name)
+        serving = service.successor_serving()
+        while not serving and dispatched and clock() < hand_over_at:
+            time.sleep(min(settings.poll_seconds, max(0.0, hand_over_at - clock())))
+            serving = service.successor_serving()
+        logger.info("draining %s: it takes no new work", service.name)
+        service.drain()
+        remaining = service.busy()
         while remaining and clock() < hand_over_at:
             time.sleep(min(settings.poll_seconds, max(0.0, hand_over_at - clock())))
-            remaining = runs_of_worker(settings.pool, settings.worker_name)
-        worker.kill()
-
-        drained_cleanly = not remaining
-        handed_over: list[str] = []
-        for run in remaining:
-            hand_over_run(run)
-            handed_over.append(str(run.id))
-            logger.info("handed over flow run %s (%s)", run.name, run.id)
+            remaining = service.busy()
+        service.stop()
+        handed_over = service.hand_over(remaining)
     finally:
-        worker.kill()
+        service.stop()
     return KeepaliveReport(
-        worker_name=settings.worker_name,
-        worker_starts=worker.starts,
+        worker_name=service.name,
+        worker_starts=service.starts,
         successor_dispatched=dispatched,
         dispatch_error=dispatch_error,
-        drained_cleanly=drained_cleanly,
+        successor_serving=serving,
+        drained_cleanly=not remaining,
         handed_over=handed_over,
     )
+
+
+def keep_alive(
+    settings: KeepaliveSettings, *, clock: Callable[[], float] = time.monotonic
+) -> KeepaliveReport:
+    """Run a worker until the hand-over time; drain it and dispatch a successor on the way."""
+    if settings.skip_if_online and (online := check_prefect_health(settings.pool).workers_online):
+        return KeepaliveReport(
+            worker_name=settings.worker_name,
+            worker_starts=0,
+            successor_dispatched=False,
+            drained_cleanly=True,
+            skipped_because=f"workers already online for pool {settings.pool!r}: {', '.join(online)}",
+        )
+    return run_until_hand_over(PrefectWorker(settings), settings, clock=clock)
+
+
+def add_hand_over_arguments(parser: argparse.ArgumentParser, *, drain_seconds: float) -> None:
+    """The command-line options of the hand-over timeline, shared by every keep-alive."""
+    parser.add_argument("--runtime-seconds", type=float, default=GITHUB_JOB_LIMIT_SECONDS - 30 * 60)
+    parser.add_argument("--drain-seconds", type=float, default=drain_seconds)
+    parser.add_argument(
+        "--successor-workflow", help="Workflow file to dispatch at the drain (needs GITHUB_TOKEN)."
+    )
+    parser.add_argument("--successor-input", action="append", default=[], metavar="KEY=VALUE")
+
+
+def hand_over_values(args: argparse.Namespace) -> dict[str, Any]:
+    """`HandoverSettings` fields from those options and the GitHub Actions environment."""
+    successor = None
+    if args.successor_workflow:
+        inputs = dict(item.split("=", 1) for item in args.successor_input)
+        successor = WorkflowTarget.from_actions_env(workflow=args.successor_workflow, inputs=inputs)
+    token = os.environ.get("GITHUB_TOKEN")
+    return {
+        "runtime_seconds": args.runtime_seconds,
+        "drain_seconds": args.drain_seconds,
+        "successor": successor,
+        "successor_token": SecretStr(token) if token else None,
+    }
 
 
 def parse_settings(argv: list[str] | None = None) -> KeepaliveSettings:
@@ -268,31 +362,18 @@ def parse_settings(argv: list[str] | None = None) -> KeepaliveSettings:
     )
     parser.add_argument("--pool", default="github-actions")
     parser.add_argument("--worker-name")
-    parser.add_argument("--runtime-seconds", type=float, default=GITHUB_JOB_LIMIT_SECONDS - 30 * 60)
-    parser.add_argument("--drain-seconds", type=float, default=45 * 60)
     parser.add_argument("--limit", type=int)
-    parser.add_argument(
-        "--successor-workflow", help="Workflow file to dispatch at the drain (needs GITHUB_TOKEN)."
-    )
-    parser.add_argument("--successor-input", action="append", default=[], metavar="KEY=VALUE")
+    add_hand_over_arguments(parser, drain_seconds=45 * 60)
     parser.add_argument(
         "--skip-if-online",
         action="store_true",
         help="Exit at once if a worker already serves the pool.",
     )
     args = parser.parse_args(argv)
-    successor = None
-    if args.successor_workflow:
-        inputs = dict(item.split("=", 1) for item in args.successor_input)
-        successor = WorkflowTarget.from_actions_env(workflow=args.successor_workflow, inputs=inputs)
-    token = os.environ.get("GITHUB_TOKEN")
     values = {
+        **hand_over_values(args),
         "pool": args.pool,
-        "runtime_seconds": args.runtime_seconds,
-        "drain_seconds": args.drain_seconds,
         "limit": args.limit,
-        "successor": successor,
-        "successor_token": SecretStr(token) if token else None,
         "skip_if_online": args.skip_if_online,
     }
     if args.worker_name:

@@ -135,5 +135,21 @@ def cost_so_far(
     now = now or datetime.now(UTC)
     if started_at.tzinfo is None:
         started_at = started_at.replace(tzinfo=UTC)
-    minutes = math.ceil(max(0.0, (now - started_at).total_seconds()) / 60)
+    return cost_of_running(price, (now - started_at).total_seconds())
+
+
+def cost_of_running(estimate_or_price: CostEstimate | float, running_seconds: float) -> float:
+    """USD billed for `running_seconds` of a job's running time (per started minute): what Hugging
+    Face Jobs bills, from the moment the job is RUNNING to its end, scheduling not included.
+
+    Example:
+        >>> cost_of_running(2.5, 90)
+        0.0833
+    """
+    price = (
+        estimate_or_price.price_per_hour
+        if isinstance(estimate_or_price, CostEstimate)
+        else float(estimate_or_price)
+    )
+    minutes = math.ceil(max(0.0, running_seconds) / 60)
     return round(minutes / 60 * price, 4)

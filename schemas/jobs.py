@@ -136,6 +136,10 @@ class TrainingResult(BaseModel):
     earlier_jobs: list[str] = Field(
         default=[], description="Jobs of the same run that ended early, resumed by this one."
     )
+    running_seconds: float | None = Field(
+        default=None,
+        description="The job's running time as its backend bills it (from RUNNING to its end).",
+    )
 
 
 class TrainingFailed(RuntimeError):
@@ -147,6 +151,10 @@ class TrainingFailed(RuntimeError):
 
     resumable: bool = True
     running_seconds: float | None = None
+
+
+class JobUnreachable(RuntimeError):
+    """The job's state could not be read, time after time: the monitor stops instead of polling forever."""
 
 
 def parse_progress_line(line: str) -> ProgressUpdate | None:

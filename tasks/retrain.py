@@ -17,6 +17,7 @@ from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, Revi
 from prefect import task
 from pydantic import BaseModel, Field
 
+from blocks.huggingface import hub_api
 from blocks.retrain import RetrainSpec
 from schemas.request import DatasetSource, FineTuneRequest
 from tasks.reporting.summary import FineTuneSummary
@@ -110,7 +111,10 @@ def fingerprint_dataset(
             value=local_content_hash(Path(source.path)),
             dataset=source.path,
         )
-    sha = hub_dataset_revision(source, api=HfApi(endpoint=endpoint))
+    hub = hub_api()
+    sha = hub_dataset_revision(
+        source, api=HfApi(endpoint=endpoint or hub.endpoint, token=hub.token)
+    )
     return DatasetFingerprint(kind=FingerprintKind.HUB_REVISION, value=sha, dataset=source.path)
 
 

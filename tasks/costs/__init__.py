@@ -4,7 +4,13 @@ The public surface is re-exported here; the modules behind it are `catalog`, `mo
 `workload` (memory and FLOPs) and `estimate`.
 """
 
-from schemas.costs import CostEstimate, FlavorQuote, MemoryBreakdown, cost_so_far
+from schemas.costs import (
+    CostEstimate,
+    FlavorQuote,
+    MemoryBreakdown,
+    cost_of_running,
+    cost_so_far,
+)
 from tasks.costs.catalog import (
     Flavor,
     HardwareCatalog,
@@ -42,6 +48,7 @@ __all__ = [
     "TrainingMode",
     "UnknownFlavor",
     "Workload",
+    "cost_of_running",
     "cost_so_far",
     "estimate_cost",
     "estimate_request",

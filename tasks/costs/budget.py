@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from prefect import get_run_logger, task
 from prefect.exceptions import FlowPauseTimeout
@@ -23,9 +23,10 @@ from blocks.budget import (
     load_budget_policy,
 )
 from schemas.approval import ApprovalDecision
-from tasks.costs import CostEstimate, cost_so_far
+from tasks.costs import CostEstimate, cost_of_running, cost_so_far
 from tasks.costs.ledger import Decision, Ledger, Reservation, ReservationStatus
 from tasks.jobs import JobHandle, TrainingResult
+from tasks.jobs.backends import jobs_running_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,8 @@ def gate_budget(
 def record_job_start(
     reservation: Reservation | None, handle: JobHandle, *, policy_name: str = BUDGET_BLOCK_NAME
 ) -> Reservation | None:
-    """Note in the ledger when the paid job started, so a failure is billed up to its end."""
+    """Note in the ledger when the paid job was submitted: from then on a failure is billed (its
+    running time as the backend reports it; the time since submission when it cannot be read)."""
     if reservation is None:
         return None
     return ledger_for(load_budget_policy(policy_name)).mark_started(
@@ -191,10 +193,13 @@ def settle_budget(
     finished_at: datetime | None = None,
     policy_name: str = BUDGET_BLOCK_NAME,
 ) -> Reservation | None:
-    """Turn the run's hold into its actual cost: the job's duration × the flavor's price."""
+    """Turn the run's hold into its actual cost: the job's running time × the flavor's price."""
     if reservation is None:
         return None
-    actual = cost_so_far(reservation.price_per_hour, result.handle.submitted_at, finished_at)
+    if result.running_seconds is not None:
+        actual = cost_of_running(reservation.price_per_hour, result.running_seconds)
+    else:  # a backend that reports no running time: bill from submission (an upper bound)
+        actual = cost_so_far(reservation.price_per_hour, result.handle.submitted_at, finished_at)
     settled = ledger_for(load_budget_policy(policy_name)).settle(reservation.id, actual)
     get_run_logger().info(
         "budget: the run cost $%.2f (estimated $%.2f)", actual, reservation.expected_usd
@@ -217,15 +222,36 @@ def settle_ended_job(
     """
     if reservation is None:
         return None
-    started = reservation.job_started_at
     if running_seconds is not None:
-        started = datetime.now(UTC) - timedelta(seconds=running_seconds)
-    billed = cost_so_far(reservation.price_per_hour, started) if started else 0.0
+        billed = cost_of_running(reservation.price_per_hour, running_seconds)
+    elif reservation.job_started_at is not None:  # no running time reported: bill from submission
+        billed = cost_so_far(reservation.price_per_hour, reservation.job_started_at)
+    else:
+        billed = 0.0
     closed = ledger_for(load_budget_policy(policy_name)).release(
         reservation.id, billed_usd=billed, note=note[:500]
     )
     get_run_logger().info("budget: the job that ended early cost $%.2f", billed)
     return closed
+
+
+def _billed_so_far(reservation: Reservation, flow_run_id: str) -> float:
+    """What the run's jobs cost: their running time as the backend reports it (Hugging Face bills
+    from RUNNING, not from submission); the time since submission when that cannot be read."""
+    if reservation.job_started_at is None:
+        return 0.0  # no job was submitted
+    try:
+        seconds = jobs_running_seconds(flow_run_id)
+    except Exception as exc:  # the backend cannot be read now: bill the upper bound, and say so
+        logger.warning(
+            "could not read the running time of the jobs of flow run %s (%s); billing since submission",
+            flow_run_id,
+            type(exc).__name__,
+        )
+        seconds = None
+    if seconds is None:
+        return cost_so_far(reservation.price_per_hour, reservation.job_started_at)
+    return cost_of_running(reservation.price_per_hour, seconds)
 
 
 def release_budget_of_flow_run(flow, flow_run, state) -> None:
@@ -242,11 +268,7 @@ def release_budget_of_flow_run(flow, flow_run, state) -> None:
     for reservation in ledger.entries(flow_run_id=str(flow_run.id)):
         if not reservation.is_open:
             continue
-        billed = (
-            cost_so_far(reservation.price_per_hour, reservation.job_started_at)
-            if reservation.job_started_at
-            else 0.0
-        )
+        billed = _billed_so_far(reservation, str(flow_run.id))
         ledger.release(
             reservation.id,
             billed_usd=billed,

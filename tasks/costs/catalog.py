@@ -240,13 +240,16 @@ def load_catalog(
     """Flavors and prices: the cached live catalog, a fresh live one, or the offline table.
 
     Args:
-        api: the client to ask (`HfApi(endpoint=...)` in tests); default `HfApi()`.
+        api: the client to ask (`HfApi(endpoint=...)` in tests); default the run's `hub_api()`.
         live: False to use the offline table without asking the Hub.
         ttl_seconds: how long a fetched catalog is reused.
     """
     if not live or (api is None and is_offline_mode()):
         return offline_catalog(None if not live else "HF_HUB_OFFLINE is set")
-    api = api or HfApi()
+    if api is None:
+        from blocks.huggingface import hub_api
+
+        api = hub_api()
     cache = _cache_path()
     now = datetime.now(UTC)
     if cache.exists():

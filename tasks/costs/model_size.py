@@ -135,7 +135,10 @@ def read_model_shape(
         parameters = _local_parameter_count(folder)
         source = f"safetensors headers in {folder}" if parameters else f"counted from {config_file}"
         return shape_from_config(config, model=model, parameters=parameters, source=source)
-    api = api or HfApi()
+    if api is None:
+        from blocks.huggingface import hub_api
+
+        api = hub_api()
     try:
         config_path = hf_hub_download(
             model, "config.json", revision=revision, endpoint=api.endpoint, token=api.token

@@ -45,9 +45,15 @@ def gguf_dir() -> Path:
 
 
 def download_model(repo_id: str, *, token: str | None = None, endpoint: str | None = None) -> Path:
-    """Weights, config and tokenizer of a Hub model (the Hub cache makes this a no-op the second time)."""
+    """Weights, config and tokenizer of a Hub model (the Hub cache makes this a no-op the second
+    time), read with the given token and endpoint, else with the run's Hub client (`hub_api`)."""
     from huggingface_hub import snapshot_download
 
+    if token is None and endpoint is None:
+        from blocks.huggingface import hub_api
+
+        api = hub_api()
+        token, endpoint = api.token, api.endpoint
     return Path(
         snapshot_download(repo_id, allow_patterns=_HUB_FILES, token=token, endpoint=endpoint)
     )

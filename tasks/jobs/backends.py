@@ -62,3 +62,21 @@ def find_jobs(backend: Backend, labels: dict[str, str]) -> list[JobHandle]:
     if backend is Backend.LOCAL:
         return find_local_jobs(labels)
     return find_hf_jobs(load_hf_credentials(), labels)
+
+
+def jobs_of_flow_run(flow_run_id: str) -> list[JobHandle]:
+    """The training jobs a flow run started, on every backend configured here."""
+    handles: list[JobHandle] = []
+    for backend in Backend:
+        try:
+            handles += find_jobs(backend, {"flow_run_id": flow_run_id})
+        except RuntimeError:  # backend not configured here: it cannot hold jobs of this run
+            continue
+    return handles
+
+
+def jobs_running_seconds(flow_run_id: str) -> float | None:
+    """The running time the backends bill for the jobs of a flow run (None: no job reports one)."""
+    seconds = [job_status(handle).running_seconds for handle in jobs_of_flow_run(flow_run_id)]
+    known = [s for s in seconds if s is not None]
+    return sum(known) if known else None

@@ -16,7 +16,6 @@ import tomllib
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from typing import TypeVar
 
 import httpx2
@@ -164,8 +163,25 @@ def job_labels(
     return labels
 
 
-def pinned_dependencies() -> list[str]:
-    """The training script's PEP 723 dependencies, pinned to the versions installed here (tested)."""
+JOB_REQUIREMENTS: dict[str, str] = {
+    # What a Hugging Face job installs (`uv run --with NAME==VERSION …`), chosen on purpose and
+    # recorded here, never read from the worker: the worker may hold a CPU-only torch build
+    # (`2.13.0+cpu`), which PyPI does not publish, and which could not use the paid GPU anyway.
+    # Every pin is a public PyPI release without a local version label (checked 2026-12-02 with
+    # `pip index versions`); they are the versions the test suite trains with.
+    "torch": "2.13.0",  # PyPI's Linux wheel is the CUDA build (CUDA 13 runtime, sm_75 and newer:
+    #                     T4, A10G, L4, L40S, A100, H100, H200)
+    "transformers": "5.24.0",
+    "trl": "1.16.0",
+    "peft": "0.21.2",
+    "datasets": "5.2.0",
+    "trackio": "0.43.0",
+    "huggingface_hub": "2.4.0",  # ships hf_xet on Linux x86_64: pushes go through Xet
+}
+
+
+def script_dependencies() -> list[Requirement]:
+    """The PEP 723 dependencies declared at the top of the training script."""
     text = TRAIN_SCRIPT.read_text()
     match = re.search(r"^# /// script\s*$(.*?)^# ///\s*$", text, re.MULTILINE | re.DOTALL)
     if match is None:
@@ -173,19 +189,24 @@ def pinned_dependencies() -> list[str]:
     header = tomllib.loads(
         "\n".join(line.removeprefix("#").removeprefix(" ") for line in match[1].splitlines())
     )
+    return [Requirement(dependency) for dependency in header.get("dependencies", [])]
+
+
+def job_dependencies() -> list[str]:
+    """`--with` requirements of a training job: each dependency of the script at its recorded pin.
+
+    Raises `RuntimeError` when the script declares a dependency without a pin in
+    `JOB_REQUIREMENTS`, or a range its pin does not satisfy (a job would not install it).
+    """
     pinned = []
-    for dependency in header.get("dependencies", []):
-        requirement = Requirement(dependency)
-        try:
-            installed = version(requirement.name)
-        except PackageNotFoundError:
-            pinned.append(dependency)
-            continue
-        pinned.append(
-            f"{requirement.name}=={installed}"
-            if requirement.specifier.contains(installed)
-            else dependency
-        )
+    for requirement in script_dependencies():
+        pin = JOB_REQUIREMENTS.get(requirement.name)
+        if pin is None or not requirement.specifier.contains(pin, prereleases=True):
+            raise RuntimeError(
+                f"{TRAIN_SCRIPT.name} requires {requirement}, but JOB_REQUIREMENTS pins "
+                f"{requirement.name} to {pin}: record a public release that satisfies it"
+            )
+        pinned.append(f"{requirement.name}=={pin}")
     return pinned
 
 
@@ -253,9 +274,9 @@ def submit_hf_job(
             job = api.run_uv_job(
                 str(TRAIN_SCRIPT),
                 script_args=script_args,
-                dependencies=pinned_dependencies(),
+                dependencies=job_dependencies(),
                 secrets={"HF_TOKEN": credentials.token.get_secret_value()},
-                env={"PYTHONUNBUFFERED": "1"},
+                env={"PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"},
                 flavor=flavor,
                 timeout=timeout_seconds,
                 labels=labels,
@@ -278,6 +299,8 @@ def hf_job_status(credentials: HuggingFaceCredentials, handle: JobHandle) -> Job
     stage = JobStage(job.status.stage)
     message = job.status.message or ("the job was deleted" if stage is JobStage.DELETED else None)
     running = job.durations.running_secs if job.durations else None
+    if running is None and job.started_at is None and stage is not JobStage.RUNNING:
+        running = 0.0  # never ran (still scheduling, or ended before it started): nothing billed
     return JobStatus(state=_STAGES[stage], message=message, running_seconds=running)
 
 

@@ -11,7 +11,6 @@ import queue
 import threading
 import time
 from collections import deque
-from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from pydantic import BaseModel, Field
@@ -20,11 +19,12 @@ from schemas.jobs import (
     JobHandle,
     JobState,
     JobStatus,
+    JobUnreachable,
     ProgressUpdate,
     parse_progress_line,
     parse_result_line,
 )
-from tasks.costs import cost_so_far
+from tasks.costs import cost_of_running
 from tasks.jobs.backends import job_logs, job_metrics, job_status
 from tasks.jobs.hf import GpuMetrics
 
@@ -49,6 +49,12 @@ class MonitorSettings(BaseModel):
         default=30.0,
         ge=0,
         description="After the job ends, wait this long for the log stream to drain.",
+    )
+    max_status_failures: int = Field(
+        default=10,
+        ge=1,
+        description="Stop with `JobUnreachable` after this many stage checks in a row fail "
+        "(each already retried transient errors): a revoked token, a deleted job, an outage.",
     )
 
 
@@ -76,7 +82,7 @@ def running_cost(running_seconds: float, price_per_hour: float | None) -> float 
     """USD billed so far for `running_seconds` of running time (the cost module's billing rule)."""
     if price_per_hour is None:
         return None
-    return cost_so_far(price_per_hour, datetime.now(UTC) - timedelta(seconds=running_seconds))
+    return cost_of_running(price_per_hour, running_seconds)
 
 
 def follow_job(
@@ -109,6 +115,7 @@ def follow_job(
     last_metrics: GpuMetrics | None = None
 
     seen = 0
+    failures = 0
 
     def take(line: str) -> None:
         nonlocal result, last_line_at, stalled, seen
@@ -142,8 +149,24 @@ def follow_job(
         next_poll = now + settings.poll_seconds
         try:
             status = job_status(handle)
-        except Exception as exc:  # transient trouble already retried inside; keep following
-            logger.warning("could not read the state of job %s: %s", handle.job_id, exc)
+            failures = 0
+        except Exception as exc:  # transient trouble already retried inside; count and go on
+            failures += 1
+            logger.warning(
+                "could not read the state of job %s (%d/%d): %s",
+                handle.job_id,
+                failures,
+                settings.max_status_failures,
+                _describe_error(exc),
+            )
+            if failures >= settings.max_status_failures:
+                raise JobUnreachable(
+                    f"stopped following job {handle.job_id}: its state could not be read "
+                    f"{failures} times in a row (last: {_describe_error(exc)}). The job may still "
+                    f"be running and billing: check {handle.url or 'its backend'} and the "
+                    f"credentials, then `lmft cancel {handle.job_id}` or re-run with the same "
+                    "idempotency key to attach to it again."
+                ) from exc
             continue
         if status.state is not state:
             if status.state is JobState.RUNNING and running_since is None:
@@ -188,6 +211,13 @@ def follow_job(
         cost_usd=running_cost(reported_running, price_per_hour),
         last_metrics=last_metrics,
     )
+
+
+def _describe_error(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}{f' HTTP {status}' if status else ''}: {first[:200]}"
 
 
 def _read_logs(handle: JobHandle, lines: queue.Queue) -> None:

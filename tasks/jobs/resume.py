@@ -27,7 +27,7 @@ from tasks.costs.ledger import Reservation
 from tasks.jobs.backends import find_jobs
 from tasks.jobs.hf import call_with_backoff, hf_job_handle
 from tasks.jobs.local import job_dir
-from tasks.jobs.training import monitor_training, submit_training
+from tasks.jobs.training import monitor_timeout, monitor_training, submit_training
 
 HUB_CHECKPOINT_STATE = "checkpoints/last/trainer_state.json"
 """Where train.py pushes the last checkpoint's trainer state (its HUB_CHECKPOINT_FOLDER)."""
@@ -184,7 +184,9 @@ def train_resuming(
         )
         record_job_start(reservation, handle)
         try:
-            result = monitor_training(handle, estimate)
+            result = monitor_training.with_options(timeout_seconds=monitor_timeout(estimate))(
+                handle, estimate
+            )
         except TrainingFailed as failure:
             settle_ended_job(
                 reservation,

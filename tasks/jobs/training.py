@@ -322,6 +322,7 @@ def monitor_training(
         final_loss=result.get("final_loss"),
         train_seconds=result.get("train_seconds", outcome.running_seconds),
         trackio_project=result.get("trackio_project", TRACKIO_PROJECT),
+        running_seconds=outcome.running_seconds,
         **evaluation_fields(result),
     )
 
@@ -351,6 +352,21 @@ def evaluation_fields(result: dict) -> dict:
         "stopped_early": bool(result.get("stopped_early")),
         "resumed_from_step": result.get("resumed_from_step"),
     }
+
+
+MONITOR_MARGIN_SECONDS = 900
+"""How long the monitor may outlive the job's own timeout: scheduling, pushing, draining the log."""
+
+
+def monitor_timeout(estimate: CostEstimate | None) -> float | None:
+    """`timeout_seconds` of the monitor task: the job's timeout (the estimate's) plus a margin.
+
+    The service ends the job at its timeout; a monitor still waiting well after that has lost
+    the job (or the service), and fails instead of holding the worker and the budget forever.
+    """
+    if estimate is None or not estimate.timeout_seconds:
+        return None
+    return float(estimate.timeout_seconds + MONITOR_MARGIN_SECONDS)
 
 
 def job_links(handle: JobHandle) -> list[tuple[str, str]]:

@@ -19,8 +19,8 @@ TOKEN_ROWS = 100_000
 
 @lru_cache(maxsize=4)
 def load_tokenizer(base_model: str, tokenizer_path: str | None) -> tuple[Any | None, str]:
-    """The tokenizer of the model (`tokenizer_path` if given, else `base_model`) when it is on
-    this machine; else (None, why not). Nothing is downloaded."""
+    """The tokenizer of the model (`tokenizer_path` if given, else `base_model`): a local folder,
+    or a Hub model's tokenizer files (never its weights); else (None, why not)."""
     try:
         from transformers import AutoTokenizer
     except ImportError:
@@ -42,9 +42,46 @@ def load_tokenizer(base_model: str, tokenizer_path: str | None) -> tuple[Any | N
     try:
         if folder.is_dir():
             return AutoTokenizer.from_pretrained(folder), model
-        return AutoTokenizer.from_pretrained(model, local_files_only=True), model
+        return AutoTokenizer.from_pretrained(_tokenizer_files(model)), model
     except (OSError, ValueError) as exc:
-        return None, f"the tokenizer of {model} is not on this machine ({str(exc).splitlines()[0]})"
+        return None, f"the tokenizer of {model} could not be read ({str(exc).splitlines()[0]})"
+
+
+_TOKENIZER_FILES = [
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.*",
+    "merges.txt",
+    "*.model",
+    "chat_template.*",
+    "config.json",
+]
+
+
+def _tokenizer_files(repo_id: str) -> str:
+    """The tokenizer files of a Hub model (a few MB, no weights), through the run's Hub client,
+    so a private or gated base model is read with the same token and endpoint as the rest of
+    the run; offline, whatever the local cache holds."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        try:
+            return snapshot_download(
+                repo_id, allow_patterns=_TOKENIZER_FILES, local_files_only=True
+            )
+        except LocalEntryNotFoundError as exc:
+            raise OSError(f"offline and not in the Hugging Face cache: {exc}") from None
+    from blocks.huggingface import hub_api
+
+    api = hub_api()
+    try:
+        return snapshot_download(
+            repo_id, allow_patterns=_TOKENIZER_FILES, token=api.token, endpoint=api.endpoint
+        )
+    except Exception as exc:  # 401/404/network: validation goes on without token counts
+        raise OSError(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
 
 
 def _join(value: Any) -> str:

@@ -10,6 +10,7 @@ from cli.app import app
 
 
 def test_cancel_a_hugging_face_job_by_id(hf_server):
+    hf_server.run_jobs = False  # the test plays the job's life
     job = hf_server.create_job(
         hf_server.namespace, {"command": ["python"], "dockerImage": "python:3.12"}
     )
@@ -24,6 +25,7 @@ def test_cancel_a_hugging_face_job_by_id(hf_server):
 
 
 def test_cancel_by_flow_run_cancels_every_job_it_started(prefect_server, hf_server):
+    hf_server.run_jobs = False  # the test plays the jobs' lives
     run_id = str(uuid.uuid4())
     mine = [
         hf_server.create_job(

@@ -7,10 +7,7 @@ host only), so the whole path, event → trigger → action → HTTP POST, runs 
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from prefect import flow
@@ -20,25 +17,13 @@ from prefect.flow_runs import pause_flow_run
 from pydantic import SecretStr
 
 from deployments.notifications import RULES, ensure_notification_automations, save_slack_webhook
+from tests.doubles.webhook import webhook_receiver
 
 
 @pytest.fixture
 def webhook():
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/hook", received
-    server.shutdown()
+    with webhook_receiver() as hook:
+        yield hook
 
 
 @flow(name="doomed")

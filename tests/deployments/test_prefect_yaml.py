@@ -25,6 +25,7 @@ EXPECTED = {
     "deploy",
     "retrain",
     "cost_report",
+    "spend_alerts",
     "health_check",
 }
 
@@ -77,6 +78,9 @@ def test_prefect_yaml_declares_the_service() -> None:
         assert deployment["concurrency_limit"]["limit"] >= 1
     assert [s["cron"] for s in deployments["retrain"]["schedules"]] == ["0 2 * * *"]
     assert [s["cron"] for s in deployments["cost_report"]["schedules"]] == ["0 7 * * *"]
+    assert [t["expect"] for t in deployments["finetune"]["triggers"]] == [
+        ["lmft.finetune.requested"]
+    ]
 
 
 @pytest.fixture

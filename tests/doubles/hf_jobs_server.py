@@ -1,8 +1,13 @@
-"""A local HTTP server that speaks the Hugging Face Jobs protocol as `huggingface_hub` 2.4 uses it.
+"""A local Hugging Face service: the Jobs API, buckets and model repositories, as `huggingface_hub`
+2.4 and `hf_xet` 1.8 speak to it (read from their code: `hf_api.py`, `_jobs_api.py`,
+`_commit_api.py`, `_upload_pipeline.py`, `file_download.py`, and xet-core's formats).
 
-Tests point the real client at it (`HfApi(endpoint=server.url, token=server.token)`) and drive
-the jobs' lives from the test (`set_stage`, `append_log`, `set_metrics`), or let `autoplay`
-run a scripted life for every created job. Routes, as `huggingface_hub/hf_api.py` calls them:
+Tests point the real client at it (`HfApi(endpoint=server.url, token=server.token)`). A created
+job **runs its command** on this machine (`job_runner.py`: `uv run --with … /data/train.py ARGS`
+becomes this environment's Python running the uploaded script, with the job's environment and
+secrets, `HF_ENDPOINT` pointing here; its output is the job's log, its exit status its final
+stage). Tests that play a scripted life instead set `autoplay` (or `run_jobs=False` and drive it
+with `set_stage`, `append_log`, `set_metrics`). Routes, as `huggingface_hub/hf_api.py` calls them:
 
     GET  /api/whoami-v2
     GET  /api/jobs/hardware
@@ -11,12 +16,15 @@ run a scripted life for every created job. Routes, as `huggingface_hub/hf_api.py
     GET  /api/jobs/{ns}/{id}                  inspect
     GET  /api/jobs/{ns}/{id}/logs             SSE: `data: {"data": line, "timestamp": …}`
     GET  /api/jobs/{ns}/{id}/metrics          SSE: `event: metric` / `data: {…}`; 406 once finished
-    POST /api/jobs/{ns}/{id}/cancel
+    POST /api/jobs/{ns}/{id}/cancel           kills the job's process
     PUT  /api/jobs/{ns}/{id}/labels
-    POST /api/buckets/{ns}/{name}             run_uv_job ships local scripts through a bucket …
+    POST /api/buckets/{ns}/{name}             run_uv_job ships local files through a bucket …
     GET  /api/buckets/{ns}/{name}/xet-write-token   … uploaded with hf_xet to the CAS routes below
     POST /api/buckets/{ns}/{name}/batch
-    /cas/v1/chunks|xorb-grants|xorbs|shards, /cas/v2/shards (404: the client falls back to v1)
+    /cas/v1/chunks|xorb-grants|xorbs|shards, /cas/v2/shards (404: the client falls back to v1);
+        xorbs and shards are decoded (`xet_cas.py`) so files can be read back
+    model/dataset repositories: create, preupload, commit, revision, tree, commits, resolve
+        (`hub_repos.py`)
 
 Faults: `fail_next(route, status, times, retry_after=…, after_commit=…)`, `drop_log_stream`
 (cut the chunked SSE response mid-stream), `slow(route, seconds)`.
@@ -24,6 +32,7 @@ Faults: `fail_next(route, status, times, retry_after=…, after_commit=…)`, `d
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import secrets
@@ -33,7 +42,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlencode, urlparse
+from urllib.parse import parse_qs, unquote, urlencode, urlparse
+
+from tests.doubles.hub_repos import Commit, Repo, RepoStore, etag, is_lfs, tree_entry
+from tests.doubles.job_runner import JobProcess
+from tests.doubles.xet_cas import XetStore
 
 TERMINAL = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
 
@@ -123,6 +136,7 @@ class FakeJobRecord:
     logs: list[tuple[str, str]] = field(default_factory=list)  # (timestamp, line)
     metrics: dict | None = None
     stage_changed_at: dict[str, float] = field(default_factory=dict)  # stage -> time.monotonic()
+    pid: int | None = None  # the process running the job's command (run_jobs)
 
     def info(self) -> dict:
         now = _now()
@@ -146,6 +160,9 @@ class FakeJobRecord:
             "volumes": self.spec.get("volumes"),
             "status": {"stage": self.stage, "message": self.message},
             "durations": {
+                "schedulingSecs": int(
+                    ((self.started_at or self.finished_at or now) - self.created_at).total_seconds()
+                ),
                 "runningSecs": running,
                 "totalSecs": int((now - self.created_at).total_seconds()),
             },
@@ -175,6 +192,8 @@ class HfJobsServer:
         page_size: int = 5,
         keepalive_seconds: float = 0.5,
         metrics_interval: float = 0.2,
+        run_jobs: bool = True,
+        scheduling_seconds: float = 0.3,
     ) -> None:
         self.namespace = namespace
         self.token = token
@@ -183,9 +202,13 @@ class HfJobsServer:
         self.metrics_interval = metrics_interval
         self.jobs: dict[str, FakeJobRecord] = {}
         self.buckets: dict[str, dict[str, str]] = {}  # bucket id -> {path: xet hash}
-        self.xorbs: dict[str, bytes] = {}
+        self.xet = XetStore()
+        self.repos = RepoStore()
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
         self.autoplay: Callable[[HfJobsServer, str], None] | None = None
+        self.run_jobs = run_jobs
+        self.scheduling_seconds = scheduling_seconds
+        self.processes: dict[str, JobProcess] = {}
         self._faults: list[_Fault] = []
         self._slow: list[tuple[re.Pattern, float]] = []
         self._drop_streams: dict[
@@ -210,6 +233,8 @@ class HfJobsServer:
         return self
 
     def stop(self) -> None:
+        for process in list(self.processes.values()):
+            process.remove()
         with self._changed:
             self._stopping = True
             self._changed.notify_all()
@@ -306,7 +331,16 @@ class HfJobsServer:
             self._changed.notify_all()
         if self.autoplay is not None:
             threading.Thread(target=self.autoplay, args=(self, job.id), daemon=True).start()
+        elif self.run_jobs:
+            self.processes[job.id] = process = JobProcess(self, job)
+            process.start()
         return job
+
+    def cancel_job(self, job_id: str) -> None:
+        """What the cancel route does: end the job's process, then mark it CANCELED."""
+        if (process := self.processes.get(job_id)) is not None:
+            process.cancel()
+        self.set_stage(job_id, "CANCELED", "Canceled by user")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -343,7 +377,8 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
         self.hub.requests.append((self.command, self.path, status))
 
     def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
@@ -355,14 +390,21 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         if delay := self.hub.delay_for(path):
             time.sleep(delay)
-        if not path.startswith(("/cas/", "/v1/telemetry")):
-            if self.headers.get("Authorization") != f"Bearer {self.hub.token}":
-                return self._error(401, "Invalid credentials in Authorization header")
+        authorization = self.headers.get("Authorization")
+        self.authenticated = authorization == f"Bearer {self.hub.token}"
+        if (
+            authorization is not None
+            and not self.authenticated
+            and not path.startswith(("/cas/", "/v1/telemetry"))
+        ):
+            return self._error(401, "Invalid credentials in Authorization header")
         fault = self.hub.take_fault(self.command, path)
         if fault is not None and not fault.after_commit:
             return self._fault(fault)
         for method, pattern, handler in _ROUTES:
             if method == self.command and (match := re.fullmatch(pattern, path)):
+                if not self.authenticated and handler not in _OPEN_ROUTES:
+                    return self._error(401, "Invalid credentials in Authorization header")
                 if fault is not None:  # after_commit: do the work, then lose the answer
                     self._silently(handler, match, query, body)
                     return self._fault(fault)
@@ -390,7 +432,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile = wfile
             self._headers_buffer = []
 
-    do_GET = do_POST = do_PUT = do_DELETE = _dispatch
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _dispatch
 
     # -- routes ------------------------------------------------------------------------------
     def whoami(self, match, query, body) -> None:
@@ -458,7 +500,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def cancel_job(self, match, query, body) -> None:
         if job := self._job(match):
-            self.hub.set_stage(job.id, "CANCELED", "Canceled by user")
+            self.hub.cancel_job(job.id)
             self._send(200)
 
     def update_labels(self, match, query, body) -> None:
@@ -594,17 +636,211 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(404, {})
 
     def cas_xorb(self, match, query, body) -> None:
-        self.hub.xorbs[match["hash"]] = body
-        self._send(200, {"was_inserted": True})
+        inserted = self.hub.xet.put_xorb(match["hash"], body)
+        self._send(200, {"was_inserted": inserted})
 
     def cas_shard(self, match, query, body) -> None:
+        self.hub.xet.put_shard(body)
         self._send(200, {"result": 1})
+
+    # -- model / dataset repositories (see hub_repos.py) ------------------------------------
+    def _repo(self, match, *, write: bool = False) -> Repo | None:
+        repo_type = match["type"].rstrip("s") if match["type"] else "model"
+        repo = self.hub.repos.get(match["repo"], repo_type)
+        if repo is None or (repo.private or write) and not self.authenticated:
+            # The Hub does not tell a private repo from a missing one.
+            status = 404 if self.authenticated else 401
+            self._error(
+                status,
+                f"Repository Not Found for url: {self.hub.url}{self.path}.",
+                {"X-Error-Code": "RepoNotFound"},
+            )
+            return None
+        return repo
+
+    def _commit_at(self, repo: Repo, revision: str) -> Commit | None:
+        commit = repo.at(unquote(revision))
+        if commit is None:
+            self._error(404, f"Invalid rev id: {revision}", {"X-Error-Code": "RevisionNotFound"})
+        return commit
+
+    def create_repo(self, match, query, body) -> None:
+        request = json.loads(body)
+        namespace = request.get("organization") or self.hub.namespace
+        repo_id = f"{namespace}/{request['name']}"
+        repo_type = request.get("type") or "model"
+        prefix = "" if repo_type == "model" else f"{repo_type}s/"
+        answer = {"url": f"{self.hub.url}/{prefix}{repo_id}", "name": repo_id, "id": repo_id}
+        private = request.get("visibility", "private" if request.get("private") else "public")
+        if not self.hub.repos.create(repo_id, repo_type, private=private != "public"):
+            return self._send(409, {**answer, "error": "You already created this model repo"})
+        self._send(200, answer)
+
+    def repo_info(self, match, query, body) -> None:
+        if (repo := self._repo(match)) is None:
+            return
+        if (commit := self._commit_at(repo, match["rev"] or "main")) is None:
+            return
+        self._send(
+            200,
+            {
+                "_id": "0" * 24,
+                "id": repo.repo_id,
+                "author": repo.repo_id.split("/")[0],
+                "sha": commit.oid,
+                "lastModified": _iso(commit.date),
+                "createdAt": _iso(repo.commits[0].date),
+                "private": repo.private,
+                "gated": False,
+                "disabled": False,
+                "tags": [],
+                "siblings": [{"rfilename": path} for path in sorted(commit.files)],
+            },
+        )
+
+    def repo_tree(self, match, query, body) -> None:
+        if (repo := self._repo(match)) is None:
+            return
+        if (commit := self._commit_at(repo, match["rev"])) is None:
+            return
+        base = (match["path"] or "").strip("/")
+        recursive = query.get("recursive", ["false"])[0].lower() in ("1", "true")
+        entries, folders = [], set()
+        for path in sorted(commit.files):
+            if base and not path.startswith(base + "/"):
+                continue
+            rest = path[len(base) + 1 :] if base else path
+            parts = rest.split("/")
+            for depth in range(1, len(parts)):
+                folder = "/".join(([base] if base else []) + parts[:depth])
+                if (recursive or depth == 1) and folder not in folders:
+                    folders.add(folder)
+                    entries.append(
+                        {"type": "directory", "oid": "0" * 40, "size": 0, "path": folder}
+                    )
+            if recursive or len(parts) == 1:
+                entries.append(tree_entry(path, commit.files[path]))
+        self._send(200, entries)
+
+    def repo_commits(self, match, query, body) -> None:
+        if (repo := self._repo(match)) is None:
+            return
+        if (head := self._commit_at(repo, match["rev"])) is None:
+            return
+        history = repo.commits[: repo.commits.index(head) + 1]
+        self._send(
+            200,
+            [
+                {
+                    "id": c.oid,
+                    "title": c.title,
+                    "message": c.message,
+                    "date": _iso(c.date),
+                    "authors": [{"user": self.hub.namespace}],
+                }
+                for c in reversed(history)
+            ],
+        )
+
+    def preupload(self, match, query, body) -> None:
+        if (repo := self._repo(match, write=True)) is None:
+            return
+        current = repo.at(unquote(match["rev"]))
+        files = []
+        for item in json.loads(body)["files"]:
+            existing = current.files.get(item["path"]) if current else None
+            files.append(
+                {
+                    "path": item["path"],
+                    "uploadMode": "lfs" if is_lfs(item["path"], item["size"]) else "regular",
+                    "shouldIgnore": False,
+                    "oid": None if existing is None else etag(item["path"], existing),
+                }
+            )
+        self._send(200, {"files": files, "commitOid": current.oid if current else None})
+
+    def repo_xet_write_token(self, match, query, body) -> None:
+        if self._repo(match, write=True) is not None:
+            self.xet_write_token(match, query, body)
+
+    def repo_commit(self, match, query, body) -> None:
+        if (repo := self._repo(match, write=True)) is None:
+            return
+        title, message, added, deleted, deleted_folders = "", "", {}, [], []
+        for line in body.decode().splitlines():
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            value = entry["value"]
+            if entry["key"] == "header":
+                title, message = value.get("summary", ""), value.get("description", "")
+            elif entry["key"] == "file":
+                added[value["path"]] = base64.b64decode(value["content"])
+            elif entry["key"] == "lfsFile":
+                try:
+                    added[value["path"]] = self.hub.xet.read_sha256(value["oid"])
+                except KeyError:
+                    return self._error(
+                        422,
+                        f"Your push was rejected because an LFS pointer pointed to a file that does not exist ({value['path']})",
+                    )
+            elif entry["key"] == "deletedFile":
+                deleted.append(value["path"])
+            elif entry["key"] == "deletedFolder":
+                deleted_folders.append(value["path"])
+        commit = self.hub.repos.commit(repo, title, message, added, deleted, deleted_folders)
+        prefix = "" if repo.repo_type == "model" else f"{repo.repo_type}s/"
+        self._send(
+            200,
+            {
+                "commitUrl": f"{self.hub.url}/{prefix}{repo.repo_id}/commit/{commit.oid}",
+                "commitOid": commit.oid,
+                "success": True,
+            },
+        )
+
+    def resolve_file(self, match, query, body) -> None:
+        if (repo := self._repo(match)) is None:
+            return
+        if (commit := self._commit_at(repo, match["rev"])) is None:
+            return
+        path = unquote(match["path"])
+        if path not in commit.files:
+            return self._error(404, f"Entry not found: {path}", {"X-Error-Code": "EntryNotFound"})
+        data = commit.files[path]
+        headers = {
+            "X-Repo-Commit": commit.oid,
+            "ETag": f'"{etag(path, data)}"',
+            "Accept-Ranges": "bytes",
+        }
+        status = 200
+        if (
+            wanted := re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        ) is not None:
+            start = int(wanted[1])
+            end = min(len(data) - 1, int(wanted[2])) if wanted[2] else len(data) - 1
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+            data, status = data[start : end + 1], 206
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        self.hub.requests.append((self.command, self.path, status))
+
+    def validate_yaml(self, match, query, body) -> None:
+        self._send(200, {"errors": [], "warnings": []})
 
     def telemetry(self, match, query, body) -> None:
         self._send(200, {})
 
 
 _NS = r"(?P<ns>[A-Za-z0-9_.-]+)"
+_TYPE = r"(?P<type>models|datasets|spaces)"
+_REPO = r"(?P<repo>[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)"
 _ID = r"(?P<id>[A-Za-z0-9]+)"
 _ROUTES: list[tuple[str, str, Callable]] = [
     ("GET", r"/api/whoami-v2", _Handler.whoami),
@@ -629,4 +865,33 @@ _ROUTES: list[tuple[str, str, Callable]] = [
     ("POST", r"/cas/v1/xorbs/(?P<prefix>[a-z]+)/(?P<hash>[0-9a-f]+)", _Handler.cas_xorb),
     ("POST", r"/cas/(v1/)?shards", _Handler.cas_shard),
     ("POST", r"/v1/telemetry", _Handler.telemetry),
+    ("POST", r"/api/repos/create", _Handler.create_repo),
+    ("POST", r"/api/validate-yaml", _Handler.validate_yaml),
+    ("POST", rf"/api/{_TYPE}/{_REPO}/preupload/(?P<rev>[^/]+)", _Handler.preupload),
+    ("GET", rf"/api/{_TYPE}/{_REPO}/xet-write-token/(?P<rev>[^/]+)", _Handler.repo_xet_write_token),
+    ("POST", rf"/api/{_TYPE}/{_REPO}/commit/(?P<rev>[^/]+)", _Handler.repo_commit),
+    ("GET", rf"/api/{_TYPE}/{_REPO}(?:/revision/(?P<rev>[^/]+))?", _Handler.repo_info),
+    ("GET", rf"/api/{_TYPE}/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", _Handler.repo_tree),
+    ("GET", rf"/api/{_TYPE}/{_REPO}/commits/(?P<rev>[^/]+)", _Handler.repo_commits),
+    (
+        "HEAD",
+        rf"/(?:(?P<type>datasets|spaces)/)?{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)",
+        _Handler.resolve_file,
+    ),
+    (
+        "GET",
+        rf"/(?:(?P<type>datasets|spaces)/)?{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)",
+        _Handler.resolve_file,
+    ),
 ]
+# Routes that answer without a token (they refuse private repositories themselves).
+_OPEN_ROUTES = {
+    _Handler.repo_info,
+    _Handler.repo_tree,
+    _Handler.repo_commits,
+    _Handler.resolve_file,
+    _Handler.cas_not_found,
+    _Handler.cas_xorb,
+    _Handler.cas_shard,
+    _Handler.telemetry,
+}

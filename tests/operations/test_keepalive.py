@@ -163,10 +163,10 @@ def process_alive(pid: int, timeout: float = 10) -> bool:
 
 
 def test_worker_environment_holds_no_dispatch_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    from operations.keepalive import _Worker
+    from operations.keepalive import PrefectWorker
 
     monkeypatch.setenv("GITHUB_TOKEN", "ghs_dispatch")
-    worker = _Worker(KeepaliveSettings(runtime_seconds=10, drain_seconds=5))
+    worker = PrefectWorker(KeepaliveSettings(runtime_seconds=10, drain_seconds=5))
     assert "GITHUB_TOKEN" not in worker.env and os.environ["GITHUB_TOKEN"] == "ghs_dispatch"
 
 

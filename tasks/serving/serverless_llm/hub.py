@@ -6,6 +6,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
+from blocks.huggingface import hub_api
 from tasks.serving.serverless_llm.names import check_hf_location
 
 HF_URI_PREFIX = "hf://"
@@ -24,13 +25,14 @@ def parse_hf_uri(uri: str) -> tuple[str, str]:
 def publish_gguf(gguf_path: str, *, hf_repo: str, endpoint: str | None = None) -> tuple[str, str]:
     """Upload a local GGUF to `hf_repo` (created private if missing); return (repo, file).
 
-    The token comes from `HF_TOKEN` or `hf auth login`, as everywhere in huggingface_hub.
+    The token (and, unless given, the endpoint) come from the run's Hub client (`hub_api`).
     """
     path = Path(gguf_path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file {path} does not exist")
     check_hf_location(hf_repo, path.name)
-    api = HfApi(endpoint=endpoint)
+    hub = hub_api()
+    api = HfApi(endpoint=endpoint or hub.endpoint, token=hub.token)
     api.create_repo(hf_repo, private=True, exist_ok=True)
     api.upload_file(
         path_or_fileobj=str(path),

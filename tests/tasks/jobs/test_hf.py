@@ -23,7 +23,13 @@ from blocks.huggingface import HuggingFaceCredentials, _load_block
 from schemas.jobs import TrainingResult
 from schemas.request import Backend, DatasetSource, FineTuneRequest
 from tasks.costs import CostEstimate
-from tasks.jobs.hf import find_hf_jobs, hf_job_logs, label_value, pinned_dependencies
+from tasks.jobs.hf import (
+    JOB_REQUIREMENTS,
+    find_hf_jobs,
+    hf_job_logs,
+    job_dependencies,
+    label_value,
+)
 from tasks.jobs.hooks import cancel_job_of_flow_run
 from tasks.jobs.monitor import MonitorSettings
 from tasks.jobs.training import monitor_training, submit_training
@@ -42,6 +48,13 @@ def hf_request(**overrides) -> FineTuneRequest:
         "deploy": None,
     }
     return FineTuneRequest(**{**fields, **overrides})
+
+
+@pytest.fixture
+def scripted_hf_server(hf_server):
+    """The double playing job lives the test scripts (no command runs): protocol-level tests."""
+    hf_server.run_jobs = False
+    return hf_server
 
 
 ESTIMATE = CostEstimate(
@@ -132,6 +145,17 @@ def submit_on_hf(request: FineTuneRequest, key: str) -> str:
     return handle.job_id
 
 
+def scripted_job(hf_server, *, labels: dict[str, str]):
+    """A plain job created with the real client, whose life the test then plays."""
+    credentials = HuggingFaceCredentials(
+        token=SecretStr(hf_server.token), namespace=hf_server.namespace, endpoint=hf_server.url
+    )
+    job = credentials.api().run_job(
+        image="python:3.12", command=["python"], namespace=hf_server.namespace, labels=labels
+    )
+    return credentials, job
+
+
 async def _logs_and_artifacts(flow_run_id) -> str:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from prefect.logging.handlers import APILogHandler
@@ -170,8 +194,8 @@ def test_happy_path_submits_once_follows_and_records_the_hub_repo(prefect_server
     command = spec["command"]
     assert command[:2] == ["uv", "run"] and "/data/train.py" in command
     assert command[command.index("--push_to_hub_repo") + 1] == f"{hf_server.namespace}/smol-pirate"
-    assert [d for d in pinned_dependencies() if d.startswith("trl==")] and set(
-        pinned_dependencies()
+    assert [d for d in job_dependencies() if d.startswith("trl==")] and set(
+        job_dependencies()
     ) <= set(command)
     # run_uv_job shipped the script through the namespace's jobs-artifacts bucket (Xet upload)
     [volume] = spec["volumes"]
@@ -220,7 +244,10 @@ def test_a_storm_of_429_and_500_still_makes_exactly_one_job(prefect_server, hf_s
     assert 429 in statuses and 500 in statuses and 503 in statuses
 
 
-def test_a_new_run_with_the_same_key_attaches_instead_of_submitting(prefect_server, hf_server):
+def test_a_new_run_with_the_same_key_attaches_instead_of_submitting(
+    prefect_server, scripted_hf_server
+):
+    hf_server = scripted_hf_server
     first = submit_on_hf(hf_request(), key="same-key")
     second = submit_on_hf(hf_request(), key="same-key")
     assert first == second and len(hf_server.jobs) == 1
@@ -231,8 +258,9 @@ def test_a_new_run_with_the_same_key_attaches_instead_of_submitting(prefect_serv
 
 
 def test_cancelling_the_flow_run_cancels_its_job_with_block_credentials(
-    prefect_server, hf_server, monkeypatch
+    prefect_server, scripted_hf_server, monkeypatch
 ):
+    hf_server = scripted_hf_server
     monkeypatch.delenv("LMFT_HF_NAMESPACE")
     monkeypatch.setenv("LMFT_HF_CREDENTIALS_BLOCK", "hf-cancel-test")
     HuggingFaceCredentials(
@@ -261,14 +289,9 @@ def test_cancelling_the_flow_run_cancels_its_job_with_block_credentials(
     assert hf_server.jobs[job_id].stage == "CANCELED"
 
 
-def test_a_dropped_log_stream_resumes_without_losing_or_repeating_lines(hf_server):
-    credentials = HuggingFaceCredentials(
-        token=SecretStr(hf_server.token), namespace=hf_server.namespace, endpoint=hf_server.url
-    )
-    api = credentials.api()
-    job = api.run_job(
-        image="python:3.12", command=["python"], namespace=hf_server.namespace, labels={"k": "v"}
-    )
+def test_a_dropped_log_stream_resumes_without_losing_or_repeating_lines(scripted_hf_server):
+    hf_server = scripted_hf_server
+    credentials, job = scripted_job(hf_server, labels={"k": "v"})
     [handle] = find_hf_jobs(credentials, {"k": "v"})
     hf_server.set_stage(job.id, "RUNNING")
     hf_server.append_log(job.id, *[f"line {i}" for i in range(10)])
@@ -305,8 +328,9 @@ def test_credentials_block_keeps_the_token_secret():
 
 
 def test_killing_the_monitoring_process_and_starting_again_reattaches(
-    prefect_server, hf_server, tmp_path
+    prefect_server, scripted_hf_server, tmp_path
 ):
+    hf_server = scripted_hf_server
     import os
     import signal
     import subprocess
@@ -387,18 +411,11 @@ class _Notes:
         self.stalls.append(quiet_seconds)
 
 
-def test_monitor_reports_stages_metrics_cost_and_a_stall(hf_server):
+def test_monitor_reports_stages_metrics_cost_and_a_stall(scripted_hf_server):
+    hf_server = scripted_hf_server
     from tasks.jobs.monitor import follow_job
 
-    credentials = HuggingFaceCredentials(
-        token=SecretStr(hf_server.token), namespace=hf_server.namespace, endpoint=hf_server.url
-    )
-    job = credentials.api().run_job(
-        image="python:3.12",
-        command=["python"],
-        namespace=hf_server.namespace,
-        labels={"k": "stall"},
-    )
+    credentials, job = scripted_job(hf_server, labels={"k": "stall"})
     [handle] = find_hf_jobs(credentials, {"k": "stall"})
 
     def play():
@@ -439,3 +456,113 @@ def test_local_folders_are_refused_before_anything_is_submitted(tmp_path, tiny_l
     (tmp_path / "part.jsonl").write_text('{"text": "hi"}\n')
     with pytest.raises(ValueError, match="dataset.path: .* local folder"):
         check_shippable(hf_request(dataset=DatasetSource(path=str(tmp_path))), MODEL)
+
+
+def test_the_job_installs_recorded_public_releases_and_the_double_refuses_a_local_build(
+    scripted_hf_server,
+):
+    from packaging.requirements import Requirement
+
+    from tasks.jobs.hf import script_dependencies
+    from tests.doubles.job_runner import JobCommandError, check_requirement
+
+    hf_server = scripted_hf_server
+    pins = job_dependencies()
+    # one pin per PEP 723 dependency of train.py, inside its declared range, public on PyPI
+    assert {Requirement(p).name for p in pins} == {r.name for r in script_dependencies()}
+    assert all("+" not in version for version in JOB_REQUIREMENTS.values())
+    for pin in pins:
+        check_requirement(pin)
+    with pytest.raises(JobCommandError, match=r"local version labels such as `\+cpu`"):
+        check_requirement("torch==2.13.0+cpu")
+    # a job that asks for a CPU build never starts: uv's error is its log, ERROR its stage
+    hf_server.run_jobs = True
+    api = HuggingFaceCredentials(
+        token=SecretStr(hf_server.token), namespace=hf_server.namespace, endpoint=hf_server.url
+    ).api()
+    job = api.run_uv_job(
+        "print('never')", dependencies=["torch==2.13.0+cpu"], namespace=hf_server.namespace
+    )
+    deadline = time.monotonic() + 30
+    while hf_server.jobs[job.id].stage not in ("ERROR", "COMPLETED"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    record = hf_server.jobs[job.id]
+    assert record.stage == "ERROR" and record.pid is None
+    assert any("No solution found" in line for _, line in record.logs)
+
+
+def test_the_monitor_stops_with_a_clear_error_when_the_status_cannot_be_read(
+    scripted_hf_server,
+):
+    from schemas.jobs import JobUnreachable
+    from tasks.jobs.monitor import follow_job
+
+    hf_server = scripted_hf_server
+    credentials, job = scripted_job(hf_server, labels={"k": "lost"})
+    [handle] = find_hf_jobs(credentials, {"k": "lost"})
+    hf_server.set_stage(job.id, "RUNNING")
+    # the token was revoked: every stage check answers 401, for good
+    hf_server.fail_next("GET", rf"^/api/jobs/[^/]+/{job.id}$", 401, times=1000)
+    settings = MonitorSettings(
+        poll_seconds=0.05, metrics_seconds=60, log_grace_seconds=1, max_status_failures=4
+    )
+    started = time.monotonic()
+    with pytest.raises(JobUnreachable) as stopped:
+        follow_job(handle, _Notes(), settings)
+    assert time.monotonic() - started < 30
+    message = str(stopped.value)
+    assert job.id in message and "4 times in a row" in message and "HTTP 401" in message
+    assert "lmft cancel" in message and hf_server.token not in message
+    statuses = [s for m, p, s in hf_server.requests if p.endswith(f"/{job.id}") and m == "GET"]
+    assert statuses.count(401) == 4
+
+
+def test_a_job_cancelled_before_it_ran_costs_nothing(prefect_server, scripted_hf_server, tmp_path):
+    from types import SimpleNamespace
+
+    from prefect.states import Cancelled as CancelledState
+
+    from blocks.budget import BudgetPolicy
+    from tasks.costs.budget import release_budget_of_flow_run
+    from tasks.costs.ledger import Ledger, ReservationStatus
+
+    hf_server = scripted_hf_server
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    BudgetPolicy(
+        monthly_limit_usd=100, approval_threshold_usd=50, per_job_max_usd=50, ledger_url=url
+    ).save("default", overwrite=True)
+    try:
+        flow_run_id = "3f2b6c1e-0000-4000-8000-000000000001"
+        ledger = Ledger(url)
+        reservation = ledger.reserve(
+            run_key="never-ran",
+            backend="hf-jobs",
+            hardware=ESTIMATE.hardware,
+            price_per_hour=ESTIMATE.price_per_hour,
+            expected_usd=ESTIMATE.expected_usd,
+            high_usd=ESTIMATE.high_usd,
+            monthly_limit_usd=100,
+            per_job_max_usd=50,
+            needs_approval=False,
+            flow_run_id=flow_run_id,
+        )
+        _, job = scripted_job(hf_server, labels={"flow_run_id": flow_run_id})
+        ledger.mark_started(reservation.id, job.created_at)
+        time.sleep(1.2)  # it waited for a machine …
+        hf_server.set_stage(job.id, "CANCELED", "Canceled by user")  # … and was cancelled there
+        release_budget_of_flow_run(
+            None, SimpleNamespace(id=flow_run_id), CancelledState(message="by test")
+        )
+        [entry] = ledger.entries(flow_run_id=flow_run_id)
+        assert entry.status is ReservationStatus.RELEASED and entry.actual_usd == 0
+    finally:
+        BudgetPolicy.delete("default")
+
+
+def test_the_monitor_task_times_out_after_the_jobs_own_timeout_plus_a_margin():
+    from tasks.jobs.training import MONITOR_MARGIN_SECONDS, monitor_timeout
+
+    assert monitor_timeout(ESTIMATE) == ESTIMATE.timeout_seconds + MONITOR_MARGIN_SECONDS
+    assert monitor_timeout(ESTIMATE.model_copy(update={"timeout_seconds": None})) is None
+    assert monitor_timeout(None) is None
