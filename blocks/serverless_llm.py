@@ -78,7 +78,15 @@ class ServerlessLLMTarget(Block):
     merge_timeout_seconds: float = Field(default=24 * 3600, gt=0)
     build_workflow: str | None = Field(
         default="build-push-images.yml",
-        description="Workflow file that builds the images after a push to config/**; wait for it before dispatching. None to skip.",
+        description="Workflow that builds the images. It runs only on pushes to the base branch matching "
+        "its on.push paths; after such a push (push mode, or a merge with wait_for_merge) the flow "
+        "waits for its run. None to never wait.",
+    )
+    inference_dir: str | None = Field(
+        default=None,
+        description="Image directory (config/models.py inference_dir) the entry runs in; it must be one "
+        "the repository builds. Default: the generic llama-server image its models share.",
+        examples=["lfm2mini-inference"],
     )
     build_timeout_seconds: float = Field(default=3600, gt=0)
     inference_workflow: str = Field(
@@ -130,6 +138,15 @@ class ServerlessLLMTarget(Block):
         if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.ya?ml", value):
             raise ValueError(
                 f"workflow {value!r} must be a workflow file name such as 'inference.yml'"
+            )
+        return value
+
+    @field_validator("inference_dir")
+    @classmethod
+    def _check_inference_dir(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,99}", value):
+            raise ValueError(
+                f"inference_dir {value!r} must be an image directory name such as 'lfm2mini-inference'"
             )
         return value
 

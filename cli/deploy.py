@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -10,8 +11,31 @@ import typer
 
 from cli.app import app, fail
 
-serve_app = typer.Typer(help="Local model servers started by `lmft deploy`.", no_args_is_help=True)
+serve_app = typer.Typer(
+    help="Model servers started by `lmft deploy`: local ones, and serverless-llm deploys.",
+    no_args_is_help=True,
+)
 app.add_typer(serve_app, name="serve")
+
+_FAILED_STATUSES = ("failed", "rolled_back")
+
+
+def _echo_record(record) -> None:
+    """The status line and links of a ServedModel, as `lmft deploy` prints them."""
+    status = record.status.value
+    colour = typer.colors.RED if status in _FAILED_STATUSES else typer.colors.GREEN
+    typer.echo("")
+    typer.secho(f"{record.name}: {status}", fg=colour, bold=True)
+    for label, value in (
+        ("reason", record.reason),
+        ("url", record.url),
+        ("pull request", record.pull_request_url),
+        ("build run", record.build_run_url),
+        ("inference run", record.inference_run_url),
+        ("rolled back", record.rolled_back_by),
+    ):
+        if value:
+            typer.echo(f"  {label:<14}{value}")
 
 
 @app.command()
@@ -47,7 +71,9 @@ def deploy(
     name = name or local_name_for(Path(gguf).stem.split(".")[0])
 
     from flows.deploy import deploy as deploy_flow
+    from tasks.serving.deploy import list_deployment_records
 
+    started = datetime.now(UTC)
     state = deploy_flow(
         gguf,
         name,
@@ -57,17 +83,12 @@ def deploy(
         return_state=True,
     )
     if not state.is_completed():
+        for record in list_deployment_records():
+            if record.name == name and record.deployed_at >= started:
+                _echo_record(record)  # the failed or rolled-back deploy this run recorded
         raise fail(f"the deploy flow ended {state.name}: {state.message}", code=1)
     deployment = state.result()
-    typer.echo("")
-    typer.secho(f"{deployment.name}: {deployment.status.value}", fg=typer.colors.GREEN, bold=True)
-    for label, value in (
-        ("url", deployment.url),
-        ("pull request", deployment.pull_request_url),
-        ("inference run", deployment.inference_run_url),
-    ):
-        if value:
-            typer.echo(f"  {label:<14}{value}")
+    _echo_record(deployment)
     if deployment.smoke:
         typer.echo(f"  smoke reply   {deployment.smoke.reply!r}")
     if deployment.target == "local":
@@ -80,12 +101,21 @@ def deploy(
 
 @serve_app.command("list")
 def serve_list() -> None:
-    """List the local model servers that are running."""
+    """List running local model servers, then every serverless-llm deploy (failed ones too)."""
+    from tasks.serving.deploy import list_deployment_records
     from tasks.serving.local import list_local_servers
 
     servers = list_local_servers()
-    if not servers:
-        typer.echo("no local model server is running")
+    remote = [r for r in list_deployment_records() if r.target != "local"]
+    if not servers and not remote:
+        typer.echo("no local model server is running and no serverless-llm deploy is recorded")
+    for record in remote:
+        fields = record.model_dump(
+            mode="json",
+            include={"name", "target", "status", "url", "pull_request_url", "inference_run_url"}
+            | {"rolled_back_by", "reason", "deployed_at"},
+        )
+        typer.echo(json.dumps({k: v for k, v in fields.items() if v is not None}))
     for server in servers:
         typer.echo(
             json.dumps(

@@ -31,7 +31,9 @@ class ServeStatus(str, Enum):
     SERVING = "serving"  # healthy and answered the smoke request
     AWAITING_MERGE = "awaiting_merge"  # PR open; nothing runs until a maintainer merges it
     DISPATCHED = "dispatched"  # inference workflow started; no health URL to check
-    ROLLED_BACK = "rolled_back"
+    UNCHANGED = "unchanged"  # the repository already held this entry: nothing committed or pushed
+    ROLLED_BACK = "rolled_back"  # did not serve; this deploy's change was undone (see reason)
+    FAILED = "failed"  # did not serve and nothing was (or could be) rolled back (see reason)
 
 
 class ServedModel(BaseModel):
@@ -53,5 +55,14 @@ class ServedModel(BaseModel):
     inference_run_url: str | None = None
     hf_repo: str | None = None
     hf_file: str | None = None
+    inference_dir: str | None = Field(
+        default=None, description="serverless-llm image directory the entry runs in."
+    )
     models_entry_changed: bool | None = None
+    reason: str | None = Field(
+        default=None, description="Why a failed or rolled-back deploy did not serve."
+    )
+    rolled_back_by: str | None = Field(
+        default=None, description="Commit, closed pull request or rollback pull request."
+    )
     deployed_at: datetime = Field(default_factory=lambda: datetime.now(UTC))

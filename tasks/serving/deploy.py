@@ -22,26 +22,48 @@ def deployments_dir() -> Path:
 
 
 def record_deployment(deployment: ServedModel) -> ServedModel:
-    """Keep the deployment on disk (`$LMFT_HOME/deployments/NAME.json`) and as Prefect artifacts."""
+    """Keep the deployment on disk (`$LMFT_HOME/deployments/NAME.json`) and as Prefect artifacts.
+
+    Failed and rolled-back deploys are recorded too, with their reason.
+    """
     (deployments_dir() / f"{deployment.name}.json").write_text(deployment.model_dump_json(indent=2))
     rows = [
         (k, v)
-        for k, v in deployment.model_dump(mode="json", exclude={"smoke"}).items()
+        for k, v in deployment.model_dump(mode="json", exclude={"smoke", "reason"}).items()
         if v is not None
     ]
     table = "\n".join(f"| {k} | `{v}` |" for k, v in rows)
     smoke = ""
     if deployment.smoke:
         smoke = f"\n## Smoke request\n**prompt:** {deployment.smoke.prompt}\n\n**reply:** {deployment.smoke.reply}\n"
+    reason = ""
+    if deployment.reason:
+        reason = f"**{deployment.status.value}:** {deployment.reason}\n\n"
     create_markdown_artifact(
-        f"# Deployment: {deployment.name}\n\n| | |\n|---|---|\n{table}\n{smoke}",
+        f"# Deployment: {deployment.name}\n\n{reason}| | |\n|---|---|\n{table}\n{smoke}",
         key="deployment-" + re.sub(r"[^a-z0-9-]", "-", deployment.name),
         description=f"Deployment of {deployment.name}",
     )
-    for link in (deployment.pull_request_url, deployment.inference_run_url, deployment.url):
-        if link:
+    links = (
+        deployment.pull_request_url,
+        deployment.build_run_url,
+        deployment.inference_run_url,
+        deployment.url,
+        deployment.rolled_back_by,
+    )
+    for link in links:
+        if link and link.startswith(("http://", "https://")):
             create_link_artifact(link, description=f"{deployment.name}: {link}")
     return deployment
+
+
+def list_deployment_records() -> list[ServedModel]:
+    """Every recorded deploy (`$LMFT_HOME/deployments/*.json`), the latest attempt per name."""
+    records = [
+        ServedModel.model_validate_json(path.read_text())
+        for path in sorted(deployments_dir().glob("*.json"))
+    ]
+    return sorted(records, key=lambda record: record.deployed_at)
 
 
 def resolve_target(target: str | ServerlessLLMTarget) -> ServerlessLLMTarget | None:
@@ -93,16 +115,20 @@ def deploy_gguf(
     if resolved is None:
         deployment = serve_locally(gguf_path, local_name_for(name))
     else:
-        from tasks.serving.serverless_llm.deploy import deploy_to_serverless_llm
+        from tasks.serving.serverless_llm.deploy import DeploymentFailed, deploy_to_serverless_llm
 
-        deployment = deploy_to_serverless_llm(
-            gguf_path,
-            name,
-            resolved,
-            target_name=target if isinstance(target, str) else resolved.repository,
-            quality_report_md=quality_report_md,
-            lineage=lineage,
-            hf_repo=hf_repo,
-            description=description,
-        )
+        try:
+            deployment = deploy_to_serverless_llm(
+                gguf_path,
+                name,
+                resolved,
+                target_name=target if isinstance(target, str) else resolved.repository,
+                quality_report_md=quality_report_md,
+                lineage=lineage,
+                hf_repo=hf_repo,
+                description=description,
+            )
+        except DeploymentFailed as exc:
+            record_deployment(exc.record)  # rolled back or failed: keep the reason, PR and run
+            raise
     return record_deployment(deployment)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from typer.testing import CliRunner
@@ -45,7 +46,23 @@ def test_lmft_deploy_refuses_unknown_target_and_missing_file(prefect_server):
     )
 
 
-def test_deploy_flow_to_a_saved_serverless_llm_target(prefect_server, tmp_path):
+async def _latest_artifact(key: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    async with get_client() as client:
+        (artifact,) = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+        return artifact.data
+
+
+def test_deploy_flow_to_a_saved_serverless_llm_target_then_a_rolled_back_redeploy(
+    prefect_server, tmp_path
+):
     from prefect_github import GitHubCredentials
 
     from blocks.serverless_llm import DeployMode, ServerlessLLMTarget
@@ -55,7 +72,9 @@ def test_deploy_flow_to_a_saved_serverless_llm_target(prefect_server, tmp_path):
     token = "ghp_flow_secret_987"
     bare = make_serverless_repo(tmp_path)
     model_server = FakeModelServer()
-    with FakeGitHub(bare, token=token) as hub:
+    runner = CliRunner()
+    command = ["deploy", "hf://me/pirate-GGUF/pirate.Q4_K_M.gguf", "--name", "pirate"]
+    with FakeGitHub(bare, token=token, model_server=model_server) as hub:
         ServerlessLLMTarget(
             repository=hub.repository,
             credentials=GitHubCredentials(token=token),
@@ -63,25 +82,40 @@ def test_deploy_flow_to_a_saved_serverless_llm_target(prefect_server, tmp_path):
             clone_url=str(bare),
             health_url_pattern=model_server.url + "/health",
             mode=DeployMode.PUSH,
-            build_workflow=None,
             poll_seconds=0.05,
-            health_timeout_seconds=5,
+            health_timeout_seconds=60,
         ).save("sllm-test", overwrite=True)
-        result = CliRunner().invoke(
+        result = runner.invoke(app, [*command, "--target", "sllm-test"])
+        served = git(bare, "show", "main:config/models.py")
+
+        hub.crash_inference = "the new GGUF does not load"
+        failed = runner.invoke(
             app,
             [
-                "deploy",
-                "hf://me/pirate-GGUF/pirate.Q4_K_M.gguf",
-                "--name",
-                "pirate",
+                *command[:1],
+                "hf://me/pirate-GGUF/pirate-v2.gguf",
+                *command[2:],
                 "--target",
                 "sllm-test",
             ],
         )
+        listed = runner.invoke(app, ["serve", "list"])
     model_server.close()
     assert result.exit_code == 0, result.output
     assert "pirate: serving" in result.output and "inference run" in result.output
-    assert "pirate" in git(bare, "show", "main:config/models.py")
-    record = (deployments_dir() / "pirate.json").read_text()
-    assert json.loads(record)["repository"] == "acme/serverless-llm"
-    assert token not in record and token not in result.output
+    assert "pirate" in served
+
+    assert failed.exit_code == 1, failed.output
+    run = hub.runs_of("inference.yml")[-1]
+    assert "pirate: rolled_back" in failed.output and run["html_url"] in failed.output
+    assert git(bare, "show", "main:config/models.py") == served  # the entry was restored
+    record = json.loads((deployments_dir() / "pirate.json").read_text())
+    assert record["status"] == "rolled_back" and run["html_url"] in record["reason"]
+    assert record["inference_run_url"] == run["html_url"]
+    assert record["rolled_back_by"] == git(bare, "rev-parse", "main")
+    artifact = asyncio.run(_latest_artifact("deployment-pirate"))
+    assert "**rolled_back:**" in artifact and run["html_url"] in artifact
+    line = next(json.loads(x) for x in listed.output.splitlines() if '"pirate"' in x)
+    assert line["status"] == "rolled_back" and line["target"] == "sllm-test"
+    for text in (result.output, failed.output, listed.output, json.dumps(record)):
+        assert token not in text

@@ -46,7 +46,8 @@ def open_or_update_pull(
     check_branch_name(base)
     owner = repo.owner.login
     for pull in repo.get_pulls(state="open", head=f"{owner}:{head}", base=base):
-        pull.edit(title=title, body=body)
+        if (pull.title, pull.body) != (title, body):
+            pull.edit(title=title, body=body)
         return pull
     return repo.create_pull(
         base=base, head=head, title=title, body=body, maintainer_can_modify=True
@@ -139,3 +140,39 @@ def dispatch_inference(
                 f"{workflow} was dispatched but no run appeared within {timeout:.0f}s"
             )
         time.sleep(poll_interval)
+
+
+class InferenceRunFailed(GitHubStepFailed):
+    """The dispatched inference run ended before the model served."""
+
+
+def _failed_step(run: WorkflowRun) -> str:
+    """' at step S of job J' for the first failed step of `run`, or '' when GitHub does not say."""
+    try:
+        for job in run.jobs():
+            for step in job.steps:
+                if step.conclusion == "failure":
+                    return f" at step {step.name!r} of job {job.name!r}"
+    except GithubException:
+        pass  # the jobs list only refines the message; the run's conclusion is the fact
+    return ""
+
+
+def check_run_alive(run: WorkflowRun) -> bool:
+    """True while `run` is queued or in progress; once it has ended, raise `InferenceRunFailed` naming it.
+
+    The inference workflow keeps its server up for hours, so a run that completed, whatever
+    its conclusion, means the model is not being served.
+    """
+    run.update()
+    if run.status != "completed":
+        return True
+    raise InferenceRunFailed(
+        f"inference run {run.html_url} concluded {run.conclusion}{_failed_step(run)} "
+        "before the model became healthy"
+    )
+
+
+def cancel_run(run: WorkflowRun) -> bool:
+    """Cancel `run`; False when it had already ended (GitHub answers 409, PyGithub returns False)."""
+    return run.cancel()

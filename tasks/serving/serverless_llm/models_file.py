@@ -60,7 +60,13 @@ class ModelEntry(BaseModel):
     max_concurrent: int | None = None
     routing_category: str | None = "general"
     chat_format: str | None = None
-    dockerfile: str | None = "inference"
+    inference_dir: str | None = Field(
+        default=None,
+        description="Image directory the inference action pulls (`model_dir`); see images.py.",
+    )
+    dockerfile: str | None = Field(
+        default="llama-server", description="Recipe of that image in the repository's Build."
+    )
 
     def check(self) -> ModelEntry:
         check_model_name(self.name)
@@ -235,6 +241,7 @@ def _wanted_values(layout: _Layout, entry: ModelEntry, port: int) -> dict[str, s
         "category": entry.category,
         "model_id": entry.model_id,
         "display_name": entry.display_name,
+        "inference_dir": entry.inference_dir,
         "description": entry.description,
         "hf_repo": entry.hf_repo,
         "hf_file": entry.hf_file,
@@ -406,10 +413,18 @@ def check_models_source(source: str, name: str, path: str = str(MODELS_FILE)) ->
 
 def run_models_script(clone: Path, name: str, *, timeout: float = 60) -> dict:
     """`python config/models.py NAME` in the clone, as the inference workflow runs it; its JSON."""
-    check_model_name(name)
+    return _run_models_cli(clone, check_model_name(name), timeout=timeout)
+
+
+def run_inference_dirs(clone: Path, *, timeout: float = 60) -> list[str | None]:
+    """`python config/models.py --inference-dirs` in the clone: the Build workflow's image matrix."""
+    return _run_models_cli(clone, "--inference-dirs", timeout=timeout)
+
+
+def _run_models_cli(clone: Path, arg: str, *, timeout: float):
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1"}
     completed = subprocess.run(
-        [sys.executable, str(MODELS_FILE), name],
+        [sys.executable, str(MODELS_FILE), arg],
         cwd=clone,
         env=env,
         capture_output=True,
@@ -418,14 +433,14 @@ def run_models_script(clone: Path, name: str, *, timeout: float = 60) -> dict:
     )
     if completed.returncode != 0:
         raise ModelsFileError(
-            f"'python config/models.py {name}' failed in the edited clone (exit {completed.returncode}): "
+            f"'python config/models.py {arg}' failed in the edited clone (exit {completed.returncode}): "
             f"{completed.stderr.strip()[-500:]}"
         )
     try:
         return json.loads(completed.stdout)
     except json.JSONDecodeError:
         raise ModelsFileError(
-            f"'python config/models.py {name}' printed no JSON (got {completed.stdout[:200]!r}); "
+            f"'python config/models.py {arg}' printed no JSON (got {completed.stdout[:200]!r}); "
             "this serverless-llm version does not expose a model's config to its workflow"
         ) from None
 

@@ -52,6 +52,19 @@ def _run_script(clone: Path, script: Path) -> str:
     return completed.stdout
 
 
+def _other_models(clone: Path) -> list[dict]:
+    """The entries of models.json that generate_models_json.py does not own (the API models)."""
+    path = clone / MODELS_JSON
+    if not path.exists():
+        return []
+    try:
+        document = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SyncError(f"{MODELS_JSON} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
+    models = document.get("models") if isinstance(document, dict) else None
+    return [m for m in models or [] if isinstance(m, dict) and m.get("type") != "self-hosted"]
+
+
 def workflow_choices(clone: Path, workflow: str) -> list[str] | None:
     """The `model` choice options of a workflow_dispatch workflow, or None when it has no choice list."""
     path = clone / ".github" / "workflows" / check_workflow_file(workflow)
@@ -77,19 +90,18 @@ def run_sync_scripts(
         _run_script(clone, SYNC_WORKFLOW_CHOICES)
         ran.append(str(SYNC_WORKFLOW_CHOICES))
     if (clone / GENERATE_MODELS_JSON).exists():
-        before = (clone / MODELS_JSON).read_bytes() if (clone / MODELS_JSON).exists() else None
-        printed = _run_script(clone, GENERATE_MODELS_JSON)
-        after = (clone / MODELS_JSON).read_bytes() if (clone / MODELS_JSON).exists() else None
-        if before == after and printed.strip():
-            # The upstream script prints the JSON; its CI redirects it into models.json.
-            try:
-                json.loads(printed)
-            except json.JSONDecodeError:
-                raise SyncError(
-                    f"{GENERATE_MODELS_JSON} printed something that is not JSON"
-                ) from None
-            (clone / MODELS_JSON).parent.mkdir(parents=True, exist_ok=True)
-            (clone / MODELS_JSON).write_text(printed if printed.endswith("\n") else printed + "\n")
+        before = _other_models(clone)
+        # The script updates models.json in place; what it prints is only the self-hosted
+        # list, for the frontend build (fetch-models.mjs), and is never written anywhere.
+        _run_script(clone, GENERATE_MODELS_JSON)
+        after = _other_models(clone)
+        lost = [entry for entry in before if entry not in after]
+        if lost:
+            raise SyncError(
+                f"{GENERATE_MODELS_JSON} dropped {len(lost)} of the {len(before)} API (not self-hosted) "
+                f"entries of {MODELS_JSON}, first {lost[0].get('id')!r}; nothing was committed. "
+                "Fix the script on the base branch: it must keep every entry it does not generate"
+            )
         ran.append(str(GENERATE_MODELS_JSON))
     choices = workflow_choices(clone, workflow)
     if require_choice and choices is not None and name not in choices:

@@ -12,6 +12,7 @@ from tasks.serving.serverless_llm.models_file import (
     ModelsFileError,
     read_entries,
     restore_model_entry,
+    run_inference_dirs,
     run_models_script,
     upsert_model_entry,
 )
@@ -33,17 +34,20 @@ def entry(name: str = "pirate", **changes) -> ModelEntry:
 
 def test_add_keeps_every_other_line_and_allocates_next_free_port():
     result = upsert_model_entry(MODELS_PY, entry())
-    assert result.added and result.port == 8102  # 8100 and 8101 are taken
+    assert result.added and result.port == 8103  # 8100 to 8102 are taken
     old_lines = MODELS_PY.splitlines()
     new_lines = result.source.splitlines()
     # everything before the new entry, comments included, is untouched; so is everything after
     closing = old_lines.index("}")
     assert new_lines[:closing] == old_lines[:closing]
     assert new_lines[-(len(old_lines) - closing) :] == old_lines[closing:]
-    assert "        rank=2,  # hand-tuned by the maintainers" in new_lines
+    assert "        rank=6,  # hand-tuned by the maintainers" in new_lines
     added = read_entries(result.source)["pirate"]
-    assert added["category"] == "ModelCategory.SMALL" and added["subdomain"] == "pirate"
+    assert added["category"] == "ModelCategory.SMALL" and added["dockerfile"] == "llama-server"
     assert added["routing_category"] == "general" and added["n_ctx"] == 4096
+    assert "subdomain" not in added  # only fields the repository's ModelConfig declares
+    shared = upsert_model_entry(MODELS_PY, entry(inference_dir="tinychat-inference"))
+    assert read_entries(shared.source)["pirate"]["inference_dir"] == "tinychat-inference"
 
 
 def test_redeploy_is_idempotent_and_update_rewrites_only_owned_fields():
@@ -53,8 +57,8 @@ def test_redeploy_is_idempotent_and_update_rewrites_only_owned_fields():
 
     # A maintainer tuned the entry by hand; re-deploying keeps that and the port.
     tuned = first.source.replace(
-        '        dockerfile="inference",\n    ),\n}',
-        '        dockerfile="inference",\n        rank=1,  # promoted\n    ),\n}',
+        '        dockerfile="llama-server",\n    ),\n}',
+        '        dockerfile="llama-server",\n        rank=1,  # promoted\n    ),\n}',
     )
     updated = upsert_model_entry(tuned, entry(n_ctx=2048, description="Arr"))
     assert updated.changed and not updated.added and updated.port == first.port
@@ -65,18 +69,22 @@ def test_redeploy_is_idempotent_and_update_rewrites_only_owned_fields():
 
 
 def test_update_of_an_existing_entry_without_trailing_comma():
-    result = upsert_model_entry(MODELS_PY, entry("phi", hf_repo="me/phi-GGUF", hf_file="phi.gguf"))
-    values = read_entries(result.source)["phi"]
-    assert values["port"] == 8101 and values["hf_repo"] == "me/phi-GGUF" and values["n_ctx"] == 4096
+    result = upsert_model_entry(
+        MODELS_PY, entry("coder", hf_repo="me/coder-GGUF", hf_file="coder.gguf", dockerfile=None)
+    )
+    values = read_entries(result.source)["coder"]
+    assert (
+        values["port"] == 8102 and values["hf_repo"] == "me/coder-GGUF" and values["n_ctx"] == 4096
+    )
     assert values["description"] == "Talks like a pirate"
     compile(result.source, "models.py", "exec")
-    assert restore_model_entry(result.source, "phi", result.previous_entry) == MODELS_PY
+    assert restore_model_entry(result.source, "coder", result.previous_entry) == MODELS_PY
 
 
 def test_port_collision_is_refused_and_allocation_skips_taken_ports():
-    with pytest.raises(ModelsFileError, match="port 8100 is already used by model 'qwen'"):
+    with pytest.raises(ModelsFileError, match="port 8100 is already used by model 'tinychat'"):
         upsert_model_entry(MODELS_PY, entry(port=8100))
-    crowded = MODELS_PY.replace("port=8101", "port=8102")
+    crowded = MODELS_PY.replace("port=8101", "port=8103")
     assert upsert_model_entry(crowded, entry()).port == 8101
     duplicated = MODELS_PY.replace("port=8101", "port=8100")
     with pytest.raises(ModelsFileError, match="share port 8100"):
@@ -84,7 +92,7 @@ def test_port_collision_is_refused_and_allocation_skips_taken_ports():
 
 
 def test_unparsable_file_gives_a_clear_error():
-    broken = MODELS_PY.replace('"qwen": ModelConfig(', '"qwen": ModelConfig((')
+    broken = MODELS_PY.replace('"tinychat": ModelConfig(', '"tinychat": ModelConfig((')
     with pytest.raises(ModelsFileError, match=r"config/models.py is not valid Python \(line \d+"):
         upsert_model_entry(broken, entry())
     with pytest.raises(ModelsFileError, match="no top-level 'MODELS"):
@@ -108,15 +116,16 @@ def test_model_names_are_strict(name):
 
 def test_models_script_prints_the_entry(tmp_path):
     (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "models.py").write_text(upsert_model_entry(MODELS_PY, entry()).source)
+    source = upsert_model_entry(MODELS_PY, entry(inference_dir="tinychat-inference")).source
+    (tmp_path / "config" / "models.py").write_text(source)
     printed = run_models_script(tmp_path, "pirate")
-    assert printed == {
+    assert {k: printed[k] for k in ("model_name", "model_dir", "model_repo", "model_file")} == {
         "model_name": "pirate",
+        "model_dir": "tinychat-inference",
         "model_repo": "me/pirate-GGUF",
         "model_file": "pirate-Q4_K_M.gguf",
-        "n_ctx": 4096,
-        "n_threads": 4,
     }
+    assert run_inference_dirs(tmp_path).count("tinychat-inference") == 3
     with pytest.raises(ModelsFileError, match="failed in the edited clone"):
         run_models_script(tmp_path, "absent")
     assert (
