@@ -14,6 +14,7 @@ from cli import (  # noqa: F401
     jobs,
     mcp,
     operations,
+    status,
     validation,
 )
 from cli.app import app

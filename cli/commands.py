@@ -51,6 +51,7 @@ def run(
 
     from prefect.exceptions import TerminationSignal
 
+    from cli.status import status_lines
     from flows.finetune import finetune
 
     try:
@@ -82,15 +83,17 @@ def run(
     typer.echo(
         "  wall time     " + ", ".join(f"{k} {v:.0f}s" for k, v in summary.step_seconds.items())
     )
-    typer.echo(f"  model         {summary.model_dir or summary.hub_repo}")
-    if summary.gguf:
-        typer.echo(f"  GGUF          {summary.gguf}")
-        typer.echo(f"                {summary.gguf_decision}")
+    run_id = state.state_details.flow_run_id
+    for line in status_lines(run_id):  # stage, gate, cost, links: what the run published
+        typer.echo(line)
+    if summary.gguf_decision:
+        typer.echo(f"  GGUF check    {summary.gguf_decision}")
     if summary.deployment_url:
         typer.echo(
-            f"  serving       {summary.deployment_url} ({summary.deployment_status}); `lmft serve list`, `lmft serve stop`"
+            f"  serving       {summary.deployment_status}; `lmft serve list`, `lmft serve stop`"
         )
     typer.echo(f"  Trackio       trackio show --project {summary.trackio_project}")
     typer.echo(
         "  Prefect UI    prefect server start, then open http://127.0.0.1:4200 (set PREFECT_API_URL to keep runs)"
     )
+    typer.echo(f"  status        lmft status {run_id}")

@@ -165,3 +165,42 @@ def budget_show(
         f"approve every run    {'yes, free local runs too' if policy.require_approval_for_all_runs else 'no'}"
     )
     typer.echo(f"ledger               {ledger_for(policy).describe()}")
+
+
+@budget_app.command("release")
+def budget_release(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="Flow run id (or reservation id, or run key) whose open hold to release."
+        ),
+    ],
+    reason: Annotated[
+        str, typer.Option(help="Why the hold is released by hand (kept in the ledger).")
+    ],
+    operator: Annotated[
+        str | None, typer.Option(help="Who releases it (default: the login name).")
+    ] = None,
+    name: Annotated[str, typer.Option(help="BudgetPolicy block name.")] = "default",
+) -> None:
+    """Release a run's open budget hold by hand; what its job already ran stays spent. Audited."""
+    import getpass
+
+    from blocks.budget import BudgetPolicyMissing, BudgetPolicyUnavailable
+    from tasks.costs.budget import release_holds_by_hand
+
+    if not reason.strip():
+        raise fail("--reason: say why the hold is released (it is kept in the ledger)")
+    who = operator or getpass.getuser()
+    try:
+        released = release_holds_by_hand(target, operator=who, reason=reason, policy_name=name)
+    except (BudgetPolicyMissing, BudgetPolicyUnavailable) as exc:
+        raise fail(str(exc), code=1) from None
+    if not released:
+        raise fail(f"no open budget hold for {target!r}; `lmft costs` lists the open runs", code=1)
+    for hold in released:
+        typer.echo(
+            f"released the ${hold.high_usd:.2f} hold of {hold.run_key} "
+            f"(flow run {hold.flow_run_id}); billed ${hold.actual_usd or 0:.2f}; recorded as "
+            f"{hold.closed_by}: {hold.note}"
+        )

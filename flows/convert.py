@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from schemas.gguf import HeldOutSplit
+from schemas.gguf import HeldOutSplit, ModelSource
 from schemas.request import DatasetSource
+from schemas.status import Stage
 from tasks.gguf import (
     ConversionResult,
     GGUFArtifacts,
@@ -21,11 +22,12 @@ from tasks.gguf import (
     select_held_out,
     upload_gguf,
 )
+from tasks.reporting.status import STATUS_HOOKS, publish_gguf, publish_stage
 
 
-@flow(name="convert", log_prints=True)
+@flow(name="convert", log_prints=True, **STATUS_HOOKS)
 def convert(
-    model: str,
+    model: ModelSource,
     lineage: GGUFLineage | None = None,
     settings: GGUFSettings | None = None,
     adapter: str | None = None,
@@ -37,6 +39,7 @@ def convert(
 ) -> ConversionResult:
     """Convert `model` (folder or Hub id, plus an optional LoRA `adapter`) to GGUF and keep what answers well."""
     logger = get_run_logger()
+    publish_stage(Stage.CONVERTING)
     lineage = lineage or GGUFLineage(base_model=model)
     settings = settings or GGUFSettings()
     token = resolve_token(None) if hub else None  # refuse before converting, not after
@@ -68,7 +71,9 @@ def convert(
     )
     hub_url = upload_gguf(artifacts, quality, hub, token) if hub else None
     logger.info(quality.decision)
-    return ConversionResult(artifacts=artifacts, quality=quality, hub_url=hub_url)
+    result = ConversionResult(artifacts=artifacts, quality=quality, hub_url=hub_url)
+    publish_gguf(result)
+    return result
 
 
 if __name__ == "__main__":

@@ -7,25 +7,17 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from schemas.serving import LOCAL_TARGET, ServedModel
+from schemas.serving import LOCAL_TARGET, DeployTarget, GGUFLocation, ServedModel, ServedName
+from schemas.status import Stage
+from tasks.reporting.status import STATUS_HOOKS, publish_served, publish_stage
 from tasks.serving.deploy import deploy_gguf
 
 
-@flow(name="deploy", log_prints=True)
+@flow(name="deploy", log_prints=True, **STATUS_HOOKS)
 def deploy(
-    gguf_path: Annotated[
-        str,
-        Field(description="A local .gguf file, or hf://owner/repo/file.gguf already on the Hub."),
-    ],
-    name: Annotated[
-        str,
-        Field(
-            description="Model name users ask for (serverless-llm: lowercase letters and digits)."
-        ),
-    ],
-    target: Annotated[
-        str, Field(description="'local', or the name of a saved ServerlessLLMTarget block.")
-    ] = LOCAL_TARGET,
+    gguf_path: GGUFLocation,
+    name: ServedName,
+    target: DeployTarget = LOCAL_TARGET,
     quality_report_md: Annotated[
         str | None, Field(description="Markdown quality report for the pull request.")
     ] = None,
@@ -37,6 +29,7 @@ def deploy(
     ] = None,
 ) -> ServedModel:
     """Deploy `gguf_path` as model `name` on `target` and check that it answers a chat request."""
+    publish_stage(Stage.DEPLOYING)
     deployment = deploy_gguf(
         gguf_path,
         name,
@@ -45,6 +38,7 @@ def deploy(
         lineage=lineage,
         hf_repo=hf_repo,
     )
+    publish_served(deployment)
     print(
         f"{deployment.name} is {deployment.status.value} at {deployment.url or deployment.pull_request_url}"
     )

@@ -1,4 +1,8 @@
-"""The `finetune` flow: validate → estimate → gate → train → monitor → GGUF + quality gate → deploy."""
+"""The `finetune` flow: validate → estimate → gate → train → monitor → GGUF + quality gate → deploy.
+
+Every stage, the budget gate, the training progress, the cost so far and the links are published
+as the run's status (`schemas.status.RunStatus`: one artifact, plus `lmft.finetune.*` events).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from prefect.runtime import flow_run
 
 from flows.convert import convert
 from schemas.request import Backend, FineTuneRequest
+from schemas.status import Stage
 from tasks.cancellation import watch_for_cancellation
 from tasks.costs.budget import gate_budget, release_budget_of_flow_run
 from tasks.gguf import lineage_for_request
@@ -14,10 +19,20 @@ from tasks.gguf.held_out import held_out_dataset, held_out_split
 from tasks.gguf.publish import gguf_hub_target
 from tasks.gguf.quality import quality_markdown
 from tasks.jobs.base_model import prepare_base_model
+from tasks.jobs.guard import guard_this_flow_run
 from tasks.jobs.hooks import cancel_job_of_flow_run
 from tasks.jobs.resume import estimate_from, find_start_checkpoint, train_resuming
+from tasks.preflight import preflight_request
 from tasks.reporting.samples import sample_answers
-from tasks.reporting.summary import FineTuneSummary, publish_estimate, publish_summary, timed
+from tasks.reporting.status import (
+    current_status,
+    end_status,
+    publish_estimate,
+    publish_gguf,
+    publish_served,
+    stage,
+)
+from tasks.reporting.summary import FineTuneSummary, publish_summary
 from tasks.serving.deploy import deploy_gguf
 from tasks.validation import raise_on_errors, validate_dataset, validate_eval_dataset
 
@@ -25,31 +40,33 @@ from tasks.validation import raise_on_errors, validate_dataset, validate_eval_da
 @flow(
     name="finetune",
     on_running=[watch_for_cancellation],
-    on_cancellation=[cancel_job_of_flow_run, release_budget_of_flow_run],
-    on_failure=[release_budget_of_flow_run],
-    on_crashed=[release_budget_of_flow_run],
+    on_completion=[end_status],
+    on_cancellation=[cancel_job_of_flow_run, release_budget_of_flow_run, end_status],
+    on_failure=[cancel_job_of_flow_run, release_budget_of_flow_run, end_status],
+    on_crashed=[cancel_job_of_flow_run, release_budget_of_flow_run, end_status],
     log_prints=True,
 )
 def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> FineTuneSummary:
     """Fine-tune `request.base_model` on `request.dataset`; one training job per idempotency key."""
     logger = get_run_logger()
     key = idempotency_key or f"flow-run-{flow_run.id}"
-    timings: dict[str, float] = {}
-    with timed(timings, "prepare model"):
+    guard_this_flow_run()  # ends the run, its jobs and its hold if this process is killed
+    with stage(Stage.PREPARING):
         model = prepare_base_model(request)
-    with timed(timings, "validate"):
+        preflight_request(request, model)
+    with stage(Stage.VALIDATING):
         report = validate_dataset(request, tokenizer_path=model)
         raise_on_errors(report)
         raise_on_errors(
             validate_eval_dataset(request, tokenizer_path=model), field="evaluation.eval_dataset"
         )
         start = find_start_checkpoint(request)
-    with timed(timings, "estimate"):
+    with stage(Stage.ESTIMATING):
         estimate = estimate_from(request, report, start)
         publish_estimate(estimate)
-    with timed(timings, "budget"):
+    with stage(Stage.BUDGET):
         reservation = gate_budget(estimate, run_key=key)
-    with timed(timings, "train"):
+    with stage(Stage.TRAINING):
         result = train_resuming(
             request,
             model,
@@ -62,23 +79,23 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
         )
     samples = gguf = deployment = None
     if result.model_dir:  # the model is on this machine: show what training changed
-        with timed(timings, "sample answers"):
+        with stage(Stage.SAMPLING):
             samples = sample_answers(model, result.model_dir)
     if request.gguf is not None:
-        with timed(timings, "gguf"):
+        with stage(Stage.CONVERTING):
             lineage = lineage_for_request(request, str(flow_run.id))
+            remote = request.backend is not Backend.LOCAL
             gguf = convert(
                 result.model_dir or result.hub_repo,
                 lineage=lineage,
                 settings=request.gguf,
                 dataset=held_out_dataset(request),
                 held_out_split=held_out_split(request),
-                hub=gguf_hub_target(
-                    request.output_name, remote=request.backend is not Backend.LOCAL
-                ),
+                hub=gguf_hub_target(request.output_name, remote=remote),
             )
+            publish_gguf(gguf)
         if request.deploy is not None:
-            with timed(timings, "deploy"):
+            with stage(Stage.DEPLOYING):
                 deployment = deploy_gguf(
                     gguf.chosen,
                     request.deploy.name or request.output_name,
@@ -86,8 +103,9 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
                     quality_report_md=quality_markdown(gguf.quality),
                     lineage=lineage.model_dump(mode="json"),
                 )
+                publish_served(deployment)
     summary = publish_summary(
-        request, result, estimate, timings, samples, gguf=gguf, deployment=deployment
+        request, result, current_status(), samples, gguf=gguf, deployment=deployment
     )
     logger.info(
         "model saved to %s (loss %s → %s)", result.model_dir, result.first_loss, result.final_loss

@@ -86,8 +86,6 @@ TAGS = ["mcp"]
 # The training monitor (`tasks.jobs.training.monitor_training`) logs one line per progress record:
 # "step 3/10  loss 1.2345  lr 2.00e-04  eta 12s".
 _MONITOR_LINE = re.compile(r"step (\d+)/(\d+)\s+loss (\S+)\s+lr \S+\s+eta (\S+?)s?$")
-# ... and one per evaluation: "eval loss 1.2345 at step 4/10 (base model 2.3456)".
-_EVAL_LINE = re.compile(r"eval loss (\S+) at step (\d+)/\d+(?: \(base model (\S+)\))?$")
 # Token shapes that must never leave through a tool, whatever a flow logged.
 _SECRET = re.compile(
     r"(hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,}|(?i:bearer)\s+[\w.~+/=-]{16,})"
@@ -399,12 +397,25 @@ async def create_job(
         )
         artifacts = await run_artifacts(client, run.id)
     gate = gate_status(run, artifacts, DeploymentName.FINETUNE.flow_name)
+    ref = run_ref(run, DeploymentName.FINETUNE.flow_name)
     return JobCreated(
-        run=run_ref(run, DeploymentName.FINETUNE.flow_name),
+        run=ref,
         idempotency_key=key,
         gate=gate,
         approval_required={GateStatus.AWAITING_APPROVAL: True, GateStatus.PASSED: False}.get(gate),
         estimate=estimate_of(artifacts),
+        error=ended_without_completing(ref, key),
+    )
+
+
+def ended_without_completing(ref: FlowRunRef, key: str) -> str | None:
+    """The error of a run that a key found ended Crashed, Failed or Cancelled (a key starts one run)."""
+    if not ref.is_final or ref.state is RunState.COMPLETED:
+        return None
+    return (
+        f"flow run {ref.name} of idempotency_key {key!r} ended {ref.state_name}: "
+        f"{ref.state_message or 'no message'} (see {ref.ui_url}); a key always returns the same "
+        "run, so start again with a new idempotency_key"
     )
 
 
@@ -421,20 +432,13 @@ async def training_progress(
         limit=200,
         sort=LogSort.TIMESTAMP_DESC,
     )
-    for log in logs:  # newest first
-        if progress.step is None and (match := _MONITOR_LINE.search(log.message)):
+    for log in logs:
+        if match := _MONITOR_LINE.search(log.message):
             step, total, loss, eta = match.groups()
             progress.step, progress.total_steps = int(step), int(total)
             progress.loss = None if loss == "nan" else float(loss)
             progress.eta_seconds = None if eta == "?" else float(eta)
-        elif (match := _EVAL_LINE.search(log.message)) is not None:
-            loss, step, base = match.groups()
-            if progress.eval_loss is None:
-                progress.eval_loss, progress.eval_step = float(loss), int(step)
-            if int(step) == 0:  # the base model's own line
-                progress.base_eval_loss = float(loss)
-            elif base is not None and progress.base_eval_loss is None:
-                progress.base_eval_loss = float(base)
+            break
     return progress
 
 

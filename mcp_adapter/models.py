@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from schemas.costs import CostEstimate
+from schemas.status import RunLinks, Stage, TrainingProgress
 from schemas.validation import ValidationReport
 
 
@@ -41,9 +42,10 @@ class GateStatus(str, Enum):
     AWAITING_APPROVAL = "awaiting_approval"
     """Paused until someone calls approve_job or reject_job (or uses the Prefect UI form)."""
     PASSED = "passed"
-    """Training has started: approved, or cheap enough to need no approval."""
+    """The gate let the run through to training: approved, or cheap enough to need no approval."""
     STOPPED = "stopped"
-    """The run ended before training started (invalid dataset, over budget, rejected, cancelled)."""
+    """Rejected or timed out at the gate, or the run ended before it (invalid dataset, over
+    budget, cancelled)."""
 
 
 class FlowRunRef(BaseModel):
@@ -125,40 +127,30 @@ class JobCreated(ToolResult):
     )
 
 
-class TrainingProgress(BaseModel):
-    """How far the training job is, from the run's progress artifact and monitor log."""
-
-    percent: float | None = Field(default=None, ge=0, le=100)
-    step: int | None = None
-    total_steps: int | None = None
-    loss: float | None = None
-    eta_seconds: float | None = None
-    eval_loss: float | None = Field(
-        default=None, description="Latest eval loss on the held-out rows (lower is better)."
-    )
-    eval_step: int | None = Field(default=None, description="The step of that evaluation.")
-    base_eval_loss: float | None = Field(
-        default=None, description="The base model's eval loss on the same rows, before training."
-    )
-
-
 class JobStatus(ToolResult):
-    """A fine-tuning run's state, progress, cost so far and links (any flow run's state)."""
+    """A run's state and the status it published: stage, gate, progress, cost so far, links."""
 
     run: FlowRunRef | None = None
+    stage: Stage | None = Field(
+        default=None,
+        description="Pipeline stage the run published (finetune, convert and deploy runs).",
+    )
     gate: GateStatus | None = Field(
         default=None,
-        description="The approval gate (runs of other flows: only awaiting_approval, else null).",
+        description="The approval gate (runs of other flows: null unless they wait for approval).",
     )
-    progress: TrainingProgress | None = None
+    progress: TrainingProgress | None = Field(
+        default=None,
+        description="Training step/total, loss and eval loss, ETA, once training runs.",
+    )
     estimate: CostEstimate | None = None
     cost_so_far_usd: float | None = Field(
         default=None,
         description="Hardware price × time the training has run (0 on the local backend).",
     )
-    links: list[str] = Field(
-        default=[],
-        description="Markdown links the run published: the Hugging Face job page, Trackio dashboard.",
+    links: RunLinks | None = Field(
+        default=None,
+        description="Hugging Face job page, Trackio dashboard, model, GGUF, pull request, serving URL.",
     )
     summary_markdown: str | None = Field(
         default=None, description="The run's summary, once it has finished."

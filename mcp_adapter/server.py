@@ -1,6 +1,10 @@
 """The lm-fine-tuning MCP server: tools that start and steer Prefect flow runs.
 
-This file only declares the tools; each body is one call into `mcp_adapter.flow_runs`.
+This file only declares the tools; each body is one call into the glue modules:
+`mcp_adapter.start` (tools that start flow runs), `mcp_adapter.status` (tools that read them),
+`mcp_adapter.control` (approve, reject, cancel). A tool that starts a flow takes the flow's own
+parameter types (`tests/mcp_adapter/test_contract.py` holds them equal) and names the deployment
+it starts in its `meta`.
 Run it with `lmft mcp` (stdio) or `lmft mcp --http` (streamable HTTP, bearer token).
 """
 
@@ -14,7 +18,7 @@ from fastmcp import Context, FastMCP
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
-from mcp_adapter import flow_runs
+from mcp_adapter import control, start, status
 from mcp_adapter.models import (
     ApprovalResult,
     CancelResult,
@@ -28,10 +32,12 @@ from mcp_adapter.models import (
     RunState,
     ValidationResult,
 )
+from mcp_adapter.runs import flow_parameters
 from schemas.approval import ApprovalDecision
 from schemas.flows import DeploymentName
-from schemas.request import FineTuneRequest
-from schemas.serving import MODEL_NAME_PATTERN
+from schemas.gguf import GGUFSettings, HubTarget, ModelSource
+from schemas.request import DatasetSource, FineTuneRequest
+from schemas.serving import LOCAL_TARGET, DeployTarget, GGUFLocation, ServedName
 
 INSTRUCTIONS = """\
 Fine-tune language models with Prefect flows. Typical order: validate_dataset → estimate_cost →
@@ -47,6 +53,12 @@ READ_ONLY = ToolAnnotations(
     readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False
 )
 SPENDS_MONEY = {"spends_money": True}
+
+
+def starts(deployment: DeploymentName, **meta: object) -> dict[str, object]:
+    """Tool meta naming the deployment the tool starts a run of."""
+    return {"deployment": deployment.value, **meta}
+
 
 Request = Annotated[
     FineTuneRequest,
@@ -79,7 +91,7 @@ QuickWait = Annotated[
 ]
 
 
-@server.tool(annotations=READ_ONLY)
+@server.tool(annotations=READ_ONLY, meta=starts(DeploymentName.VALIDATE))
 async def validate_dataset(
     request: Request,
     ctx: Context,
@@ -90,15 +102,15 @@ async def validate_dataset(
 
     Returns the validation report: detected format, errors with row numbers, warnings, a
     proposed column_map. Fix every error before create_job."""
-    return await flow_runs.validate_dataset(
-        request,
+    return await start.validate_dataset(
+        flow_parameters(request=request),
         idempotency_key=idempotency_key,
         wait_seconds=wait_seconds,
         report_progress=ctx.report_progress,
     )
 
 
-@server.tool(annotations=READ_ONLY)
+@server.tool(annotations=READ_ONLY, meta=starts(DeploymentName.ESTIMATE))
 async def estimate_cost(
     request: Request,
     ctx: Context,
@@ -108,8 +120,8 @@ async def estimate_cost(
     """Estimate what training the request will cost, in USD and time (an `estimate` flow run); free.
 
     The dataset is validated first: an invalid dataset gives an error listing the problems."""
-    return await flow_runs.estimate_cost(
-        request,
+    return await start.estimate_cost(
+        flow_parameters(request=request),
         idempotency_key=idempotency_key,
         wait_seconds=wait_seconds,
         report_progress=ctx.report_progress,
@@ -124,7 +136,7 @@ async def estimate_cost(
         idempotentHint=True,
         openWorldHint=True,
     ),
-    meta=SPENDS_MONEY,
+    meta=starts(DeploymentName.FINETUNE, **SPENDS_MONEY),
 )
 async def create_job(
     request: Request,
@@ -143,7 +155,7 @@ async def create_job(
     whether approval is required and gives the estimate once the run has one. Poll
     get_job_status afterwards. Pass an idempotency_key so a retried call cannot start a
     second paid job."""
-    return await flow_runs.create_job(
+    return await start.create_job(
         request,
         idempotency_key=idempotency_key,
         wait_seconds=wait_seconds,
@@ -153,8 +165,9 @@ async def create_job(
 
 @server.tool(annotations=READ_ONLY)
 async def get_job_status(run_id: RunId) -> JobStatus:
-    """State of a run: approval gate, training step/total, loss, ETA, cost so far, summary, UI link."""
-    return await flow_runs.job_status(run_id)
+    """State of a run: stage, approval gate, training step/total, train and eval loss, ETA, cost so
+    far, links (Hugging Face job, Trackio, GGUF, pull request, serving URL), summary, UI link."""
+    return await status.job_status(run_id)
 
 
 @server.tool(annotations=READ_ONLY)
@@ -169,7 +182,7 @@ async def list_jobs(
     limit: Annotated[int, Field(ge=1, le=200, description="Most runs to return.")] = 20,
 ) -> JobList:
     """Fine-tuning runs, newest first, filtered by state and start time."""
-    return await flow_runs.list_jobs(states=states, since=since, limit=limit)
+    return await status.list_jobs(states=states, since=since, limit=limit)
 
 
 Note = Annotated[str, Field(max_length=2000, description="Why; recorded with the decision.")]
@@ -193,7 +206,7 @@ async def approve_job(
     run_id: RunId, note: Note = "", approver: Approver = "assistant via MCP"
 ) -> ApprovalResult:
     """Approve a job that waits for approval (gate 'awaiting_approval'): training starts and is billed."""
-    return await flow_runs.decide_approval(
+    return await control.decide_approval(
         run_id, ApprovalDecision(approve=True, note=note, approver=approver)
     )
 
@@ -207,7 +220,7 @@ async def reject_job(
     run_id: RunId, note: Note = "", approver: Approver = "assistant via MCP"
 ) -> ApprovalResult:
     """Reject a job that waits for approval: the run stops without training and nothing is spent."""
-    return await flow_runs.decide_approval(
+    return await control.decide_approval(
         run_id, ApprovalDecision(approve=False, note=note, approver=approver)
     )
 
@@ -225,7 +238,7 @@ async def cancel_job(
     ] = 30,
 ) -> CancelResult:
     """Cancel a run; its training job (local process or Hugging Face job) is cancelled with it."""
-    return await flow_runs.cancel_run(
+    return await control.cancel_run(
         run_id, wait_seconds=wait_seconds, report_progress=ctx.report_progress
     )
 
@@ -236,40 +249,45 @@ async def get_job_logs(
     lines: Annotated[int, Field(ge=1, le=1000, description="How many of the last lines.")] = 50,
 ) -> JobLogs:
     """The last log lines of a run (flow and task logs, oldest first; tokens redacted)."""
-    return await flow_runs.run_logs(run_id, lines=lines)
+    return await status.run_logs(run_id, lines=lines)
 
 
 @server.tool(
     annotations=ToolAnnotations(
         readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=True
-    )
+    ),
+    meta=starts(DeploymentName.CONVERT),
 )
 async def convert_to_gguf(
-    model: Annotated[
-        str,
+    model: ModelSource,
+    settings: Annotated[
+        GGUFSettings | None,
         Field(
-            min_length=1,
-            description="Model folder on the worker or Hub repo id.",
-            examples=["me/smollm2-pirate"],
+            description="Quantized variants (quant_types, default Q4_K_M and Q8_0) and the quality "
+            "gate: prompts every variant must answer, max_nll_increase over the f16 reference.",
+            examples=[{"quant_types": ["Q4_K_M", "Q8_0"]}],
         ),
-    ],
-    quantizations: Annotated[
-        list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]],
-        Field(
-            min_length=1,
-            max_length=8,
-            description="llama.cpp quantization types.",
-            examples=[["Q4_K_M", "Q8_0"]],
-        ),
-    ] = ["Q4_K_M", "Q8_0"],  # noqa: B006 - pydantic copies defaults
+    ] = None,
+    adapter: Annotated[
+        str | None, Field(description="A LoRA adapter (folder or Hub id) to merge into the model.")
+    ] = None,
+    dataset: Annotated[
+        DatasetSource | None,
+        Field(description="Training data: held-out text to score the variants and for i-quants."),
+    ] = None,
+    hub: Annotated[
+        HubTarget | None,
+        Field(description="Upload the files to '{namespace}/{name}-GGUF' on the Hub."),
+    ] = None,
     idempotency_key: IdempotencyKey = None,
 ) -> RunStarted:
     """Convert a trained model to GGUF and check the quantized files answer (a `convert` flow run).
 
-    Returns at once; follow the run with get_job_status."""
-    return await flow_runs.start_long_run(
+    Returns at once; follow the run with get_job_status: its links.gguf is the file that passed
+    the quality gate, to pass to deploy_model."""
+    return await start.start_long_run(
         DeploymentName.CONVERT,
-        {"model": model, "quantizations": quantizations},
+        flow_parameters(model=model, settings=settings, adapter=adapter, dataset=dataset, hub=hub),
         idempotency_key=idempotency_key,
     )
 
@@ -282,44 +300,30 @@ async def convert_to_gguf(
         idempotentHint=True,
         openWorldHint=True,
     ),
+    meta=starts(DeploymentName.DEPLOY),
 )
 async def deploy_model(
-    gguf_path: Annotated[
-        str,
-        Field(
-            min_length=1,
-            description="A .gguf file on the worker, or hf://owner/repo/file.gguf already on the Hub.",
-            examples=["hf://me/smollm2-pirate-GGUF/smollm2-pirate.Q8_0.gguf"],
-        ),
-    ],
-    name: Annotated[
-        str,
-        Field(
-            pattern=MODEL_NAME_PATTERN.pattern,
-            examples=["smollm2pirate"],
-            description="Model name users ask for: 2-40 lowercase letters/digits, starting with a letter.",
-        ),
-    ],
-    target: Annotated[
-        str,
-        Field(
-            pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
-            description="'local' (a llama.cpp server on the worker) or the name of a saved ServerlessLLMTarget block.",
-        ),
-    ] = "local",
+    gguf_path: GGUFLocation,
+    name: ServedName,
+    target: DeployTarget = LOCAL_TARGET,
+    hf_repo: Annotated[
+        str | None,
+        Field(description="Hub repo to upload a GGUF on the worker to (serverless-llm)."),
+    ] = None,
     idempotency_key: IdempotencyKey = None,
 ) -> RunStarted:
     """Deploy a GGUF to serverless-llm or a local server (a `deploy` flow run); returns at once.
 
-    The run checks the model answers a chat request before it reports success."""
-    return await flow_runs.start_long_run(
+    The run checks the model answers a chat request before it reports success; get_job_status
+    then gives links.serving (local) or links.pull_request (serverless-llm)."""
+    return await start.start_long_run(
         DeploymentName.DEPLOY,
-        {"gguf_path": gguf_path, "name": name, "target": target},
+        flow_parameters(gguf_path=gguf_path, name=name, target=target, hf_repo=hf_repo),
         idempotency_key=idempotency_key,
     )
 
 
-@server.tool(annotations=READ_ONLY)
+@server.tool(annotations=READ_ONLY, meta=starts(DeploymentName.COST_REPORT))
 async def get_costs(
     ctx: Context,
     month: Annotated[
@@ -335,8 +339,8 @@ async def get_costs(
 ) -> CostsResult:
     """Month-to-date spend, open budget holds, each job's estimate beside its actual cost, budget
     left (a `cost_report` flow run)."""
-    return await flow_runs.cost_report(
-        month,
+    return await start.cost_report(
+        flow_parameters(month=month),
         idempotency_key=idempotency_key,
         wait_seconds=wait_seconds,
         report_progress=ctx.report_progress,

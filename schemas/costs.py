@@ -9,9 +9,6 @@ from pydantic import BaseModel, Field
 
 from schemas.request import Backend
 
-ESTIMATE_FIGURES_KEY = "cost-estimate-figures"
-"""Key of the table artifact that carries a run's estimate figures."""
-
 
 class MemoryBreakdown(BaseModel):
     """GPU memory one training process needs, by part, in GB."""

@@ -16,7 +16,11 @@ class DeploymentName(str, Enum):
     ESTIMATE = "estimate/estimate"
     CONVERT = "convert/convert"
     DEPLOY = "deploy/deploy"
+    RETRAIN = "retrain/retrain"
     COST_REPORT = "cost_report/cost_report"
+    SPEND_ALERTS = "spend_alerts/spend_alerts"
+    HEALTH_CHECK = "health_check/health_check"
+    SETTLE_ENDED_RUNS = "settle_ended_runs/settle_ended_runs"
 
     @property
     def flow_name(self) -> str:

@@ -74,6 +74,17 @@ _BITS_PER_WEIGHT = {
 DEFAULT_QUANT_TYPES = [QuantType.Q4_K_M, QuantType.Q8_0]
 
 
+ModelSource = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="The model to convert: a folder on the worker, or a Hub repo id.",
+        examples=["me/smollm2-pirate"],
+    ),
+]
+"""The `convert` flow's `model` parameter (the MCP tool `convert_to_gguf` takes the same)."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

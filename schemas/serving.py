@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from enum import Enum
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 
@@ -13,6 +14,33 @@ MODEL_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]{1,39}$")
 
 LOCAL_TARGET = "local"
 """The deploy target that serves on this machine (llama-cpp-python's server)."""
+
+# The `deploy` flow's parameters; the MCP tool `deploy_model` takes the same types.
+GGUFLocation = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="A .gguf file on the worker, or hf://owner/repo/file.gguf already on the Hub.",
+        examples=["hf://me/smollm2-pirate-GGUF/smollm2-pirate.Q8_0.gguf"],
+    ),
+]
+ServedName = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        description="Model name users ask for: 1-64 lowercase letters, digits, '.', '_' or '-' "
+        "(serverless-llm: 2-40 lowercase letters and digits, starting with a letter).",
+        examples=["smollm2pirate"],
+    ),
+]
+DeployTarget = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+        description="'local' (llama-cpp-python's server on the worker) or the name of a saved "
+        "ServerlessLLMTarget block.",
+    ),
+]
 
 
 class SmokeResult(BaseModel):

@@ -136,7 +136,19 @@ class TokenStats(BaseModel):
     mean_tokens: float
     max_tokens: int
     p95_tokens: int
-    over_max_length: int = Field(description="Tokenised rows longer than max_length.")
+    over_max_length: int = Field(
+        description="Rows longer than max_length (the `over_bound` ones included)."
+    )
+    over_bound: int = Field(
+        default=0,
+        description="Rows with more characters than max_length tokens can hold (`bound_chars`): "
+        "counted as over max_length, at their lower-bound length, without being tokenised.",
+    )
+    bound_chars: int | None = Field(
+        default=None,
+        description="max_length × the characters of the tokenizer's longest token: a row above it "
+        "is over max_length whatever its text.",
+    )
     max_length: int
     exact: bool = Field(description="True when every row was tokenised.")
     tokenizer: str

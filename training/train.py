@@ -686,6 +686,40 @@ def _trainer_for(args: ScriptArguments, common: dict):
     raise SystemExit(f"error: unknown method {args.method!r}; use sft, dpo, grpo or kto")
 
 
+def save_atomically(target: str, *savers) -> None:
+    """Save into `target` only once everything is written: into a sibling folder, then rename.
+
+    A full disk (or a kill) mid-save leaves no `target` that passes for a finished model: the
+    partial folder is removed and the error says where the disk is full.
+    """
+    import errno
+    import shutil
+
+    partial = f"{target}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        for save in savers:
+            save(partial)
+        for root, _, files in os.walk(partial):  # on disk before the rename makes it visible
+            for name in files:
+                with open(os.path.join(root, name), "rb") as f:
+                    os.fsync(f.fileno())
+    except BaseException as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        if full or "No space left on device" in str(exc):  # safetensors raises its own error
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(target))).free
+            raise SystemExit(
+                f"error: the disk holding {os.path.dirname(os.path.abspath(target))} is full "
+                f"({free / 1e6:.0f} MB free) while saving {target}; nothing was kept. Free space "
+                "there, or give --output_dir on a bigger disk, and run again"
+            ) from exc
+        raise
+    if os.path.isdir(target):  # a previous save of this output folder
+        shutil.rmtree(target)
+    os.replace(partial, target)
+
+
 def main(args: ScriptArguments) -> dict:
     import torch
     from peft import LoraConfig
@@ -759,11 +793,10 @@ def main(args: ScriptArguments) -> dict:
     model = trainer.model
     if args.use_lora:
         adapter_dir = os.path.join(args.output_dir, "adapter")
-        model.save_pretrained(adapter_dir)
+        save_atomically(adapter_dir, model.save_pretrained)
         model = model.merge_and_unload()
     model_dir = os.path.join(args.output_dir, "model")
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    save_atomically(model_dir, model.save_pretrained, tokenizer.save_pretrained)
     result = {
         "output_dir": os.path.abspath(args.output_dir),
         "model_dir": os.path.abspath(model_dir),
@@ -802,8 +835,12 @@ def main(args: ScriptArguments) -> dict:
         else:
             result["hub_revision"] = info.oid
         result["hub_repo"] = args.push_to_hub_repo
-    with open(os.path.join(args.output_dir, "result.json"), "w") as f:
+    result_path = os.path.join(args.output_dir, "result.json")
+    with open(result_path + ".partial", "w") as f:
         json.dump(result, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(result_path + ".partial", result_path)
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return result
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import datetime
+import uuid
+from datetime import UTC, datetime
 
 from prefect import get_run_logger, task
-from prefect.exceptions import FlowPauseTimeout
+from prefect.client.orchestration import get_client
+from prefect.exceptions import FlowPauseTimeout, ObjectNotFound
 from prefect.flow_runs import pause_flow_run
 from prefect.runtime import flow_run as current_flow_run
 
@@ -23,14 +25,18 @@ from blocks.budget import (
     load_budget_policy,
 )
 from schemas.approval import ApprovalDecision
+from schemas.status import GateDecision
 from tasks.costs import CostEstimate, cost_of_running, cost_so_far
-from tasks.costs.ledger import Decision, Ledger, Reservation, ReservationStatus
+from tasks.costs.ledger import Decision, Ledger, Reservation, ReservationStatus, release_note
 from tasks.jobs import JobHandle, TrainingResult
 from tasks.jobs.backends import jobs_running_seconds
+from tasks.reporting.status import publish_gate
 
 logger = logging.getLogger(__name__)
 
 LEDGER_URL_ENV = "LMFT_LEDGER_URL"
+HOLD_MARGIN_SECONDS = 1800
+"""How long a hold outlives its job's timeout: queueing before the job starts, the Hub upload after."""
 
 
 class ApprovalRejected(RuntimeError):
@@ -52,6 +58,19 @@ def needs_approval(estimate: CostEstimate, policy: BudgetPolicy) -> bool:
     return policy.require_approval_for_all_runs or estimate.high_usd > policy.approval_threshold_usd
 
 
+def hold_seconds(estimate: CostEstimate, policy: BudgetPolicy) -> float | None:
+    """How long the run's hold may count against the budget before it expires.
+
+    The job's timeout (the Hugging Face job is killed then, so nothing is billed after it) plus
+    `HOLD_MARGIN_SECONDS`, plus the approval timeout when the run waits for an approval. A run
+    with no timeout (the free local backend) holds until it settles.
+    """
+    if estimate.timeout_seconds is None:
+        return None
+    waiting = policy.approval_timeout_seconds if needs_approval(estimate, policy) else 0
+    return estimate.timeout_seconds + HOLD_MARGIN_SECONDS + waiting
+
+
 @task(name="reserve-budget")
 def reserve_budget(
     estimate: CostEstimate, *, run_key: str, policy_name: str = BUDGET_BLOCK_NAME
@@ -69,6 +88,7 @@ def reserve_budget(
         per_job_max_usd=policy.per_job_max_usd,
         needs_approval=needs_approval(estimate, policy),
         flow_run_id=str(current_flow_run.id) if current_flow_run.id else None,
+        hold_seconds=hold_seconds(estimate, policy),
     )
     get_run_logger().info(
         "budget: holding $%.2f for %s on %s (%s)",
@@ -131,18 +151,27 @@ def gate_budget(
         policy = load_budget_policy(policy_name)
     except BudgetPolicyMissing:
         if is_free(estimate):
+            publish_gate(GateDecision.NOT_REQUIRED)
             return None
         raise
     if is_free(estimate) and not policy.require_approval_for_all_runs:
+        publish_gate(GateDecision.NOT_REQUIRED)
         return None
+    settle_ended_runs(ledger_for(policy))
     reservation = reserve_budget(estimate, run_key=run_key, policy_name=policy_name)
     if reservation.status is ReservationStatus.APPROVED:
+        publish_gate(GateDecision.NOT_REQUIRED, reserved_usd=reservation.reserved_usd)
         return reservation
     log = get_run_logger()
     log.info(
         "budget: waiting up to %ss for approval of $%.2f (high estimate)",
         policy.approval_timeout_seconds,
         estimate.high_usd,
+    )
+    publish_gate(
+        GateDecision.AWAITING_APPROVAL,
+        reserved_usd=reservation.reserved_usd,
+        timeout_seconds=policy.approval_timeout_seconds,
     )
     try:
         decision = pause_flow_run(
@@ -158,11 +187,16 @@ def gate_budget(
             decision=Decision.TIMED_OUT,
             note=f"no decision within {policy.approval_timeout_seconds} s",
         )
+        publish_gate(
+            GateDecision.TIMED_OUT, note=f"no decision within {policy.approval_timeout_seconds} s"
+        )
         raise ApprovalRejected(
             f"budget: nobody approved the ${estimate.high_usd:.2f} run within {policy.approval_timeout_seconds} s; "
             "it was not started and its hold was released"
         ) from None
     reservation = record_approval(reservation, decision, policy_name=policy_name)
+    verdict = GateDecision.APPROVED if decision.approve else GateDecision.REJECTED
+    publish_gate(verdict, approver=decision.approver, note=decision.note)
     who = decision.approver or "an anonymous approver"
     if not decision.approve:
         raise ApprovalRejected(
@@ -273,6 +307,7 @@ def release_budget_of_flow_run(flow, flow_run, state) -> None:
             reservation.id,
             billed_usd=billed,
             note=f"flow run {state.name}: {state.message or ''}"[:500],
+            closed_by="flow run hook",
         )
         logger.warning(
             "flow run %s %s: released the budget hold of %s (billed $%.2f)",
@@ -281,3 +316,113 @@ def release_budget_of_flow_run(flow, flow_run, state) -> None:
             reservation.run_key,
             billed,
         )
+
+
+def _billed(reservation: Reservation, until: datetime | None) -> float:
+    """What the run's job cost until `until`: nothing if it never started."""
+    if reservation.job_started_at is None:
+        return 0.0
+    return cost_so_far(reservation.price_per_hour, reservation.job_started_at, until)
+
+
+def _flow_run_state(client, flow_run_id: str):
+    """The run's state in Prefect; None when this Prefect API does not know the run."""
+    try:
+        return client.read_flow_run(uuid.UUID(flow_run_id)).state
+    except (ObjectNotFound, ValueError):
+        return None
+
+
+def settle_ended_runs(ledger: Ledger, *, now: datetime | None = None) -> list[Reservation]:
+    """Release the open holds that nobody will settle any more; return them.
+
+    A hold is released when its flow run reached a final state in Prefect without settling it
+    (the process was killed, a hook failed: billed up to the state's time if the job started), or
+    when it expired (billed up to its expiry if the job started). Holds of runs this Prefect API
+    does not know, and of runs still going, are left alone until they expire. Idempotent: the
+    gate calls it before every reservation, the `settle-ended-runs` flow after every run.
+    """
+    now = now or datetime.now(UTC)
+    released: list[Reservation] = []
+    holds = ledger.open_entries()
+    if not holds:
+        return released
+    with get_client(sync_client=True) as client:
+        for hold in holds:
+            if hold.is_expired(now):
+                released.append(
+                    ledger.release(
+                        hold.id,
+                        billed_usd=_billed(hold, hold.expires_at),
+                        note=f"expired at {hold.expires_at:%Y-%m-%d %H:%M} UTC: its run never settled it",
+                        closed_by="reconciler",
+                    )
+                )
+                continue
+            state = _flow_run_state(client, hold.flow_run_id) if hold.flow_run_id else None
+            if state is None or not state.is_final():
+                continue
+            released.append(
+                ledger.release(
+                    hold.id,
+                    billed_usd=_billed(hold, state.timestamp),
+                    note=f"flow run ended {state.name} without settling: {state.message or ''}"[
+                        :500
+                    ],
+                    closed_by="reconciler",
+                )
+            )
+    for hold in released:
+        logger.warning(
+            "budget: released the hold of %s (%s; billed $%.2f)",
+            hold.run_key,
+            hold.note,
+            hold.actual_usd or 0.0,
+        )
+    return released
+
+
+def release_holds_by_hand(
+    target: str, *, operator: str, reason: str, policy_name: str = BUDGET_BLOCK_NAME
+) -> list[Reservation]:
+    """Release the open holds of `target` (a flow run id, a reservation id or a run key), audited.
+
+    What the job already ran is kept as spend; the ledger records who released the hold and why,
+    and a `lmft.budget.hold.released` event goes to Prefect's event log.
+    """
+    from prefect.events import emit_event
+
+    ledger = ledger_for(load_budget_policy(policy_name))
+    holds = [h for h in ledger.open_entries() if target in (h.id, h.flow_run_id, h.run_key)]
+    released = []
+    for hold in holds:
+        closed = ledger.release(
+            hold.id,
+            billed_usd=_billed(hold, None),
+            note=release_note(operator, reason),
+            closed_by=f"operator {operator}",
+        )
+        emit_event(
+            event="lmft.budget.hold.released",
+            resource={
+                "prefect.resource.id": f"lmft.budget.reservation.{hold.id}",
+                "prefect.resource.name": hold.run_key,
+            },
+            related=[
+                {
+                    "prefect.resource.id": f"prefect.flow-run.{hold.flow_run_id}",
+                    "prefect.resource.role": "flow-run",
+                }
+            ]
+            if hold.flow_run_id
+            else [],
+            payload={
+                "operator": operator,
+                "reason": reason,
+                "released_usd": hold.reserved_usd,
+                "billed_usd": closed.actual_usd,
+                "month": hold.month,
+            },
+        )
+        released.append(closed)
+    return released

@@ -2,7 +2,10 @@
 
 One table of entries, one row per gated run: a run that passes the gate holds its high
 estimate (`reserved`); on completion the hold becomes the actual spend; a failed,
-cancelled or rejected run releases what was not billed. Every change happens inside one
+cancelled or rejected run releases what was not billed. A hold counts against its own month
+only, and only until it expires (`expires_at`: the estimate's job timeout plus a margin, and the
+approval timeout while it waits for one), so a hold whose run vanished cannot block the budget
+forever. Every change happens inside one
 transaction that first takes the ledger lock, so concurrent gate calls are serialised:
 when the budget left fits exactly N jobs, exactly N reservations succeed.
 
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
 
@@ -36,7 +39,10 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
+    or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -94,10 +100,16 @@ class Reservation(BaseModel):
     created_at: datetime
     job_started_at: datetime | None
     closed_at: datetime | None
+    expires_at: datetime | None = None
+    closed_by: str | None = None
 
     @property
     def is_open(self) -> bool:
         return self.status in OPEN_STATUSES
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        """An open hold past its expiry no longer counts against the budget."""
+        return self.expires_at is not None and self.expires_at <= (now or datetime.now(UTC))
 
 
 class LedgerTotals(BaseModel):
@@ -138,6 +150,8 @@ entries = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("job_started_at", DateTime(timezone=True)),
     Column("closed_at", DateTime(timezone=True)),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("closed_by", String(200)),
 )
 lock = Table("budget_lock", metadata, Column("name", String(32), primary_key=True))
 LOCK_ROW = "ledger"
@@ -193,6 +207,7 @@ def _engine(url: str) -> Engine:
     writer = engine.execution_options(ledger_write=True)
     with writer.begin() as conn:
         metadata.create_all(conn)
+        _add_missing_columns(conn)
     try:
         with writer.begin() as conn:
             if conn.execute(select(lock.c.name)).first() is None:
@@ -201,6 +216,23 @@ def _engine(url: str) -> Engine:
         pass
     _ENGINES[key] = engine
     return engine
+
+
+def _add_missing_columns(conn) -> None:
+    """Bring a ledger created by an older release up to this table (columns are only ever added)."""
+    present = {c["name"] for c in inspect(conn).get_columns(entries.name)}
+    for column in entries.columns:
+        if column.name not in present:
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(text(f"ALTER TABLE {entries.name} ADD COLUMN {column.name} {kind}"))
+
+
+def _counting(now: datetime):
+    """The open holds that count against the budget at `now`: not yet expired."""
+    return (
+        entries.c.status.in_([s.value for s in OPEN_STATUSES]),
+        or_(entries.c.expires_at.is_(None), entries.c.expires_at > now),
+    )
 
 
 class Ledger:
@@ -239,6 +271,8 @@ class Ledger:
             created_at=_utc(m["created_at"]),
             job_started_at=_utc(m["job_started_at"]),
             closed_at=_utc(m["closed_at"]),
+            expires_at=_utc(m["expires_at"]),
+            closed_by=m["closed_by"],
         )
 
     def get(self, reservation_id: str) -> Reservation:
@@ -260,8 +294,18 @@ class Ledger:
         with self.engine.connect() as conn:
             return [self._row(r) for r in conn.execute(query)]
 
+    def open_entries(self) -> list[Reservation]:
+        """Every open hold, of any month, expired or not, oldest first (what a reconciler walks)."""
+        query = (
+            select(entries)
+            .where(entries.c.status.in_([s.value for s in OPEN_STATUSES]))
+            .order_by(entries.c.created_at)
+        )
+        with self.engine.connect() as conn:
+            return [self._row(r) for r in conn.execute(query)]
+
     @staticmethod
-    def _sums(conn, month: str) -> tuple[int, int, int]:
+    def _sums(conn, month: str, now: datetime) -> tuple[int, int, int]:
         spent = conn.execute(
             select(func.coalesce(func.sum(entries.c.actual_micro_usd), 0)).where(
                 entries.c.month == month, entries.c.status == ReservationStatus.SETTLED.value
@@ -269,16 +313,22 @@ class Ledger:
         ).scalar_one()
         held, count = conn.execute(
             select(func.coalesce(func.sum(entries.c.reserved_micro_usd), 0), func.count()).where(
-                entries.c.status.in_([s.value for s in OPEN_STATUSES])
+                entries.c.month == month, *_counting(now)
             )
         ).one()
         return int(spent), int(held), int(count)
 
-    def totals(self, month: str | None = None, *, limit_usd: float | None = None) -> LedgerTotals:
-        """Spent this month, held by every open reservation, and what is left of `limit_usd`."""
+    def totals(
+        self,
+        month: str | None = None,
+        *,
+        limit_usd: float | None = None,
+        now: datetime | None = None,
+    ) -> LedgerTotals:
+        """Spent in `month`, held by its unexpired open reservations, and what is left of `limit_usd`."""
         month = month or current_month()
         with self.engine.connect() as conn:
-            spent, held, count = self._sums(conn, month)
+            spent, held, count = self._sums(conn, month, now or datetime.now(UTC))
         return LedgerTotals(
             month=month,
             limit_usd=limit_usd,
@@ -302,11 +352,14 @@ class Ledger:
         per_job_max_usd: float,
         needs_approval: bool,
         flow_run_id: str | None = None,
+        hold_seconds: float | None = None,
         now: datetime | None = None,
     ) -> Reservation:
         """Hold `high_usd` for the run `run_key`, atomically, or raise `BudgetExceeded` with the figures.
 
-        An open reservation of the same `run_key` (a retried flow) is returned as is.
+        The hold counts against this month until it is settled or released, or for at most
+        `hold_seconds` (None: until then). An open reservation of the same `run_key` (a retried
+        flow) is returned as is.
         """
         high, limit = micro(high_usd), micro(monthly_limit_usd)
         if high > micro(per_job_max_usd):
@@ -327,7 +380,7 @@ class Ledger:
             ).first()
             if existing is not None:
                 return self._row(existing)
-            spent, held, _ = self._sums(conn, month)
+            spent, held, _ = self._sums(conn, month, now)
             if high > 0 and spent + held + high > limit:  # a free run takes nothing from the budget
                 left = (limit - spent - held) / 1e6
                 raise BudgetExceeded(
@@ -359,6 +412,9 @@ class Ledger:
                     note="",
                     month=month,
                     created_at=now,
+                    expires_at=None
+                    if hold_seconds is None
+                    else now + timedelta(seconds=hold_seconds),
                 )
             )
             return self._row(
@@ -418,13 +474,22 @@ class Ledger:
         )
 
     def release(
-        self, reservation_id: str, *, billed_usd: float = 0.0, note: str | None = None
+        self,
+        reservation_id: str,
+        *,
+        billed_usd: float = 0.0,
+        note: str | None = None,
+        closed_by: str | None = None,
     ) -> Reservation:
-        """The run failed or was cancelled: keep what was billed as spend, release the rest."""
+        """The run failed, was cancelled or vanished: keep what was billed as spend, release the rest.
+
+        `closed_by` says who released it (a hook, the reconciler, an operator) for the audit.
+        """
         values = {
             "reserved_micro_usd": 0,
             "closed_at": datetime.now(UTC),
             "actual_micro_usd": micro(billed_usd),
+            "closed_by": closed_by,
         }
         values["status"] = (
             ReservationStatus.SETTLED if billed_usd > 0 else ReservationStatus.RELEASED
@@ -432,6 +497,11 @@ class Ledger:
         if note is not None:
             values["note"] = note
         return self._close(reservation_id, **values)
+
+
+def release_note(operator: str, reason: str) -> str:
+    """The audit note of a hold released by hand."""
+    return f"released by {operator} with `lmft budget release`: {reason or 'no reason given'}"[:500]
 
 
 def current_month(now: datetime | None = None) -> str:

@@ -13,7 +13,7 @@ from blocks.budget import (
     BudgetPolicyUnavailable,
     load_budget_policy,
 )
-from tasks.costs.budget import ledger_for
+from tasks.costs.budget import ledger_for, settle_ended_runs
 from tasks.costs.ledger import LedgerTotals, Reservation, current_month
 
 
@@ -38,6 +38,7 @@ class CostReport(BaseModel):
                 "estimate $": f"{e.expected_usd:.2f} (≤ {e.high_usd:.2f})",
                 "held $": f"{e.reserved_usd:.2f}",
                 "actual $": "" if e.actual_usd is None else f"{e.actual_usd:.2f}",
+                "closed by": e.closed_by or "",
             }
             for e in self.entries
         ]
@@ -46,7 +47,10 @@ class CostReport(BaseModel):
 def build_cost_report(
     month: str | None = None, *, policy_name: str = BUDGET_BLOCK_NAME
 ) -> CostReport:
-    """Read the ledger of `month` (default: this month, UTC); the budget left needs a saved policy."""
+    """Read the ledger of `month` (default: this month, UTC); the budget left needs a saved policy.
+
+    Holds of runs that ended without settling them are released first (`settle_ended_runs`).
+    """
     month = month or current_month()
     policy: BudgetPolicy | None
     note = ""
@@ -55,6 +59,8 @@ def build_cost_report(
     except (BudgetPolicyMissing, BudgetPolicyUnavailable) as exc:
         policy, note = None, f"{exc}; showing the default ledger without a limit"
     ledger = ledger_for(policy)
+    if policy is not None:  # the Prefect API answers: release the holds of runs that ended
+        settle_ended_runs(ledger)
     totals = ledger.totals(month, limit_usd=policy.monthly_limit_usd if policy else None)
     return CostReport(
         ledger=ledger.describe(),

@@ -13,6 +13,8 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -28,6 +30,31 @@ _KEEP = (CONVERTER_SCRIPT, "conversion/", "gguf-py/")
 
 class ConverterError(RuntimeError):
     """The converter could not be fetched or failed on a model; the message says why."""
+
+
+# What a write that hit a full disk leaves in an error: the OS's ENOSPC text, or numpy's
+# `tofile` short write ("884736 requested and 2016 written"), which the GGUF writer uses.
+_DISK_FULL = re.compile(r"No space left on device|\[Errno 28\]|\d+ requested and \d+ written")
+LOW_SPACE_BYTES = 1 << 20
+
+
+def disk_full_message(path: Path, output: str = "") -> str | None:
+    """If writing `path` failed because its disk is full, say so, where, and what to do; else None.
+
+    Call it before removing the partial file (the space it took is the evidence): the disk is
+    full when the error text says so or less than `LOW_SPACE_BYTES` is left there.
+    """
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    usage = shutil.disk_usage(folder)
+    if not _DISK_FULL.search(output) and usage.free >= LOW_SPACE_BYTES:
+        return None
+    return (
+        f"the disk holding {folder} is full ({usage.free / 1e6:.1f} MB free of "
+        f"{usage.total / 1e6:.0f} MB) while writing {Path(path).name}; the partial file was removed. "
+        "Free space there, or point LMFT_HOME (or the output folder) at a bigger disk, and run again"
+    )
 
 
 class Converter(BaseModel):
@@ -182,6 +209,10 @@ def run_converter(
     if log_file is not None:
         log_file.write_text(result.stdout + result.stderr)
     if result.returncode != 0 or not outfile.exists():
+        full = disk_full_message(outfile, result.stdout + result.stderr)
+        outfile.unlink(missing_ok=True)
+        if full:
+            raise ConverterError(f"llama.cpp's converter could not write the GGUF: {full}")
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
         raise ConverterError(
             f"llama.cpp's converter ({converter.version}) failed on {model_dir}:\n{tail}"

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from schemas.gguf import GGUFVariant, QuantType
+from tasks.gguf.converter import disk_full_message
 
 
 class QuantizationError(RuntimeError):
@@ -86,7 +87,10 @@ def quantize_file(
     )
     seconds = time.monotonic() - started
     if code != 0 or not partial.exists():
+        full = disk_full_message(partial)
         partial.unlink(missing_ok=True)
+        if full:
+            raise QuantizationError(f"could not write {target.name}: {full}")
         raise QuantizationError(
             f"llama.cpp could not quantize {source.name} to {quant_type.value} (code {code}); see its log above"
         )

@@ -4,6 +4,12 @@ Each job lives in `$LMFT_HOME/jobs/<job_id>/`: `job.json` (the handle, pid, comm
 `train.log` (stdout and stderr), `exit_code` (written when the process ends) and
 `output/` (the model). Everything needed to follow or cancel a job is on disk, so a
 process that did not start the job (a retried task, `lmft cancel`) can still reach it.
+
+A job dies with the process that started it, whatever kills that process: the job is started
+through a two-line launcher that sets the kernel's parent-death signal (`PR_SET_PDEATHSIG`,
+kept across `exec`) and then execs the training script. The job still runs in its own session,
+so a Ctrl-C meant for the owner's terminal does not cut training short mid-save; the owner's
+own death does.
 """
 
 from __future__ import annotations
@@ -26,6 +32,20 @@ from tasks.paths import jobs_dir
 from training import TRAIN_SCRIPT
 
 CANCEL_GRACE_SECONDS = 10.0
+
+# Run as `python -c LAUNCHER OWNER_PID PROGRAM ARGS...`: ask the kernel to SIGKILL this process
+# when its parent dies (prctl option 1 = PR_SET_PDEATHSIG), give up if the parent is already
+# gone, then become PROGRAM. Done in a launcher rather than a `preexec_fn`, which is not safe in
+# a process with threads (Prefect's). The signal follows the thread that started the launcher:
+# flows run their tasks on the main thread, and the run guard covers any other case.
+PDEATHSIG_LAUNCHER = (
+    "import ctypes, os, signal, sys\n"
+    "if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) != 0:\n"
+    "    sys.exit('cannot set the parent-death signal: errno %d' % ctypes.get_errno())\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit('the process that started this job is gone')\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
 # Popen objects of the jobs this process started: polling them reaps the child.
 _children: dict[str, subprocess.Popen] = {}
@@ -63,6 +83,10 @@ def submit_local_job(
         labels={**(labels or {}), "idempotency_key": idempotency_key},
     )
     command = [
+        sys.executable,
+        "-c",
+        PDEATHSIG_LAUNCHER,
+        str(os.getpid()),
         sys.executable,
         "-u",
         str(TRAIN_SCRIPT),

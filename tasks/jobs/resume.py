@@ -27,6 +27,7 @@ from tasks.costs.ledger import Reservation
 from tasks.jobs.backends import find_jobs
 from tasks.jobs.hf import call_with_backoff, hf_job_handle
 from tasks.jobs.local import job_dir
+from tasks.jobs.monitor import running_cost
 from tasks.jobs.training import monitor_timeout, monitor_training, submit_training
 
 HUB_CHECKPOINT_STATE = "checkpoints/last/trainer_state.json"
@@ -177,7 +178,7 @@ def train_resuming(
     """
     logger = get_run_logger()
     earlier: list[str] = []
-    job_key = key
+    job_key, spent = key, 0.0
     while True:
         handle = submit_training(
             request, model, idempotency_key=job_key, labels=labels, estimate=estimate, start=start
@@ -185,9 +186,10 @@ def train_resuming(
         record_job_start(reservation, handle)
         try:
             result = monitor_training.with_options(timeout_seconds=monitor_timeout(estimate))(
-                handle, estimate
+                handle, estimate, spent_before_usd=spent
             )
         except TrainingFailed as failure:
+            spent += running_cost(failure.running_seconds or 0.0, estimate.price_per_hour) or 0.0
             settle_ended_job(
                 reservation,
                 running_seconds=failure.running_seconds,

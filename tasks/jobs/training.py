@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -16,6 +17,7 @@ from prefect.artifacts import (
 from blocks.huggingface import load_hf_credentials
 from schemas.jobs import ResumePoint, parse_stopped_line
 from schemas.request import Backend, DatasetSource, FineTuneRequest
+from schemas.status import RunLinks
 from tasks.costs import CostEstimate
 from tasks.jobs import (
     JobHandle,
@@ -27,7 +29,13 @@ from tasks.jobs import (
 )
 from tasks.jobs.hf import GpuMetrics, is_transient, job_labels, label_value, submit_hf_job
 from tasks.jobs.local import submit_local_job
-from tasks.jobs.monitor import FollowOutcome, MonitorSettings, follow_job
+from tasks.jobs.monitor import FollowOutcome, MonitorSettings, follow_job, running_cost
+from tasks.reporting.status import (
+    publish_cost,
+    publish_evaluation,
+    publish_links,
+    publish_training,
+)
 
 TRACKIO_PROJECT = "lm-fine-tuning"
 DEFAULT_SAVE_FRACTION = 0.1
@@ -226,28 +234,59 @@ def hf_flavor_and_timeout(
 
 
 def evaluation_line(update: ProgressUpdate) -> str:
-    """The monitor's log line for an evaluation; the MCP adapter reads it back (`_EVAL_LINE`)."""
+    """The monitor's log line for an evaluation (for people; the status carries the figures)."""
     line = f"eval loss {update.eval_loss:.4f} at step {update.step}/{update.total_steps}"
     if update.base_eval_loss is not None and update.step > 0:
         line += f" (base model {update.base_eval_loss:.4f})"
     return line
 
 
-class _PrefectWatcher:
-    """Turns the monitor's notices into Prefect logs and the progress artifact."""
+PUBLISH_SECONDS = 2.0
+"""The run's status and progress bar take a progress record at most this often (and the last one)."""
 
-    def __init__(self, handle: JobHandle, artifact_id) -> None:
+
+class _PrefectWatcher:
+    """Turns the monitor's notices into Prefect logs, the progress bar and the run's status."""
+
+    def __init__(
+        self,
+        handle: JobHandle,
+        artifact_id,
+        price_per_hour: float | None,
+        spent_before_usd: float = 0.0,
+    ) -> None:
         self.handle, self.artifact_id, self.logger = handle, artifact_id, get_run_logger()
+        self.price_per_hour, self.spent_before_usd = price_per_hour, spent_before_usd
+        self.running_since: float | None = None
+        self.latest: ProgressUpdate | None = None
+        self.published_at = 0.0
 
     def on_stage(self, status: JobStatus, previous: JobState | None) -> None:
         was = previous.value if previous else "submitted"
         message = f" ({status.message})" if status.message else ""
         self.logger.info("job %s: %s -> %s%s", self.handle.job_id, was, status.state.value, message)
+        if status.state is JobState.RUNNING and self.running_since is None:
+            self.running_since = time.monotonic() - (status.running_seconds or 0.0)
+        publish_training(job_state=status.state.value)
+
+    def cost_so_far(self) -> float | None:
+        """The monitor's billing rule: running time × price."""
+        running = time.monotonic() - self.running_since if self.running_since else 0.0
+        return self.run_cost(running_cost(running, self.price_per_hour))
+
+    def run_cost(self, job_cost: float | None) -> float | None:
+        """The run's spend: this job's, plus what the jobs it resumes cost."""
+        return None if job_cost is None else job_cost + self.spent_before_usd
 
     def on_progress(self, update: ProgressUpdate) -> None:
         if update.is_evaluation:
             return self.on_evaluation(update)
-        update_progress_artifact(self.artifact_id, round(100 * update.fraction, 1))
+        self.latest = update
+        if (
+            update.step >= update.total_steps
+            or time.monotonic() - self.published_at >= PUBLISH_SECONDS
+        ):
+            self.flush()
         eta = "?" if update.eta_seconds is None else f"{update.eta_seconds:.0f}s"
         self.logger.info(
             "step %d/%d  loss %.4f  lr %.2e  eta %s",
@@ -259,6 +298,7 @@ class _PrefectWatcher:
         )
 
     def on_evaluation(self, update: ProgressUpdate) -> None:
+        """Evaluations are few: each is published at once (the status, the progress bar's line)."""
         line = evaluation_line(update)
         update_progress_artifact(
             self.artifact_id,
@@ -266,8 +306,27 @@ class _PrefectWatcher:
             description=f"Training job {self.handle.job_id}: {line}",
         )
         self.logger.info(line)
+        publish_evaluation(update.step, update.eval_loss, update.base_eval_loss)
+
+    def flush(self) -> None:
+        """Publish the latest progress record: progress bar, then the status."""
+        update, self.published_at = self.latest, time.monotonic()
+        if update is None:
+            return
+        update_progress_artifact(self.artifact_id, round(100 * update.fraction, 1))
+        publish_training(
+            step=update.step,
+            total_steps=update.total_steps,
+            percent=round(100 * update.fraction, 1),
+            loss=update.loss,
+            learning_rate=update.learning_rate,
+            epoch=update.epoch,
+            eta_seconds=update.eta_seconds,
+        )
+        publish_cost(self.cost_so_far())
 
     def on_metrics(self, metrics: GpuMetrics, cost_usd: float | None) -> None:
+        publish_cost(self.run_cost(cost_usd))
         cost = "" if cost_usd is None else f"  cost so far ${cost_usd:.2f}"
         self.logger.info(
             "job %s: GPU %s%% util, %s/%s GB GPU memory%s",
@@ -288,29 +347,40 @@ class _PrefectWatcher:
 
 @task(name="monitor-training")
 def monitor_training(
-    handle: JobHandle, estimate: CostEstimate | None = None, settings: MonitorSettings | None = None
+    handle: JobHandle,
+    estimate: CostEstimate | None = None,
+    settings: MonitorSettings | None = None,
+    spent_before_usd: float = 0.0,
 ) -> TrainingResult:
-    """Follow the job to its end: stage changes, live progress artifact, metrics and cost, the final result."""
+    """Follow the job to its end: stage changes, live progress artifact, metrics and cost, the final result.
+
+    `spent_before_usd`: what the earlier jobs of the run cost (a resumed run's status counts them).
+    """
     logger = get_run_logger()
     key = _artifact_key(handle.job_id)
     artifact_id = create_progress_artifact(
         0.0, key=f"training-progress-{key}", description=f"Training job {handle.job_id}"
     )
     links = job_links(handle)
-    if links:
-        create_link_artifact(links[0][1], link_text=links[0][0], key=f"training-job-{key}")
-        for text, url in links:
-            logger.info("%s: %s", text, url)
+    if links.hf_job:
+        create_link_artifact(links.hf_job, link_text="Hugging Face job", key=f"training-job-{key}")
+    for text, url in _link_rows(links):
+        logger.info("%s: %s", text, url)
+    publish_training(job_id=handle.job_id, backend=handle.backend.value)
+    publish_links(hf_job=links.hf_job, trackio=links.trackio)
     price = estimate.price_per_hour if estimate else None
-    outcome = follow_job(
-        handle, _PrefectWatcher(handle, artifact_id), settings, price_per_hour=price
-    )
+    watcher = _PrefectWatcher(handle, artifact_id, price, spent_before_usd)
+    outcome = follow_job(handle, watcher, settings, price_per_hour=price)
+    watcher.flush()
+    publish_cost(watcher.run_cost(outcome.cost_usd))
     status, result = outcome.status, outcome.result
     if status.state is not JobState.COMPLETED or result is None:
         raise training_failure(handle, outcome)
     update_progress_artifact(artifact_id, 100.0)
-    create_markdown_artifact(_job_report(handle, outcome, links), key=f"training-report-{key}")
     remote = handle.backend is not Backend.LOCAL
+    publish_training(percent=100.0, **saved_model_evaluation(result))
+    publish_links(model=result.get("hub_repo") if remote else result.get("model_dir"))
+    create_markdown_artifact(_job_report(handle, outcome, links), key=f"training-report-{key}")
     return TrainingResult(
         handle=handle,
         model_dir=None if remote else result.get("model_dir"),
@@ -325,6 +395,17 @@ def monitor_training(
         running_seconds=outcome.running_seconds,
         **evaluation_fields(result),
     )
+
+
+def saved_model_evaluation(result: dict) -> dict:
+    """The status's final eval figures: the saved model's step (None: the last) and eval loss."""
+    if result.get("eval_loss") is None:
+        return {}
+    return {
+        "base_eval_loss": result.get("base_eval_loss"),
+        "best_step": result.get("best_step"),
+        "best_eval_loss": result["eval_loss"],
+    }
 
 
 def training_failure(handle: JobHandle, outcome: FollowOutcome) -> TrainingFailed:
@@ -369,20 +450,23 @@ def monitor_timeout(estimate: CostEstimate | None) -> float | None:
     return float(estimate.timeout_seconds + MONITOR_MARGIN_SECONDS)
 
 
-def job_links(handle: JobHandle) -> list[tuple[str, str]]:
+def job_links(handle: JobHandle) -> RunLinks:
     """Links worth a click: the Hugging Face job page and the Trackio Space, when there is one."""
     if handle.backend is Backend.LOCAL:
-        return []
-    links = [("Hugging Face job", handle.url)] if handle.url else []
+        return RunLinks()
     credentials = load_hf_credentials()
-    if credentials.trackio_space_id:
-        links.append(
-            ("Trackio dashboard", f"{credentials.hub_url}/spaces/{credentials.trackio_space_id}")
-        )
-    return links
+    space = credentials.trackio_space_id
+    return RunLinks(
+        hf_job=handle.url, trackio=f"{credentials.hub_url}/spaces/{space}" if space else None
+    )
 
 
-def _job_report(handle: JobHandle, outcome: FollowOutcome, links: list[tuple[str, str]]) -> str:
+def _link_rows(links: RunLinks) -> list[tuple[str, str]]:
+    rows = [("Hugging Face job", links.hf_job), ("Trackio dashboard", links.trackio)]
+    return [(text, url) for text, url in rows if url]
+
+
+def _job_report(handle: JobHandle, outcome: FollowOutcome, links: RunLinks) -> str:
     rows = [
         f"| job | `{handle.job_id}` ({handle.backend.value}) |",
         f"| state | {outcome.status.state.value} |",
@@ -394,7 +478,7 @@ def _job_report(handle: JobHandle, outcome: FollowOutcome, links: list[tuple[str
         rows.append(
             f"| GPU | {m.gpu_count} × {m.gpu_utilization_pct}% util, {m.gpu_memory_used_gb}/{m.gpu_memory_total_gb} GB |"
         )
-    rows += [f"| {text} | {url} |" for text, url in links]
+    rows += [f"| {text} | {url} |" for text, url in _link_rows(links)]
     return "# Training job\n\n| | |\n|---|---|\n" + "\n".join(rows) + "\n"
 
 

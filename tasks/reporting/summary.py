@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from schemas.costs import ESTIMATE_FIGURES_KEY, CostEstimate
+from schemas.costs import CostEstimate
 from schemas.gguf import ConversionResult
 from schemas.request import FineTuneRequest
 from schemas.serving import ServedModel
+from schemas.status import RunLinks, RunStatus
 from tasks.jobs import TrainingResult
 from tasks.reporting.samples import SampleAnswer
 
@@ -39,7 +36,11 @@ class FineTuneSummary(BaseModel):
     jobs: list[str] = Field(default=[], description="Training jobs, in order (resumed ones too).")
     step_seconds: dict[str, float]
     trackio_project: str
-    estimate: CostEstimate
+    estimate: CostEstimate | None
+    cost_usd: float | None = Field(
+        default=None, description="What the training cost: running time × the hardware's price."
+    )
+    links: RunLinks = RunLinks()
     samples: list[SampleAnswer] = []
     gguf: str | None = Field(default=None, description="The GGUF that passed the quality gate.")
     gguf_decision: str | None = Field(
@@ -51,31 +52,15 @@ class FineTuneSummary(BaseModel):
     deployment_status: str | None = None
 
 
-"""Table artifact holding the estimate's fields (the markdown `cost-estimate` is for people)."""
-
-
-@task(name="publish-estimate")
-def publish_estimate(estimate: CostEstimate) -> None:
-    """Publish the estimate's fields as a one-row table artifact, read back by the MCP adapter."""
-    create_table_artifact(
-        [estimate.model_dump(mode="json")],
-        key=ESTIMATE_FIGURES_KEY,
-        description=f"Expected ${estimate.expected_usd:.2f} on {estimate.hardware} ({estimate.source})",
-    )
-
-
-@contextmanager
-def timed(timings: dict[str, float], step: str) -> Iterator[None]:
-    """Record the wall time of a pipeline step into `timings[step]` (seconds)."""
-    started = time.monotonic()
-    try:
-        yield
-    finally:
-        timings[step] = round(time.monotonic() - started, 2)
-
-
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _cost(summary: FineTuneSummary) -> str:
+    spent = "n/a" if summary.cost_usd is None else f"${summary.cost_usd:.2f}"
+    if summary.estimate is None:
+        return spent
+    return f"{spent} (estimated ${summary.estimate.expected_usd:.2f}, {summary.estimate.source})"
 
 
 def _fmt(value: float | None) -> str:
@@ -101,14 +86,14 @@ def eval_row(result: TrainingResult) -> str:
 def publish_summary(
     request: FineTuneRequest,
     result: TrainingResult,
-    estimate: CostEstimate,
-    timings: dict[str, float],
+    status: RunStatus,
     samples: list[SampleAnswer] | None = None,
     *,
     gguf: ConversionResult | None = None,
     deployment: ServedModel | None = None,
 ) -> FineTuneSummary:
-    """Build the run's summary and publish it as a markdown artifact."""
+    """Build the run's summary from its result and its published status; publish it as markdown."""
+    estimate, timings = status.gate.estimate, status.step_seconds
     summary = FineTuneSummary(
         output_name=request.output_name or result.handle.job_id,
         job_id=result.handle.job_id,
@@ -125,6 +110,8 @@ def publish_summary(
         step_seconds=timings,
         trackio_project=result.trackio_project,
         estimate=estimate,
+        cost_usd=status.cost_so_far_usd,
+        links=status.links,
         samples=samples or [],
         gguf=gguf.chosen if gguf else None,
         gguf_decision=gguf.quality.decision if gguf else None,
@@ -144,7 +131,7 @@ def publish_summary(
 | steps | {result.global_step} |
 | loss | {_fmt(result.first_loss)} → {_fmt(result.final_loss)} |
 | eval loss (held out) | {eval_row(result)} |
-| cost | ${estimate.expected_usd:.2f} ({estimate.source}) |
+| cost | {_cost(summary)} |
 | Trackio | project `{result.trackio_project}`: `trackio show --project {result.trackio_project}` |
 | GGUF | `{summary.gguf or "not converted"}` {_cell(summary.gguf_decision or "")} |
 | deployment | {summary.deployment_status or "not deployed"} {summary.deployment_url or ""} |
@@ -154,6 +141,9 @@ def publish_summary(
 |---|---|
 {rows}
 """
+    links = [f"| {name.replace('_', ' ')} | {url} |" for name, url in summary.links if url]
+    if links:
+        markdown += "\n## Links\n| | |\n|---|---|\n" + "\n".join(links) + "\n"
     if summary.samples:
         markdown += (
             "\n## Answers before and after\n| prompt | base model | fine-tuned |\n|---|---|---|\n"

@@ -408,14 +408,16 @@ def _add_token_stats(
         totals.add_issue(_issue(IssueCode.TOKENS_NOT_COUNTED, f"token lengths not checked: {exc}"))
         return
     report.token_stats = stats
-    for file, row in too_long[:KEEP_PER_CODE]:
+    for (file, row), chars in too_long[:KEEP_PER_CODE]:
+        message = f"longer than max_length {stats.max_length} tokens; the trainer truncates it"
+        if chars is not None:
+            message = (
+                f"{chars:,} characters: more than max_length {stats.max_length} tokens can hold "
+                f"({stats.bound_chars:,} characters with this tokenizer), so it was counted as too "
+                "long without being tokenised; the trainer truncates it"
+            )
         totals.add_issue(
-            _issue(
-                IssueCode.TOO_LONG,
-                f"longer than max_length {stats.max_length} tokens; the trainer truncates it",
-                row=row,
-                file=file,
-            ),
+            _issue(IssueCode.TOO_LONG, message, row=row, file=file),
             count=0,
         )
     totals.counts[IssueCode.TOO_LONG] += len(too_long)

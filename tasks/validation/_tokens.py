@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
@@ -15,6 +16,36 @@ BATCH_ROWS = 1000
 _RENDER_ERRORS: tuple[type[Exception], ...] = (KeyError, TypeError, ValueError, AttributeError)
 TOKEN_ROWS = 100_000
 """Rows tokenised at most; beyond, the totals are extrapolated (and `TokenStats.exact` is false)."""
+
+
+def longest_token_chars(tokenizer: Any) -> int:
+    """Characters (bytes, for byte-level BPE) the longest entry of the vocabulary covers.
+
+    No token covers more of a text than this, so a text of `n` characters is at least
+    `n / longest_token_chars` tokens long: that bounds a row without tokenising it.
+    """
+    vocab = tokenizer.get_vocab()
+    return max((len(token) for token in vocab), default=1) or 1
+
+
+TEXT_COLUMNS = ("messages", "text", "prompt", "completion", "chosen", "rejected")
+
+
+def row_chars(row: dict) -> int:
+    """Characters of the text that training renders from a row (message contents and text columns)."""
+
+    def chars(value: Any) -> int:
+        if isinstance(value, str):
+            return len(value)
+        if isinstance(value, list):
+            return sum(
+                len(m["content"])
+                for m in value
+                if isinstance(m, dict) and isinstance(m.get("content"), str)
+            )
+        return 0
+
+    return sum(chars(row.get(column)) for column in TEXT_COLUMNS)
 
 
 @lru_cache(maxsize=4)
@@ -32,12 +63,11 @@ def load_tokenizer(base_model: str, tokenizer_path: str | None) -> tuple[Any | N
     model = tokenizer_path or base_model
     if model in (DEFAULT_BASE_MODEL, EMBEDDED_HUB_ID):
         try:
-            gguf = embedded_gguf_path()
+            embedded_gguf_path()
+            folder = embedded_tokenizer_dir()
         except RuntimeError as exc:
             return None, str(exc)
-        return AutoTokenizer.from_pretrained(
-            gguf.parent, gguf_file=gguf.name
-        ), f"{DEFAULT_BASE_MODEL} (embedded GGUF)"
+        return AutoTokenizer.from_pretrained(folder), f"{DEFAULT_BASE_MODEL} (embedded GGUF)"
     folder = Path(model).expanduser()
     try:
         if folder.is_dir():
@@ -82,6 +112,49 @@ def _tokenizer_files(repo_id: str) -> str:
         )
     except Exception as exc:  # 401/404/network: validation goes on without token counts
         raise OSError(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+
+
+def embedded_tokenizer_dir() -> Path:
+    """The embedded model's tokenizer as a tokenizer folder, extracted from its GGUF once.
+
+    Reading the tokenizer out of the GGUF makes transformers parse the whole file (about 550 MB
+    of memory that stays with the process), so it is done once, in a child process, and the
+    folder (`$LMFT_HOME/models/<name>-tokenizer`) is loaded from then on.
+    """
+    import subprocess
+    import sys
+
+    from schemas.request import DEFAULT_BASE_MODEL
+    from tasks.paths import models_dir
+
+    for folder in (
+        models_dir() / DEFAULT_BASE_MODEL,
+        models_dir() / f"{DEFAULT_BASE_MODEL}-tokenizer",
+    ):
+        if (folder / "tokenizer_config.json").exists():  # materialised model, or extracted before
+            return folder
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    extract = (
+        "import sys\n"
+        "from transformers import AutoTokenizer\n"
+        "from tasks.jobs.base_model import embedded_gguf_path\n"
+        "gguf = embedded_gguf_path()\n"
+        "AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(sys.argv[1])\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", extract, str(partial)], cwd=root, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"could not extract the embedded model's tokenizer: {result.stderr.strip()[-500:]}"
+        )
+    try:
+        partial.replace(folder)
+    except OSError:  # another process extracted it first
+        if not (folder / "tokenizer_config.json").exists():
+            raise
+    return folder
 
 
 def _join(value: Any) -> str:
@@ -131,16 +204,40 @@ def count_tokens(
     row_count: int,
     limit: int = TOKEN_ROWS,
 ) -> tuple[TokenStats, list[Any]]:
-    """Token statistics of the first `limit` rows, and where (the rows' keys) rows exceed `max_length`."""
+    """Token statistics of the first `limit` rows, and the rows longer than `max_length`.
+
+    Each long row is `(key, chars)`: `chars` is None for a tokenised row, else the characters of
+    a row counted as too long without tokenising it.
+
+    Memory stays bounded whatever the rows hold: a row with more characters than `max_length`
+    tokens can cover (`max_length × longest_token_chars`) is longer than `max_length` for sure; it
+    is counted as such with its lower-bound length, without being rendered or tokenised, and
+    `TokenStats.over_bound` says how many were.
+    """
     from jinja2 import TemplateError
 
     render_errors = (*_RENDER_ERRORS, TemplateError)
     templated = conversational and bool(getattr(tokenizer, "chat_template", None))
+    per_token = longest_token_chars(tokenizer)
+    bound = max_length * per_token
     lengths: list[int] = []
     too_long: list[Any] = []
+    over_bound = 0
     started = time.perf_counter()
     iterator: Iterator[tuple[Any, dict]] = islice(rows, limit)
     while batch := list(islice(iterator, BATCH_ROWS)):
+        kept_rows = []
+        for number, row in batch:
+            chars = row_chars(row)
+            if chars > bound:
+                lengths.append(-(-chars // per_token))  # at least this many tokens
+                too_long.append((number, chars))
+                over_bound += 1
+            else:
+                kept_rows.append((number, row))
+        batch = kept_rows
+        if not batch:
+            continue
         try:
             texts = _texts([r for _, r in batch], kind, conversational, tokenizer, templated)
         except render_errors:
@@ -165,7 +262,7 @@ def count_tokens(
             position += len(parts)
             lengths.append(length)
             if length > max_length:
-                too_long.append(number)
+                too_long.append((number, None))
     seconds = time.perf_counter() - started
     counted = len(lengths)
     ordered = sorted(lengths)
@@ -183,5 +280,7 @@ def count_tokens(
         tokenizer=tokenizer_name,
         chat_template=templated,
         rows_per_second=round(counted / seconds, 1) if seconds > 0 else 0.0,
+        over_bound=over_bound,
+        bound_chars=bound,
     )
     return stats, too_long

@@ -25,6 +25,7 @@ EXPECTED = {
     "deploy",
     "retrain",
     "cost_report",
+    "settle_ended_runs",
     "spend_alerts",
     "health_check",
 }

@@ -9,6 +9,7 @@ import pytest
 
 from flows.finetune import finetune
 from schemas.request import FineTuneRequest
+from schemas.status import Stage
 
 USER = {"role": "user", "content": "Say hello to the crew."}
 DATASETS = {
@@ -109,7 +110,8 @@ def test_whole_pipeline_publishes_artifacts_converts_and_serves(
         }
     )
     try:
-        summary = finetune(request)
+        state = finetune(request, return_state=True)
+        summary = state.result()
 
         assert summary.gguf and Path(summary.gguf).exists() and summary.gguf.endswith(".gguf")
         assert summary.gguf_decision
@@ -132,8 +134,24 @@ def test_whole_pipeline_publishes_artifacts_converts_and_serves(
             return progress, run_artifacts
 
     progress, summaries = anyio.run(read)
+    run_status = anyio.run(read_run_status, state.state_details.flow_run_id)
+    assert run_status.stage is Stage.COMPLETED and run_status.gate.decision.lets_through
+    assert run_status.training.step == run_status.training.total_steps == 2
+    assert run_status.links.gguf == summary.gguf == summary.links.gguf
+    assert run_status.links.serving == summary.deployment_url
+    assert set(run_status.step_seconds) >= {"train", "gguf", "deploy"}
+    assert summary.cost_usd == run_status.cost_so_far_usd == 0.0
     assert progress and progress[0].type == "progress" and float(progress[0].data) == 100.0
     assert any("tiny-artifacts" in a.data and "Wall time per step" in a.data for a in summaries)
+
+
+async def read_run_status(flow_run_id):
+    from prefect import get_client
+
+    from mcp_adapter.runs import read_status
+
+    async with get_client() as client:
+        return await read_status(client, flow_run_id)
 
 
 def test_bad_dataset_columns_stop_the_flow_before_training(

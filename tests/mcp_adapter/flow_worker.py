@@ -10,14 +10,20 @@ from prefect.flow_runs import pause_flow_run
 
 from deployments.serve import serve_flows
 from schemas.approval import ApprovalDecision
+from schemas.status import GateDecision
+from tasks.reporting.status import STATUS_HOOKS, publish_gate
 
 APPROVAL_PROBE = "approval-probe/approval-probe"
 
 
-@flow(name="approval-probe", persist_result=True, result_serializer="json")
+@flow(name="approval-probe", persist_result=True, result_serializer="json", **STATUS_HOOKS)
 def approval_probe(timeout_seconds: int = 300) -> ApprovalDecision:
     """Pause for an `ApprovalDecision`, the way the finetune flow's budget gate does; return it."""
-    return pause_flow_run(wait_for_input=ApprovalDecision, timeout=timeout_seconds)
+    publish_gate(GateDecision.AWAITING_APPROVAL, timeout_seconds=timeout_seconds)
+    decision = pause_flow_run(wait_for_input=ApprovalDecision, timeout=timeout_seconds)
+    verdict = GateDecision.APPROVED if decision.approve else GateDecision.REJECTED
+    publish_gate(verdict, approver=decision.approver, note=decision.note)
+    return decision
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from tasks.jobs.backends import find_jobs, job_status
 pytestmark = pytest.mark.anyio
 
 FINAL = {"completed", "failed", "cancelled", "crashed"}
+FINAL_STAGES = {"completed", "failed", "cancelled"}
 
 
 async def call(name: str, arguments: dict | None = None, **kwargs) -> dict:
@@ -50,6 +51,16 @@ async def gather(*calls) -> list:
         for index, awaitable in enumerate(calls):
             group.start_soon(one, index, awaitable)
     return results
+
+
+async def save_hf_credentials() -> None:
+    from pydantic import SecretStr
+
+    from blocks.huggingface import HuggingFaceCredentials
+
+    await HuggingFaceCredentials(token=SecretStr("hf_" + "x" * 34), namespace="me").save(
+        "huggingface", overwrite=True
+    )
 
 
 def request_for(dataset: Path, **overrides) -> dict:
@@ -142,6 +153,46 @@ async def test_get_costs_and_deploy_model_start_their_flows(flow_worker):
     assert status["run"]["state"] == "failed"
     assert "/no/such/model.gguf" in status["run"]["state_message"]
     assert status["gate"] is None
+
+
+async def test_convert_to_gguf_then_deploy_model_run_to_completion(
+    flow_worker, tiny_llama: Path, chat_dataset: Path
+):
+    """The tiny llama → GGUF (a `convert` run) → a local llama.cpp server that answers (a `deploy`
+    run), each started by its tool with the flow's own parameter types and followed by its status."""
+    import httpx
+
+    from tasks.serving.local import stop_local_server
+
+    converting = await call(
+        "convert_to_gguf",
+        {
+            "model": str(tiny_llama),
+            "settings": {"quant_types": ["Q8_0"], "prompts": ["Hello?"], "max_answer_tokens": 8},
+            "dataset": {"path": str(chat_dataset)},
+        },
+    )
+    assert converting["error"] is None and converting["run"]["flow"] == "convert"
+    converted = await wait_until(
+        converting["run"]["id"], lambda s: s["stage"] in FINAL_STAGES, timeout=600
+    )
+    assert converted["run"]["state"] == "completed", converted["run"]["state_message"]
+    assert converted["stage"] == "completed" and converted["gate"] is None
+    gguf = converted["links"]["gguf"]
+    assert gguf.endswith(".gguf") and Path(gguf).exists()
+
+    try:
+        deploying = await call("deploy_model", {"gguf_path": gguf, "name": "tinymcp"})
+        assert deploying["error"] is None and deploying["run"]["flow"] == "deploy"
+        deployed = await wait_until(
+            deploying["run"]["id"], lambda s: s["stage"] in FINAL_STAGES, timeout=300
+        )
+        assert deployed["run"]["state"] == "completed", deployed["run"]["state_message"]
+        url = deployed["links"]["serving"]
+        models = httpx.get(f"{url.rstrip('/')}/v1/models", timeout=30).json()
+        assert models["data"], "the deployed model is listed by its server"
+    finally:
+        stop_local_server("tinymcp")
 
 
 async def test_validate_dataset_returns_the_report(flow_worker, chat_dataset: Path):
@@ -254,6 +305,7 @@ async def test_paid_job_waits_at_the_budget_gate_and_is_rejected(
     await BudgetPolicy(
         monthly_limit_usd=1000, approval_threshold_usd=0, per_job_max_usd=1000, ledger_url=ledger
     ).save("default", overwrite=True)
+    await save_hf_credentials()  # checked before the gate; the rejected run never uses them
     request = request_for(
         chat_dataset, backend="hf-jobs"
     )  # the embedded default, trained on the Hub
@@ -326,6 +378,8 @@ async def complete_a_job(chat_dataset: Path, tiny_llama: Path) -> None:
     assert status["estimate"]["backend"] == "local"
     assert status["cost_so_far_usd"] == 0.0
     assert "tiny-pirate" in status["summary_markdown"]
+    assert Path(status["links"]["model"], "config.json").exists()
+    assert status["progress"]["job_state"] == "completed"
 
     logs = await call("get_job_logs", {"run_id": run_id, "lines": 200})
     assert any("step 3/3" in line["message"] for line in logs["lines"])
@@ -472,3 +526,24 @@ async def test_local_job_waits_for_approval_then_completes(
     assert any(
         "ana approved the run: fine on the lab box" in line["message"] for line in logs["lines"]
     )
+
+
+async def test_a_key_whose_run_ended_failed_returns_that_run_with_an_error(
+    flow_worker, chat_dataset: Path
+):
+    """A key always returns its run; one that ended without completing says so, and what to do."""
+    request = request_for(chat_dataset, deploy={"target": "no-such-target"})  # refused early
+    key = f"fails-{uuid.uuid4().hex[:8]}"
+    first = await call(
+        "create_job", {"request": request, "idempotency_key": key, "wait_seconds": 1}
+    )
+    await wait_until(first["run"]["id"], lambda s: s["run"]["state"] in FINAL, timeout=240)
+
+    again = await call(
+        "create_job", {"request": request, "idempotency_key": key, "wait_seconds": 1}
+    )
+
+    assert again["run"]["id"] == first["run"]["id"] and again["run"]["state"] == "failed"
+    assert again["error"] is not None
+    assert f"idempotency_key {key!r} ended Failed" in again["error"]
+    assert "no-such-target" in again["error"] and "new idempotency_key" in again["error"]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -28,9 +29,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class HttpServer(str):
+    """The server's URL; `.log` is the file holding everything the server printed."""
+
+    log: Path
+
+
 @pytest.fixture
-def http_server(prefect_server):
-    """`lmft mcp --http` on a free port, allowing a burst of 4 requests then one every 10 s."""
+def http_server(prefect_server, tmp_path):
+    """`lmft mcp --http` on a free port, allowing a burst of 12 requests then one every 10 s."""
     port = free_port()
     env = {**prefect_env(), "LMFT_MCP_TOKEN": TOKEN}
     command = [
@@ -44,11 +51,11 @@ def http_server(prefect_server):
         "--rate-limit",
         "0.1",
         "--burst",
-        "4",
+        "12",
     ]
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    log = tmp_path / "mcp-http.log"
+    output = open(log, "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/mcp"
     deadline = time.monotonic() + 60
     while True:
@@ -59,12 +66,15 @@ def http_server(prefect_server):
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 raise RuntimeError(
-                    f"lmft mcp --http did not start: {process.stderr.read().decode()[-2000:]}"
+                    f"lmft mcp --http did not start: {log.read_text()[-2000:]}"
                 ) from None
             time.sleep(0.2)
-    yield url
+    server = HttpServer(url)
+    server.log = log
+    yield server
     process.terminate()
     process.wait(timeout=20)
+    output.close()
 
 
 async def test_stdio_subprocess_serves_the_tools(prefect_server):
@@ -76,6 +86,18 @@ async def test_stdio_subprocess_serves_the_tools(prefect_server):
         missing = str(uuid.uuid4())
         result = await client.call_tool("get_job_status", {"run_id": missing})
     assert result.structured_content["error"].startswith(f"no flow run with id {missing}")
+
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
 
 
 async def test_http_requires_the_bearer_token(http_server: str):
@@ -106,9 +128,62 @@ async def test_http_requires_the_bearer_token(http_server: str):
         assert len(tools) == 12
         result = await client.call_tool("list_jobs", {"limit": 1})
         assert result.structured_content["error"] is None
-        with pytest.raises(Exception, match="Rate limit exceeded"):
-            for _ in range(5):
-                await client.call_tool("list_jobs", {"limit": 1})
+
+
+async def test_http_answers_a_burst_over_the_limit_with_429_and_retry_after(http_server: str):
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "Authorization": f"Bearer {TOKEN}",
+    }
+    async with httpx.AsyncClient() as http:
+        answers = [
+            await http.post(http_server, json=INITIALIZE, headers=headers) for _ in range(20)
+        ]
+    statuses = [a.status_code for a in answers]
+    assert statuses[:12] == [200] * 12  # the burst
+    assert statuses.count(429) >= 5  # then one every 10 s at most
+    limited = answers[statuses.index(429)]
+    assert limited.status_code == 429
+    assert 1 <= int(limited.headers["Retry-After"]) <= 10  # one request every 10 s
+    assert limited.json()["error"] == "rate_limited"
+
+
+async def test_http_throttles_a_burst_of_wrong_tokens(http_server: str):
+    headers = {"Accept": "application/json, text/event-stream"}
+    async with httpx.AsyncClient() as http:
+        statuses = [
+            (
+                await http.post(
+                    http_server,
+                    json=INITIALIZE,
+                    headers={**headers, "Authorization": f"Bearer wrong-{i:04d}-{TOKEN}"},
+                )
+            ).status_code
+            for i in range(100)
+        ]
+        after = await http.post(
+            http_server, json=INITIALIZE, headers={**headers, "Authorization": f"Bearer {TOKEN}"}
+        )
+    assert statuses.count(401) <= 10  # a burst of 10 failed authentications, then refused
+    assert statuses.count(429) >= 90
+    assert after.status_code == 429  # even the right token waits until the allowance refills
+    assert int(after.headers["Retry-After"]) >= 1
+
+
+async def test_a_token_in_the_query_string_is_refused_and_never_logged(http_server: str):
+    headers = {"Accept": "application/json, text/event-stream"}
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(
+            f"{http_server}?token={TOKEN}&access_token={TOKEN}", json=INITIALIZE, headers=headers
+        )
+        logged = await http.post(f"{http_server}?x=1", json=INITIALIZE, headers=headers)
+    assert answer.status_code == 400 and "Authorization" in answer.json()["error_description"]
+    assert TOKEN not in answer.text
+    assert logged.status_code == 401
+    time.sleep(1)  # the access log is written after the response
+    log = http_server.log.read_text()
+    assert "POST /mcp" in log  # requests are logged ...
+    assert TOKEN not in log and "x=1" not in log  # ... without their query strings
 
 
 def test_http_refuses_to_start_without_a_token(monkeypatch: pytest.MonkeyPatch):
@@ -122,6 +197,11 @@ def test_http_refuses_to_start_without_a_token(monkeypatch: pytest.MonkeyPatch):
     assert result.exit_code == 2
     assert "at least 16 characters" in result.output
     assert "tok-xyz123" not in result.output
+
+    monkeypatch.setenv("LMFT_MCP_TOKEN", " " * 16)
+    result = CliRunner().invoke(app, ["mcp", "--http"])
+    assert result.exit_code == 2
+    assert "must not contain spaces" in result.output
 
 
 def test_refuses_to_start_without_a_prefect_api():

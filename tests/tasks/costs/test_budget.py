@@ -258,3 +258,47 @@ def test_a_failed_run_keeps_what_was_billed_and_releases_the_rest(
         assert entry.status is ReservationStatus.RELEASED and entry.actual_usd == 0
     else:  # 30 (or 31) started minutes at $1/h
         assert entry.status is ReservationStatus.SETTLED and 0.5 <= entry.actual_usd <= 0.52
+
+
+@flow(name="killed-run")
+def killed_run() -> None:
+    """Stands for a finetune run whose process was killed: only its flow run record exists."""
+
+
+def flow_run_in(state) -> str:
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(killed_run)
+        client.set_flow_run_state(run.id, state, force=True)
+        return str(run.id)
+
+
+def test_the_gate_releases_the_holds_of_runs_that_ended_without_settling(policy):
+    from prefect.states import Crashed, Running
+
+    name, ledger = policy  # $100 a month, $50 per job at most
+    crashed = [flow_run_in(Crashed(message="killed")) for _ in range(2)]
+    running = flow_run_in(Running())
+    for run_id, high in ((crashed[0], 45), (crashed[1], 45), (running, 10)):
+        ledger.reserve(
+            run_key=f"run-{run_id}",
+            backend="hf-jobs",
+            hardware="a10g-small",
+            price_per_hour=1.0,
+            expected_usd=high / 2,
+            high_usd=high,
+            monthly_limit_usd=100,
+            per_job_max_usd=50,
+            needs_approval=False,
+            flow_run_id=run_id,
+        )
+    assert ledger.totals(limit_usd=100).left_usd == 0
+
+    assert gated(estimate(5), f"after-{uuid.uuid4().hex[:6]}", name) == "approved"
+
+    by_run = {e.flow_run_id: e for e in ledger.entries()}
+    for run_id in crashed:
+        assert by_run[run_id].status is ReservationStatus.RELEASED
+        assert by_run[run_id].closed_by == "reconciler"
+        assert "ended Crashed" in by_run[run_id].note
+    assert by_run[running].is_open  # a run still going keeps its hold
+    assert ledger.totals(limit_usd=100).reserved_usd == 15

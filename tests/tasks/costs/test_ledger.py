@@ -93,3 +93,62 @@ def test_a_retried_run_reuses_its_hold_and_the_per_job_maximum_is_enforced(tmp_p
         ledger.reserve(run_key="big", **{**args, "high_usd": 2.6})
     billed = ledger.release(first.id, billed_usd=0.4)
     assert billed.status is ReservationStatus.SETTLED and billed.actual_usd == pytest.approx(0.4)
+
+
+def hold(ledger: Ledger, run_key: str, *, now, hold_seconds=None, high=5.0, limit=10.0):
+    return ledger.reserve(
+        run_key=run_key,
+        backend="hf-jobs",
+        hardware="a10g-small",
+        price_per_hour=1.0,
+        expected_usd=high / 2,
+        high_usd=high,
+        monthly_limit_usd=limit,
+        per_job_max_usd=limit,
+        needs_approval=False,
+        hold_seconds=hold_seconds,
+        now=now,
+    )
+
+
+def test_holds_count_only_in_their_month_and_until_they_expire(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    november = datetime(2026, 11, 30, 20, 0, tzinfo=UTC)
+    for key in ("a", "b"):  # two runs hold the whole $10 of November, and are never settled
+        hold(ledger, key, now=november, hold_seconds=3600)
+    with pytest.raises(BudgetExceeded, match=r"only \$0.00 is left"):
+        hold(ledger, "c", now=november + timedelta(minutes=5), hold_seconds=3600)
+
+    december = datetime(2026, 12, 1, 0, 5, tzinfo=UTC)  # next month: untouched
+    assert ledger.totals("2026-12", limit_usd=10, now=december).left_usd == 10
+    assert hold(ledger, "d", now=december, hold_seconds=3600).month == "2026-12"
+
+    expired = november + timedelta(hours=1, seconds=1)  # past the holds' expiry
+    totals = ledger.totals("2026-11", limit_usd=10, now=expired)
+    assert totals.reserved_usd == 0 and totals.open_reservations == 0
+    assert hold(ledger, "e", now=expired, hold_seconds=3600).status is ReservationStatus.APPROVED
+    assert all(h.is_expired(expired) for h in ledger.open_entries() if h.run_key in ("a", "b"))
+
+
+def test_a_ledger_of_an_older_release_gains_the_new_columns(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # budget_entries as the previous release created it
+        db.execute(
+            "CREATE TABLE budget_entries (id VARCHAR(36) PRIMARY KEY, run_key VARCHAR(300) NOT NULL, "
+            "flow_run_id VARCHAR(64), backend VARCHAR(32) NOT NULL, hardware VARCHAR(64) NOT NULL, "
+            "price_micro_usd_per_hour BIGINT NOT NULL, expected_micro_usd BIGINT NOT NULL, "
+            "high_micro_usd BIGINT NOT NULL, reserved_micro_usd BIGINT NOT NULL, "
+            "actual_micro_usd BIGINT, status VARCHAR(32) NOT NULL, decision VARCHAR(32) NOT NULL, "
+            "approver VARCHAR(200) NOT NULL, note TEXT NOT NULL, month VARCHAR(7) NOT NULL, "
+            "created_at DATETIME NOT NULL, job_started_at DATETIME, closed_at DATETIME)"
+        )
+    from datetime import UTC, datetime
+
+    ledger = Ledger(f"sqlite:///{path}")
+    reservation = hold(ledger, "a", now=datetime.now(UTC), hold_seconds=60)
+    released = ledger.release(reservation.id, note="test", closed_by="operator x")
+    assert released.expires_at is not None and released.closed_by == "operator x"

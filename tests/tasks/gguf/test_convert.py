@@ -176,3 +176,14 @@ def test_gate_passes_faithful_file_and_fails_damaged_one_on_smollm2(
     assert not bad.passed and bad.delta_nll > settings.max_nll_increase
     assert report.chosen == faithful.path
     assert "smallest variant that passed" in report.decision
+
+
+def test_a_conversion_that_fills_the_disk_says_so_and_where(tiny_llama, small_disk):
+    from tasks.gguf.converter import ConverterError, fetch_converter, run_converter
+
+    outfile = small_disk / "tiny.gguf"
+    with pytest.raises(ConverterError) as failure:
+        run_converter(fetch_converter(), tiny_llama, outfile)
+
+    assert f"the disk holding {small_disk} is full" in str(failure.value)
+    assert not outfile.exists()  # the partial file was removed

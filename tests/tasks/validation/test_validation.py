@@ -416,3 +416,33 @@ def test_a_file_that_breaks_part_way_is_a_clear_error(tmp_path):
     truncated = tmp_path / "truncated.jsonl.gz"
     truncated.write_bytes(gzip.compress((DATA / "good" / "messages.jsonl").read_bytes())[:-20])
     assert [e.code for e in check(truncated).errors] == [IssueCode.UNREADABLE_FILE]
+
+
+def test_a_row_too_long_to_hold_is_counted_without_tokenising_it(tokenizer_dir, tmp_path):
+    """Memory stays bounded: a row longer than max_length tokens can cover is never tokenised
+    (`bench/validation_huge_row.py` measures a 200 MB row under 1 GB RSS)."""
+    path = tmp_path / "huge.jsonl"
+    huge = {
+        "messages": [
+            {"role": "user", "content": "lorem ipsum " * 250_000},  # 3 MB
+            {"role": "assistant", "content": "Arr."},
+        ]
+    }
+    small = {
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Arr."}]
+    }
+    path.write_text("\n".join(json.dumps(r) for r in (small, huge, small)) + "\n")
+    request = FineTuneRequest(
+        dataset=DatasetSource(path=str(path)), hyperparameters={"max_length": 64}
+    )
+
+    report = check_dataset(request, tokenizer_path=str(tokenizer_dir), min_rows=1)
+
+    stats = report.token_stats
+    assert stats.rows == 3 and stats.over_max_length == 1 and stats.over_bound == 1
+    per_token = stats.bound_chars // 64
+    assert per_token > 1 and stats.max_tokens == -(-3_000_004 // per_token)  # a lower bound
+    [issue] = [i for i in report.warnings if i.code.value == "too_long"]
+    assert issue.row == 2
+    assert "3,000,004 characters" in issue.message and "without being tokenised" in issue.message
+    assert report.warning_counts["too_long"] == 1
