@@ -28,12 +28,24 @@ def run(
     ] = None,
     backend: Annotated[str | None, typer.Option(help="local | hf-jobs")] = None,
     output_name: Annotated[str | None, typer.Option(help="Name of the trained model.")] = None,
+    resume_from: Annotated[
+        str | None,
+        typer.Option(
+            help="Continue from an earlier run's last checkpoint: its flow run id or job id."
+        ),
+    ] = None,
 ) -> None:
     """Run the `finetune` flow and print where the trained model is."""
     request = request_from_cli(
         config,
         dataset,
-        {"base_model": model, "method": method, "backend": backend, "output_name": output_name},
+        {
+            "base_model": model,
+            "method": method,
+            "backend": backend,
+            "output_name": output_name,
+            "resume_from": resume_from,
+        },
         max_steps=max_steps,
     )
 
@@ -60,6 +72,14 @@ def run(
         bold=True,
     )
     typer.echo(f"  loss          {summary.first_loss:.4f} -> {summary.final_loss:.4f}")
+    if summary.eval_loss is not None:
+        best = (
+            f" (best step {summary.best_step}{', stopped early' if summary.stopped_early else ''})"
+        )
+        base = "n/a" if summary.base_eval_loss is None else f"{summary.base_eval_loss:.4f}"
+        typer.echo(f"  eval loss     {base} -> {summary.eval_loss:.4f} on held-out rows{best}")
+    if len(summary.jobs) > 1:
+        typer.echo(f"  jobs          {' -> '.join(summary.jobs)} (resumed from checkpoints)")
     typer.echo(
         "  wall time     " + ", ".join(f"{k} {v:.0f}s" for k, v in summary.step_seconds.items())
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from schemas.gguf import ModelSource
+from schemas.gguf import HeldOutSplit, ModelSource
 from schemas.request import DatasetSource
 from schemas.status import Stage
 from tasks.gguf import (
@@ -35,6 +35,7 @@ def convert(
     held_out: list[str] | None = None,
     dataset: DatasetSource | None = None,
     hub: HubTarget | None = None,
+    held_out_split: HeldOutSplit | None = None,
 ) -> ConversionResult:
     """Convert `model` (folder or Hub id, plus an optional LoRA `adapter`) to GGUF and keep what answers well."""
     logger = get_run_logger()
@@ -52,7 +53,7 @@ def convert(
         has_training_text=bool(texts or dataset),
     )
     if dataset is not None and not texts:
-        texts = select_held_out(dataset, plan.model_dir)
+        texts = select_held_out(dataset, plan.model_dir, split=held_out_split)
     reference = convert_to_gguf(plan, lineage, settings)
     needs_imatrix = any(q.needs_importance_matrix for q in settings.quant_types)
     imatrix = compute_imatrix(plan, reference, texts) if needs_imatrix else None

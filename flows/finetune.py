@@ -13,20 +13,15 @@ from flows.convert import convert
 from schemas.request import Backend, FineTuneRequest
 from schemas.status import Stage
 from tasks.cancellation import watch_for_cancellation
-from tasks.costs import estimate_cost
-from tasks.costs.budget import (
-    gate_budget,
-    record_job_start,
-    release_budget_of_flow_run,
-    settle_budget,
-)
+from tasks.costs.budget import gate_budget, release_budget_of_flow_run
 from tasks.gguf import lineage_for_request
+from tasks.gguf.held_out import held_out_dataset, held_out_split
 from tasks.gguf.publish import gguf_hub_target
 from tasks.gguf.quality import quality_markdown
 from tasks.jobs.base_model import prepare_base_model
 from tasks.jobs.guard import guard_this_flow_run
 from tasks.jobs.hooks import cancel_job_of_flow_run
-from tasks.jobs.training import monitor_timeout, monitor_training, submit_training
+from tasks.jobs.resume import estimate_from, find_start_checkpoint, train_resuming
 from tasks.preflight import preflight_request
 from tasks.reporting.samples import sample_answers
 from tasks.reporting.status import (
@@ -39,7 +34,7 @@ from tasks.reporting.status import (
 )
 from tasks.reporting.summary import FineTuneSummary, publish_summary
 from tasks.serving.deploy import deploy_model
-from tasks.validation import raise_on_errors, validate_dataset
+from tasks.validation import raise_on_errors, validate_dataset, validate_eval_dataset
 
 
 @flow(
@@ -65,21 +60,26 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
     with stage(Stage.VALIDATING):
         report = validate_dataset(request, tokenizer_path=model)
         raise_on_errors(report)
+        raise_on_errors(
+            validate_eval_dataset(request, tokenizer_path=model), field="evaluation.eval_dataset"
+        )
+        start = find_start_checkpoint(request)
     with stage(Stage.ESTIMATING):
-        estimate = estimate_cost(request, report)
+        estimate = estimate_from(request, report, start)
         publish_estimate(estimate)
     with stage(Stage.BUDGET):
         reservation = gate_budget(estimate, run_key=key)
     with stage(Stage.TRAINING):
-        labels = {"flow_run_id": str(flow_run.id)}
-        handle = submit_training(
-            request, model, idempotency_key=key, labels=labels, estimate=estimate
+        result = train_resuming(
+            request,
+            model,
+            key=key,
+            labels={"flow_run_id": str(flow_run.id)},
+            estimate=estimate,
+            report=report,
+            reservation=reservation,
+            start=start,
         )
-        record_job_start(reservation, handle)
-        result = monitor_training.with_options(timeout_seconds=monitor_timeout(estimate))(
-            handle, estimate
-        )
-        settle_budget(reservation, result)
     samples = gguf = deployment = None
     if result.model_dir:  # the model is on this machine: show what training changed
         with stage(Stage.SAMPLING):
@@ -95,7 +95,8 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
                 trained,
                 lineage=lineage,
                 settings=request.gguf,
-                dataset=request.dataset,
+                dataset=held_out_dataset(request),
+                held_out_split=held_out_split(request),
                 hub=gguf_hub_target(request.output_name, remote=remote),
             )
             publish_gguf(gguf)

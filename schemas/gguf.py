@@ -114,6 +114,15 @@ class GGUFLineage(_Strict):
     name: Annotated[str | None, Field(description="Model name written as general.name.")] = None
 
 
+class HeldOutSplit(BaseModel):
+    """The rows the training job held out for evaluation: `eval_ratio` of the dataset (at most
+    `eval_max_rows`), chosen with `seed` by `datasets`' `train_test_split`, as train.py does."""
+
+    ratio: float = Field(gt=0, le=0.5)
+    max_rows: int = Field(ge=1)
+    seed: int = Field(ge=0)
+
+
 class GGUFSettings(_Strict):
     """How to convert and what counts as good enough."""
 

@@ -12,6 +12,7 @@ from schemas.request import Backend
 
 PROGRESS_PREFIX = "LMFT_PROGRESS "
 RESULT_PREFIX = "LMFT_RESULT "
+STOPPED_PREFIX = "LMFT_STOPPED "
 
 
 class JobState(str, Enum):
@@ -67,12 +68,44 @@ class ProgressUpdate(BaseModel):
     epoch: float | None = None
     elapsed_seconds: float | None = None
     eta_seconds: float | None = None
+    eval_loss: float | None = Field(
+        default=None, description="Set on evaluation lines (step 0: the base model)."
+    )
+    base_eval_loss: float | None = None
+    resumed_from_step: int | None = None
 
     model_config = {"extra": "allow"}
 
     @property
+    def is_evaluation(self) -> bool:
+        return self.eval_loss is not None
+
+    @property
     def fraction(self) -> float:
         return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
+
+
+class ResumePoint(BaseModel):
+    """Where a new job starts: the last checkpoint an earlier job left."""
+
+    checkpoint: str = Field(
+        description="The checkpoint for train.py: a local folder, or 'hub:NS/REPO' (its checkpoints/last)."
+    )
+    step: int = Field(description="The global step the checkpoint was saved at.")
+    total_steps: int = Field(description="The steps of the run that saved it.")
+    job_id: str = Field(description="The job that saved it.")
+
+    @property
+    def finished(self) -> bool:
+        """The run had reached its last step: continuing it starts a new schedule from its adapter."""
+        return self.step >= self.total_steps
+
+
+class EvalPoint(BaseModel):
+    """The eval loss at one step (step 0: the base model)."""
+
+    step: int
+    eval_loss: float
 
 
 class TrainingResult(BaseModel):
@@ -88,6 +121,21 @@ class TrainingResult(BaseModel):
     final_loss: float | None
     train_seconds: float
     trackio_project: str
+    base_eval_loss: float | None = Field(
+        default=None, description="Eval loss of the base model, before training."
+    )
+    eval_loss: float | None = Field(
+        default=None, description="Eval loss of the model saved (the best checkpoint's)."
+    )
+    best_step: int | None = Field(
+        default=None, description="The checkpoint the saved model comes from."
+    )
+    eval_history: list[EvalPoint] = []
+    stopped_early: bool = False
+    resumed_from_step: int | None = None
+    earlier_jobs: list[str] = Field(
+        default=[], description="Jobs of the same run that ended early, resumed by this one."
+    )
     running_seconds: float | None = Field(
         default=None,
         description="The job's running time as its backend bills it (from RUNNING to its end).",
@@ -95,7 +143,14 @@ class TrainingResult(BaseModel):
 
 
 class TrainingFailed(RuntimeError):
-    """The training job ended in ERROR or CANCELLED; the message carries its last log lines."""
+    """The training job ended in ERROR or CANCELLED; the message carries its last log lines.
+
+    `resumable` is False when the job was stopped on purpose (the loss watchdog, a cancel):
+    resuming it would pay for the same failure again.
+    """
+
+    resumable: bool = True
+    running_seconds: float | None = None
 
 
 class JobUnreachable(RuntimeError):
@@ -120,5 +175,16 @@ def parse_result_line(line: str) -> dict | None:
         return None
     try:
         return json.loads(line[idx + len(RESULT_PREFIX) :])
+    except ValueError:
+        return None
+
+
+def parse_stopped_line(line: str) -> dict | None:
+    """The record of a run the script stopped itself (watchdog, SIGTERM), or None."""
+    idx = line.find(STOPPED_PREFIX)
+    if idx < 0:
+        return None
+    try:
+        return json.loads(line[idx + len(STOPPED_PREFIX) :])
     except ValueError:
         return None

@@ -168,6 +168,92 @@ class Hyperparameters(_Strict):
     ] = ["length"]
 
 
+class EvaluationSettings(_Strict):
+    """Data the model does not train on, and what its loss decides: the best checkpoint, early stopping."""
+
+    eval_ratio: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=0.5,
+            description="Share of the dataset held out for evaluation, chosen by the seed (0: none). "
+            "Ignored when eval_dataset is set.",
+        ),
+    ] = 0.05
+    eval_max_rows: Annotated[
+        int, Field(ge=1, le=100_000, description="At most this many held-out rows.")
+    ] = 200
+    eval_dataset: Annotated[
+        DatasetSource | None,
+        Field(description="A separate evaluation dataset, validated like the training data."),
+    ] = None
+    eval_steps: Annotated[
+        int | None,
+        Field(
+            ge=1, le=1_000_000, description="Evaluate every N steps. Default: at every checkpoint."
+        ),
+    ] = None
+    early_stopping_patience: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=1000,
+            description="Stop after this many evaluations without a lower eval loss. Default: off.",
+        ),
+    ] = None
+
+
+class CheckpointSettings(_Strict):
+    """How often training state is saved, so an interrupted run resumes instead of starting over."""
+
+    save_steps: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=1_000_000,
+            description="Checkpoint every N steps. Default: every 10 % of the run.",
+        ),
+    ] = None
+    save_minutes: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=24 * 60,
+            description="Also checkpoint at least this often (wall-clock minutes).",
+        ),
+    ] = 20.0
+    keep: Annotated[
+        int, Field(ge=1, le=100, description="Checkpoints kept (the best one is kept as well).")
+    ] = 2
+    max_resumes: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=10,
+            description="How many times a job that failed, timed out or was lost is resumed from its last checkpoint.",
+        ),
+    ] = 2
+
+
+class WatchdogSettings(_Strict):
+    """Stops a broken run at once: NaN/inf loss, or a loss that diverges."""
+
+    divergence_factor: Annotated[
+        float,
+        Field(
+            gt=1,
+            le=1000,
+            description="Diverged: loss above this multiple of its running minimum ...",
+        ),
+    ] = 3.0
+    patience: Annotated[
+        int,
+        Field(
+            ge=0, le=1000, description="... for this many logging steps in a row (0: only NaN/inf)."
+        ),
+    ] = 3
+
+
 class DeploySettings(_Strict):
     """Where the chosen GGUF is served once it has passed the quality gate."""
 
@@ -204,6 +290,22 @@ class FineTuneRequest(_Strict):
     method: Annotated[Method, Field(description="sft | dpo | grpo | kto")] = Method.SFT
     lora: LoraSettings = LoraSettings()
     hyperparameters: Hyperparameters = Hyperparameters()
+    evaluation: Annotated[
+        EvaluationSettings | None,
+        Field(
+            description="Held-out data and its eval loss (before, during and after training); "
+            "null for none. GRPO runs are not evaluated."
+        ),
+    ] = EvaluationSettings()
+    checkpoints: CheckpointSettings = CheckpointSettings()
+    watchdog: WatchdogSettings = WatchdogSettings()
+    resume_from: Annotated[
+        str | None,
+        Field(
+            description="Continue from the last checkpoint of an earlier run: its flow run id or job id. "
+            "An unfinished run resumes where it stopped; a finished one trains on from its adapter.",
+        ),
+    ] = None
     backend: Annotated[
         Backend, Field(description="local (this machine) or hf-jobs (Hugging Face Jobs).")
     ] = Backend.LOCAL
@@ -261,6 +363,17 @@ class FineTuneRequest(_Strict):
     def _check_deploy_needs_gguf(self) -> FineTuneRequest:
         if self.deploy is not None and self.gguf is None:
             raise ValueError("deploy: deploying needs a GGUF; set `gguf` (or set `deploy` to null)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_save_steps(self) -> FineTuneRequest:
+        every = self.evaluation.eval_steps if self.evaluation else None
+        save = self.checkpoints.save_steps
+        if every and save and save % every:
+            raise ValueError(
+                f"checkpoints.save_steps: {save} is not a multiple of evaluation.eval_steps ({every}); "
+                "the best model is chosen among evaluated checkpoints"
+            )
         return self
 
     @model_validator(mode="after")

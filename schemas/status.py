@@ -95,9 +95,33 @@ class TrainingProgress(BaseModel):
     eval_loss: float | None = Field(
         default=None, description="Loss on the eval split, at its last evaluation."
     )
+    eval_step: int | None = Field(default=None, description="The step of that evaluation.")
+    base_eval_loss: float | None = Field(
+        default=None, description="The base model's eval loss on the same rows, before training."
+    )
+    best_step: int | None = Field(
+        default=None,
+        description="The evaluated step with the lowest eval loss; once training ended, the "
+        "checkpoint the saved model comes from (null: the last step's weights are kept).",
+    )
+    best_eval_loss: float | None = Field(
+        default=None, description="The eval loss at `best_step`: the saved model's, once trained."
+    )
     learning_rate: float | None = None
     epoch: float | None = None
     eta_seconds: float | None = None
+
+    def with_evaluation(
+        self, step: int, eval_loss: float, base_eval_loss: float | None = None
+    ) -> TrainingProgress:
+        """This progress after an evaluation at `step` (step 0: the base model, before training)."""
+        update: dict = {"eval_loss": eval_loss, "eval_step": step}
+        base = eval_loss if step == 0 else base_eval_loss
+        if base is not None:
+            update["base_eval_loss"] = base
+        if step > 0 and (self.best_eval_loss is None or eval_loss < self.best_eval_loss):
+            update.update(best_step=step, best_eval_loss=eval_loss)
+        return self.model_copy(update=update)
 
 
 class RunLinks(BaseModel):

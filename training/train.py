@@ -25,6 +25,14 @@ Every `--logging_steps` it prints one machine-readable progress line:
 
     LMFT_PROGRESS {"step": 3, "total_steps": 30, "loss": 2.41, "learning_rate": 0.0002, "eta_seconds": 81.0, ...}
 
+After each evaluation (on the base model before training, every `--eval_steps`, at the last
+step) the line carries `eval_loss` instead of `loss`. Checkpoints (`--save_steps`, at least every
+`--save_minutes`, and on SIGTERM) go to `OUTPUT_DIR/checkpoints` and, with `--push_to_hub_repo`,
+to that repository's `checkpoints/last/` folder, optimizer state included; `--resume_from_checkpoint`
+continues from one. The loss watchdog stops a run whose loss is NaN/inf or diverges:
+
+    LMFT_STOPPED {"reason": "watchdog: loss is nan at step 7", "step": 7, ...}
+
 and, when the merged model is saved, one result line:
 
     LMFT_RESULT {"output_dir": "...", "global_step": 30, "first_loss": ..., "final_loss": ..., ...}
@@ -41,6 +49,11 @@ from dataclasses import asdict, dataclass, field
 
 PROGRESS_PREFIX = "LMFT_PROGRESS "
 RESULT_PREFIX = "LMFT_RESULT "
+STOPPED_PREFIX = "LMFT_STOPPED "
+CHECKPOINT_PREFIX = "LMFT_CHECKPOINT "
+HUB_CHECKPOINT_FOLDER = "checkpoints/last"
+EXIT_TERMINATED = 143  # 128 + SIGTERM: a checkpoint was saved, the run can resume from it
+EXIT_WATCHDOG = 3
 
 
 @dataclass
@@ -84,6 +97,57 @@ class ScriptArguments:
         default="length", metadata={"help": "GRPO rewards: length,format,no_repetition."}
     )
     logging_steps: int = field(default=1, metadata={"help": "Print progress every N steps."})
+    eval_ratio: float = field(
+        default=0.05,
+        metadata={"help": "Share of the dataset held out for evaluation (0: none)."},
+    )
+    eval_max_rows: int = field(default=200, metadata={"help": "At most this many held-out rows."})
+    eval_dataset_path: str | None = field(
+        default=None, metadata={"help": "A separate evaluation dataset (then nothing is held out)."}
+    )
+    eval_dataset_config: str | None = field(default=None, metadata={"help": "Its Hub config."})
+    eval_dataset_split: str = field(default="train", metadata={"help": "Its split."})
+    eval_dataset_revision: str | None = field(default=None, metadata={"help": "Its revision."})
+    eval_column_map: str | None = field(
+        default=None, metadata={"help": "Its column map (default: --column_map)."}
+    )
+    eval_steps: int = field(
+        default=0, metadata={"help": "Evaluate every N steps; 0: at every checkpoint."}
+    )
+    save_steps: float = field(
+        default=0.1,
+        metadata={"help": "Checkpoint every N steps, or this share of the run when below 1."},
+    )
+    save_minutes: float = field(
+        default=20.0, metadata={"help": "Also checkpoint at least this often (0: off)."}
+    )
+    save_total_limit: int = field(
+        default=2, metadata={"help": "Checkpoints kept (the best one is kept too)."}
+    )
+    early_stopping_patience: int = field(
+        default=0, metadata={"help": "Stop after N evaluations without improvement (0: off)."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "A checkpoint folder, a folder of checkpoint-N folders, or 'hub' for "
+            "--push_to_hub_repo's checkpoints/last."
+        },
+    )
+    warm_start_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start from this checkpoint's or adapter's LoRA weights with a new optimizer "
+            "and schedule (continue a finished run); same forms as --resume_from_checkpoint."
+        },
+    )
+    watchdog_factor: float = field(
+        default=3.0,
+        metadata={"help": "Diverged: loss above this multiple of its running minimum ..."},
+    )
+    watchdog_patience: int = field(
+        default=3, metadata={"help": "... for this many logging steps in a row (0: off)."}
+    )
     trackio_project: str = field(
         default="lm-fine-tuning", metadata={"help": "Trackio project name."}
     )
@@ -171,9 +235,19 @@ def _sharegpt_turn(turn: dict) -> dict:
 
 def load_training_dataset(args: ScriptArguments):
     """Load the dataset (local files or the Hub) and apply the column map."""
+    return _load_dataset(
+        args,
+        args.dataset_path,
+        args.dataset_config,
+        args.dataset_split,
+        args.dataset_revision,
+        args.column_map,
+    )
+
+
+def _load_dataset(args: ScriptArguments, path: str, config, split: str, revision, column_map: str):
     from datasets import load_dataset
 
-    path = args.dataset_path
     if os.path.exists(path):
         if os.path.isdir(path):
             files = sorted(
@@ -188,10 +262,8 @@ def load_training_dataset(args: ScriptArguments):
             files = [path]
         dataset = load_dataset(_local_format(files[0]), data_files=files, split="train")
     else:
-        dataset = load_dataset(
-            path, args.dataset_config, split=args.dataset_split, revision=args.dataset_revision
-        )
-    column_map = json.loads(args.column_map or "{}")
+        dataset = load_dataset(path, config, split=split, revision=revision)
+    column_map = json.loads(column_map or "{}")
     if column_map:
         dataset = dataset.rename_columns(
             {k: v for k, v in column_map.items() if k in dataset.column_names}
@@ -205,6 +277,41 @@ def load_training_dataset(args: ScriptArguments):
     return dataset
 
 
+# --- evaluation split -----------------------------------------------------------------------
+
+
+def eval_row_count(total: int, ratio: float, max_rows: int) -> int:
+    """Rows held out of `total`: `ratio` of them (at least 1), at most `max_rows`, leaving one to train.
+
+    The worker's GGUF quality gate (tasks/gguf/held_out.py) imports it to read the same rows.
+    """
+    if ratio <= 0 or total < 2:
+        return 0
+    return min(max_rows, max(1, round(total * ratio)), total - 1)
+
+
+def split_evaluation(args: ScriptArguments, dataset):
+    """(train, eval): the separate eval dataset, or a held-out share chosen by the seed, or None."""
+    if args.method == "grpo":  # GRPO has no eval loss to compare; its evaluation generates
+        return dataset, None
+    if args.eval_dataset_path:
+        eval_set = _load_dataset(
+            args,
+            args.eval_dataset_path,
+            args.eval_dataset_config,
+            args.eval_dataset_split,
+            args.eval_dataset_revision,
+            args.column_map if args.eval_column_map is None else args.eval_column_map,
+        )
+        return dataset, eval_set
+    n_eval = eval_row_count(len(dataset), args.eval_ratio, args.eval_max_rows)
+    if n_eval == 0:
+        return dataset, None
+    # datasets' own split: a permutation from np.random.default_rng(seed), the first n_eval rows held out.
+    parts = dataset.train_test_split(test_size=n_eval, shuffle=True, seed=args.seed)
+    return parts["train"], parts["test"]
+
+
 # --- progress -------------------------------------------------------------------------------
 
 
@@ -212,33 +319,65 @@ def _progress_callback():
     from transformers import TrainerCallback
 
     class ProgressCallback(TrainerCallback):
-        """Prints one `LMFT_PROGRESS {json}` line per logging step, for the pipeline's monitor."""
+        """Prints one `LMFT_PROGRESS {json}` line per logging step and per evaluation."""
 
         def __init__(self) -> None:
             self.started = time.monotonic()
+            self.start_step = 0
             self.first_loss: float | None = None
             self.last_loss: float | None = None
+            self.evals: list[tuple[int, float]] = []  # (step, eval loss); step 0 is the base model
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            # A resumed run: its history (first loss, base and earlier eval losses) came with the checkpoint.
+            self.started, self.start_step = time.monotonic(), state.global_step
+            for entry in state.log_history:
+                if "loss" in entry and self.first_loss is None:
+                    self.first_loss = float(entry["loss"])
+                if "eval_loss" in entry and (entry["step"], entry["eval_loss"]) not in self.evals:
+                    self.evals.append((int(entry["step"]), float(entry["eval_loss"])))
+
+        @property
+        def base_eval_loss(self) -> float | None:
+            return next((loss for step, loss in self.evals if step == 0), None)
+
+        def _line(self, state, **values) -> dict:
+            elapsed = time.monotonic() - self.started
+            step, total = state.global_step, state.max_steps
+            done = step - self.start_step
+            eta = elapsed / done * (total - step) if done > 0 else None
+            line = {
+                "step": step,
+                "total_steps": total,
+                "epoch": round(float(state.epoch or 0), 4),
+                **values,
+                "elapsed_seconds": round(elapsed, 2),
+                "eta_seconds": None if eta is None else round(eta, 2),
+            }
+            if self.start_step:
+                line["resumed_from_step"] = self.start_step
+            return line
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
+            if "eval_loss" in logs:
+                self.evals.append((state.global_step, float(logs["eval_loss"])))
+                line = self._line(state, eval_loss=float(logs["eval_loss"]))
+                if "eval_runtime" in logs:
+                    line["eval_seconds"] = float(logs["eval_runtime"])
+                if self.base_eval_loss is not None:
+                    line["base_eval_loss"] = self.base_eval_loss
+                print(PROGRESS_PREFIX + json.dumps(line), flush=True)
+                return
             loss = logs.get("loss", logs.get("train_loss"))
             if loss is None or "train_runtime" in logs:
                 return
             if self.first_loss is None:
                 self.first_loss = float(loss)
             self.last_loss = float(loss)
-            elapsed = time.monotonic() - self.started
-            step, total = state.global_step, state.max_steps
-            eta = elapsed / step * (total - step) if step else None
-            line = {
-                "step": step,
-                "total_steps": total,
-                "epoch": round(float(state.epoch or 0), 4),
-                "loss": float(loss),
-                "learning_rate": float(logs.get("learning_rate", 0.0)),
-                "elapsed_seconds": round(elapsed, 2),
-                "eta_seconds": None if eta is None else round(eta, 2),
-            }
+            line = self._line(
+                state, loss=float(loss), learning_rate=float(logs.get("learning_rate", 0.0))
+            )
             for key in (
                 "rewards/mean",
                 "reward",
@@ -251,6 +390,272 @@ def _progress_callback():
             print(PROGRESS_PREFIX + json.dumps(line), flush=True)
 
     return ProgressCallback()
+
+
+# --- checkpoints, the loss watchdog ---------------------------------------------------------
+
+
+def _checkpoint_callback(args: ScriptArguments, *, evaluates: bool):
+    """Checkpoints beyond `save_steps`: every `save_minutes` of wall time, and on SIGTERM.
+
+    On SIGTERM (a cancelled local job, a Hugging Face job cut by its timeout, a preempted
+    machine) the step in flight ends, a checkpoint is written (and pushed), and training
+    stops; `main` then exits with 143. With evaluation on, the last step is always evaluated
+    so `load_best_model_at_end` also weighs the final weights.
+    """
+    import signal
+    import threading
+
+    from transformers import TrainerCallback
+
+    class CheckpointCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.last_save = time.monotonic()
+            self.terminated = False
+            self.previous = None
+
+        def on_train_begin(self, a, state, control, **kwargs):
+            if threading.current_thread() is threading.main_thread():  # where signals are handled
+                self.previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+        def on_train_end(self, a, state, control, **kwargs):
+            if self.previous is not None:
+                signal.signal(signal.SIGTERM, self.previous)
+
+        def _on_sigterm(self, signum, frame) -> None:
+            print("SIGTERM: saving a checkpoint after this step, then stopping", flush=True)
+            self.terminated = True
+
+        def on_step_end(self, a, state, control, **kwargs):
+            if self.terminated:
+                control.should_save = control.should_training_stop = True
+                control.should_evaluate = False
+                return
+            due = args.save_minutes > 0 and (
+                time.monotonic() - self.last_save >= args.save_minutes * 60
+            )
+            if due:
+                control.should_save = True
+            if evaluates and state.global_step >= state.max_steps:
+                control.should_evaluate = True
+
+        def on_save(self, a, state, control, **kwargs):
+            self.last_save = time.monotonic()
+
+    return CheckpointCallback()
+
+
+def _hub_checkpoint_callback(repo_id: str, private: bool):
+    """Pushes each checkpoint (weights, optimizer, scheduler, RNG states) to `repo_id`'s checkpoints/last/.
+
+    Not `hub_strategy="checkpoint"`: that also pushes the adapter to the repository's root,
+    where the merged model goes, and pushes in the background, so a job killed right after a
+    save may not have pushed it. Here the push finishes before training goes on.
+    """
+    from huggingface_hub import HfApi
+    from transformers import TrainerCallback
+
+    class HubCheckpointCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.api = HfApi()
+            self.created = False
+
+        def on_save(self, a, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            folder = os.path.join(a.output_dir, f"checkpoint-{state.global_step}")
+            if not self.created:
+                self.api.create_repo(repo_id, private=private, exist_ok=True)
+                self.created = True
+            self.api.upload_folder(
+                repo_id=repo_id,
+                folder_path=folder,
+                path_in_repo=HUB_CHECKPOINT_FOLDER,
+                delete_patterns="*",
+                commit_message=f"lm-fine-tuning: checkpoint at step {state.global_step}",
+            )
+            print(
+                CHECKPOINT_PREFIX
+                + json.dumps(
+                    {"step": state.global_step, "hub_repo": repo_id, "path": HUB_CHECKPOINT_FOLDER}
+                ),
+                flush=True,
+            )
+
+    return HubCheckpointCallback()
+
+
+def _watchdog_callback(args: ScriptArguments):
+    """Stops training at once when the loss is NaN/inf, or diverges.
+
+    Diverged: for `watchdog_patience` logging steps in a row, the loss is above
+    `watchdog_factor` times its running minimum (and at least 1 nat above it, so a loss that has
+    gone near zero may still wobble). No checkpoint is written of a broken model.
+    """
+    import math
+
+    from transformers import TrainerCallback
+
+    class LossWatchdog(TrainerCallback):
+        def __init__(self) -> None:
+            self.reason: str | None = None
+            self.lowest = math.inf
+            self.above = 0
+
+        def _stop(self, control, reason: str) -> None:
+            self.reason = reason
+            control.should_training_stop = True
+            control.should_save = control.should_evaluate = False
+
+        def on_log(self, a, state, control, logs=None, **kwargs):
+            logs, step = logs or {}, state.global_step
+            for key in ("loss", "grad_norm", "eval_loss"):
+                value = logs.get(key)
+                if value is not None and not math.isfinite(float(value)):
+                    return self._stop(control, f"watchdog: {key} is {value} at step {step}")
+            loss = logs.get("loss")
+            if loss is None or args.watchdog_patience <= 0:
+                return
+            loss = float(loss)
+            limit = max(self.lowest * args.watchdog_factor, self.lowest + 1.0)
+            self.above = self.above + 1 if loss > limit else 0
+            self.lowest = min(self.lowest, loss)
+            if self.above >= args.watchdog_patience:
+                self._stop(
+                    control,
+                    f"watchdog: the loss diverged ({loss:.4g} at step {step}, above "
+                    f"{args.watchdog_factor:g}x its minimum {self.lowest:.4g} for "
+                    f"{self.above} logging steps in a row)",
+                )
+
+    return LossWatchdog()
+
+
+def evaluation_settings(args: ScriptArguments, *, evaluates: bool, resuming: bool) -> dict:
+    """TrainingArguments for evaluation, checkpoints and the best model."""
+    save_steps = args.save_steps
+    if args.eval_steps and save_steps < 1:  # load_best_model_at_end: save at evaluations only
+        save_steps = args.eval_steps
+    settings = dict(
+        save_strategy="steps",
+        save_steps=save_steps if save_steps < 1 else int(save_steps),
+        save_total_limit=args.save_total_limit,
+        logging_nan_inf_filter=False,  # the watchdog must see a NaN loss, not a smoothed one
+    )
+    if not evaluates:
+        return settings
+    return dict(
+        settings,
+        eval_strategy="steps",
+        eval_steps=args.eval_steps or settings["save_steps"],
+        eval_on_start=not resuming,  # the base model's eval loss (a resumed run has it already)
+        per_device_eval_batch_size=args.per_device_train_batch_size,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+    )
+
+
+def training_callbacks(args: ScriptArguments, *, evaluates: bool):
+    """(callbacks, watchdog, checkpoint callback): watchdog, checkpoints, hub pushes, early stopping."""
+    from transformers import EarlyStoppingCallback
+
+    watchdog = _watchdog_callback(args)
+    checkpoints = _checkpoint_callback(args, evaluates=evaluates)
+    callbacks = [watchdog, checkpoints]
+    if args.push_to_hub_repo:
+        callbacks.append(_hub_checkpoint_callback(args.push_to_hub_repo, args.hub_private))
+    if evaluates and args.early_stopping_patience > 0:
+        callbacks.append(
+            EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience)
+        )
+    return callbacks, watchdog, checkpoints
+
+
+def stop_if_interrupted(trainer, watchdog, checkpoints) -> None:
+    """Exit without saving a model when the watchdog stopped training, or SIGTERM did."""
+    step = trainer.state.global_step
+    if watchdog.reason:
+        record = {"reason": watchdog.reason, "step": step, "resumable": False}
+        code = EXIT_WATCHDOG
+    elif checkpoints.terminated:
+        record = {
+            "reason": f"terminated (SIGTERM) at step {step}; a checkpoint was saved",
+            "step": step,
+            "resumable": True,
+        }
+        code = EXIT_TERMINATED
+    else:
+        return
+    print(STOPPED_PREFIX + json.dumps(record), flush=True)
+    print(f"error: {record['reason']}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def evaluation_result(trainer, progress) -> dict:
+    """Eval losses (base, fine-tuned, history), the best step, whether early stopping ended the run."""
+    state = trainer.state
+    best = state.best_model_checkpoint
+    best_step = int(best.rsplit("-", 1)[-1]) if best else None
+    last_eval = progress.evals[-1][1] if progress.evals and progress.evals[-1][0] > 0 else None
+    return {
+        "base_eval_loss": progress.base_eval_loss,
+        # load_best_model_at_end: the model saved is the best checkpoint's; with none better than
+        # the base model (best at step 0, which has no checkpoint), it is the last step's.
+        "eval_loss": dict(progress.evals).get(best_step) if best_step else last_eval,
+        "best_step": best_step,
+        "eval_history": [{"step": s, "eval_loss": v} for s, v in progress.evals],
+        "stopped_early": bool(state.max_steps and state.global_step < state.max_steps),
+        "resumed_from_step": progress.start_step or None,
+        "total_steps": state.max_steps,
+    }
+
+
+def resolve_checkpoint(args: ScriptArguments, value: str | None) -> str | None:
+    """The checkpoint folder `value` names, or None.
+
+    `value`: a checkpoint folder, a folder of `checkpoint-N` folders (the last one is taken),
+    `hub` (the `checkpoints/last` folder of --push_to_hub_repo) or `hub:NAMESPACE/REPO`.
+    """
+    if not value:
+        return None
+    if value == "hub" or value.startswith("hub:"):
+        repo = value.removeprefix("hub").removeprefix(":") or args.push_to_hub_repo
+        if not repo:
+            raise SystemExit(f"error: {value!r} needs --push_to_hub_repo or a repo (hub:NS/NAME)")
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(
+            repo,
+            allow_patterns=[f"{HUB_CHECKPOINT_FOLDER}/*"],
+            local_dir=os.path.join(args.output_dir, "hub-checkpoint"),
+        )
+        value = os.path.join(local, HUB_CHECKPOINT_FOLDER)
+    if os.path.isfile(os.path.join(value, "trainer_state.json")) or os.path.isfile(
+        os.path.join(value, "adapter_config.json")
+    ):
+        return value
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(value) if os.path.isdir(value) else None
+    if found is None:
+        raise SystemExit(f"error: no checkpoint in {value}")
+    return found
+
+
+def warm_start(args: ScriptArguments, model):
+    """`model` with the LoRA weights of --warm_start_from, trainable (None when not asked)."""
+    folder = resolve_checkpoint(args, args.warm_start_from)
+    if folder is None:
+        return None
+    if not args.use_lora:
+        raise SystemExit(
+            "error: --warm_start_from continues a LoRA adapter; use it with --use_lora"
+        )
+    from peft import PeftModel
+
+    print(f"warm start from the adapter in {folder}", flush=True)
+    return PeftModel.from_pretrained(model, folder, is_trainable=True)
 
 
 # --- training -------------------------------------------------------------------------------
@@ -329,7 +734,8 @@ def main(args: ScriptArguments) -> dict:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32)
-    dataset = load_training_dataset(args)
+    dataset, eval_dataset = split_evaluation(args, load_training_dataset(args))
+    checkpoint = resolve_checkpoint(args, args.resume_from_checkpoint)
 
     common = dict(
         output_dir=os.path.join(args.output_dir, "checkpoints"),
@@ -342,7 +748,9 @@ def main(args: ScriptArguments) -> dict:
         seed=args.seed,
         gradient_checkpointing=args.gradient_checkpointing,
         logging_steps=args.logging_steps,
-        save_strategy="no",
+        **evaluation_settings(
+            args, evaluates=eval_dataset is not None, resuming=checkpoint is not None
+        ),
         report_to=["trackio"],
         run_name=args.run_name,
         project=args.trackio_project,
@@ -351,7 +759,9 @@ def main(args: ScriptArguments) -> dict:
     )
     config, trainer_cls = _trainer_for(args, common)
     peft_config = None
-    if args.use_lora:
+    if (started := warm_start(args, model)) is not None:
+        model = started
+    elif args.use_lora:
         targets = args.lora_target_modules
         peft_config = LoraConfig(
             r=args.lora_r,
@@ -364,6 +774,7 @@ def main(args: ScriptArguments) -> dict:
         model=model,
         args=config,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
     )
@@ -372,10 +783,12 @@ def main(args: ScriptArguments) -> dict:
             REWARD_FUNCTIONS[name] for name in args.reward_functions.split(",")
         ]
     progress = _progress_callback()
-    trainer = trainer_cls(**kwargs, callbacks=[progress])
+    callbacks, watchdog, checkpoints = training_callbacks(args, evaluates=eval_dataset is not None)
+    trainer = trainer_cls(**kwargs, callbacks=[progress, *callbacks])
     started = time.monotonic()
-    train_output = trainer.train()
+    train_output = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.monotonic() - started
+    stop_if_interrupted(trainer, watchdog, checkpoints)
 
     model = trainer.model
     if args.use_lora:
@@ -398,6 +811,7 @@ def main(args: ScriptArguments) -> dict:
         "trackio_project": args.trackio_project,
         "hub_repo": None,
         "hub_revision": None,
+        **evaluation_result(trainer, progress),
     }
     if args.push_to_hub_repo:
         from huggingface_hub import HfApi

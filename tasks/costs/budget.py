@@ -310,6 +310,34 @@ def settle_budget(
     return settled
 
 
+@task(name="settle-ended-job", retries=2, retry_delay_seconds=[2, 10])
+def settle_ended_job(
+    reservation: Reservation | None,
+    *,
+    running_seconds: float | None,
+    note: str,
+    policy_name: str = BUDGET_BLOCK_NAME,
+) -> Reservation | None:
+    """Close the hold of a job that ended early (failed, timed out, lost, stopped by the watchdog).
+
+    What it ran is billed (its running time × the price, per started minute); the rest of the
+    hold is released. A job resumed from its checkpoint gets a hold of its own.
+    """
+    if reservation is None:
+        return None
+    if running_seconds is not None:
+        billed = cost_of_running(reservation.price_per_hour, running_seconds)
+    elif reservation.job_started_at is not None:  # no running time reported: bill from submission
+        billed = cost_so_far(reservation.price_per_hour, reservation.job_started_at)
+    else:
+        billed = 0.0
+    closed = ledger_for(load_budget_policy(policy_name)).release(
+        reservation.id, billed_usd=billed, note=note[:500]
+    )
+    get_run_logger().info("budget: the job that ended early cost $%.2f", billed)
+    return closed
+
+
 def _billed_so_far(reservation: Reservation, flow_run_id: str) -> float:
     """What the run's jobs cost: their running time as the backend reports it (Hugging Face bills
     from RUNNING, not from submission); the time since submission when that cannot be read."""

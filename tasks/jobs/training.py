@@ -17,7 +17,8 @@ from prefect.artifacts import (
 )
 
 from blocks.huggingface import load_hf_credentials
-from schemas.request import Backend, FineTuneRequest
+from schemas.jobs import ResumePoint, parse_stopped_line
+from schemas.request import Backend, DatasetSource, FineTuneRequest
 from schemas.status import RunLinks
 from tasks.costs import CostEstimate
 from tasks.jobs import (
@@ -31,9 +32,16 @@ from tasks.jobs import (
 from tasks.jobs.hf import GpuMetrics, is_transient, job_labels, label_value, submit_hf_job
 from tasks.jobs.local import submit_local_job
 from tasks.jobs.monitor import FollowOutcome, MonitorSettings, follow_job, running_cost
-from tasks.reporting.status import publish_cost, publish_links, publish_training
+from tasks.reporting.status import (
+    publish_cost,
+    publish_evaluation,
+    publish_links,
+    publish_training,
+)
 
 TRACKIO_PROJECT = "lm-fine-tuning"
+DEFAULT_SAVE_FRACTION = 0.1
+"""Checkpoints every 10 % of the run unless `checkpoints.save_steps` says otherwise."""
 HF_JOB_OUTPUT_DIR = (
     "/tmp/lmft-output"  # inside the job container; the model leaves it through the Hub
 )
@@ -44,8 +52,7 @@ def training_script_args(request: FineTuneRequest, model: str, *, run_name: str)
     h, lora, data = request.hyperparameters, request.lora, request.dataset
     args = {
         "model_name_or_path": model,
-        # The job runs in its own folder (or on another machine): local paths must be absolute.
-        "dataset_path": str(Path(data.path).expanduser().resolve()) if data.is_local else data.path,
+        "dataset_path": _dataset_path(data),
         "dataset_split": data.split,
         "column_map": json.dumps(data.column_map),
         "method": request.method.value,
@@ -74,10 +81,49 @@ def training_script_args(request: FineTuneRequest, model: str, *, run_name: str)
         args["dataset_config"] = data.config
     if data.revision:
         args["dataset_revision"] = data.revision
+    args.update(evaluation_script_args(request))
     out: list[str] = []
     for key, value in args.items():
         out += [f"--{key}", str(value)]
     return out
+
+
+def _dataset_path(data: DatasetSource) -> str:
+    # The job runs in its own folder (or on another machine): local paths must be absolute.
+    return str(Path(data.path).expanduser().resolve()) if data.is_local else data.path
+
+
+def evaluation_script_args(request: FineTuneRequest) -> dict[str, object]:
+    """train.py's evaluation, checkpoint and watchdog arguments for `request`."""
+    ev, ck, wd = request.evaluation, request.checkpoints, request.watchdog
+    args: dict[str, object] = {
+        "eval_ratio": ev.eval_ratio if ev else 0,
+        "eval_max_rows": ev.eval_max_rows if ev else 1,
+        "eval_steps": (ev.eval_steps or 0) if ev else 0,
+        "early_stopping_patience": (ev.early_stopping_patience or 0) if ev else 0,
+        "save_steps": ck.save_steps or DEFAULT_SAVE_FRACTION,
+        "save_minutes": ck.save_minutes,
+        "save_total_limit": ck.keep,
+        "watchdog_factor": wd.divergence_factor,
+        "watchdog_patience": wd.patience,
+    }
+    if ev is not None and (held_out := ev.eval_dataset) is not None:
+        args["eval_dataset_path"] = _dataset_path(held_out)
+        args["eval_dataset_split"] = held_out.split
+        args["eval_column_map"] = json.dumps(held_out.column_map or request.dataset.column_map)
+        if held_out.config:
+            args["eval_dataset_config"] = held_out.config
+        if held_out.revision:
+            args["eval_dataset_revision"] = held_out.revision
+    return args
+
+
+def start_script_args(start: ResumePoint | None) -> list[str]:
+    """Resume an unfinished run's checkpoint; continue a finished one from its adapter."""
+    if start is None:
+        return []
+    flag = "--warm_start_from" if start.finished else "--resume_from_checkpoint"
+    return [flag, start.checkpoint]
 
 
 def is_transient_failure(task, task_run, state) -> bool:
@@ -107,12 +153,16 @@ def submit_training(
     idempotency_key: str,
     labels: dict[str, str],
     estimate: CostEstimate | None = None,
+    start: ResumePoint | None = None,
 ) -> JobHandle:
-    """Start the training job on the request's backend; an existing job with the same key is reused."""
+    """Start the training job on the request's backend; an existing job with the same key is reused.
+
+    With `start`, the job resumes from (or, for a finished run, continues) that checkpoint.
+    """
     logger = get_run_logger()
     script_args = training_script_args(
         request, model, run_name=request.output_name or idempotency_key
-    )
+    ) + start_script_args(start)
     if request.backend is Backend.LOCAL:
         handle = submit_local_job(
             script_args=script_args, idempotency_key=idempotency_key, labels=labels
@@ -190,6 +240,14 @@ def hf_flavor_and_timeout(
     )
 
 
+def evaluation_line(update: ProgressUpdate) -> str:
+    """The monitor's log line for an evaluation (for people; the status carries the figures)."""
+    line = f"eval loss {update.eval_loss:.4f} at step {update.step}/{update.total_steps}"
+    if update.base_eval_loss is not None and update.step > 0:
+        line += f" (base model {update.base_eval_loss:.4f})"
+    return line
+
+
 PUBLISH_SECONDS = 2.0
 """The run's status and progress bar take a progress record at most this often (and the last one)."""
 
@@ -197,9 +255,15 @@ PUBLISH_SECONDS = 2.0
 class _PrefectWatcher:
     """Turns the monitor's notices into Prefect logs, the progress bar and the run's status."""
 
-    def __init__(self, handle: JobHandle, artifact_id, price_per_hour: float | None) -> None:
+    def __init__(
+        self,
+        handle: JobHandle,
+        artifact_id,
+        price_per_hour: float | None,
+        spent_before_usd: float = 0.0,
+    ) -> None:
         self.handle, self.artifact_id, self.logger = handle, artifact_id, get_run_logger()
-        self.price_per_hour = price_per_hour
+        self.price_per_hour, self.spent_before_usd = price_per_hour, spent_before_usd
         self.running_since: float | None = None
         self.latest: ProgressUpdate | None = None
         self.published_at = 0.0
@@ -215,9 +279,15 @@ class _PrefectWatcher:
     def cost_so_far(self) -> float | None:
         """The monitor's billing rule: running time × price."""
         running = time.monotonic() - self.running_since if self.running_since else 0.0
-        return running_cost(running, self.price_per_hour)
+        return self.run_cost(running_cost(running, self.price_per_hour))
+
+    def run_cost(self, job_cost: float | None) -> float | None:
+        """The run's spend: this job's, plus what the jobs it resumes cost."""
+        return None if job_cost is None else job_cost + self.spent_before_usd
 
     def on_progress(self, update: ProgressUpdate) -> None:
+        if update.is_evaluation:
+            return self.on_evaluation(update)
         self.latest = update
         if (
             update.step >= update.total_steps
@@ -234,6 +304,17 @@ class _PrefectWatcher:
             eta,
         )
 
+    def on_evaluation(self, update: ProgressUpdate) -> None:
+        """Evaluations are few: each is published at once (the status, the progress bar's line)."""
+        line = evaluation_line(update)
+        update_progress_artifact(
+            self.artifact_id,
+            round(100 * update.fraction, 1),
+            description=f"Training job {self.handle.job_id}: {line}",
+        )
+        self.logger.info(line)
+        publish_evaluation(update.step, update.eval_loss, update.base_eval_loss)
+
     def flush(self) -> None:
         """Publish the latest progress record: progress bar, then the status."""
         update, self.published_at = self.latest, time.monotonic()
@@ -245,7 +326,6 @@ class _PrefectWatcher:
             total_steps=update.total_steps,
             percent=round(100 * update.fraction, 1),
             loss=update.loss,
-            eval_loss=getattr(update, "eval_loss", None),
             learning_rate=update.learning_rate,
             epoch=update.epoch,
             eta_seconds=update.eta_seconds,
@@ -253,7 +333,7 @@ class _PrefectWatcher:
         publish_cost(self.cost_so_far())
 
     def on_metrics(self, metrics: GpuMetrics, cost_usd: float | None) -> None:
-        publish_cost(cost_usd)
+        publish_cost(self.run_cost(cost_usd))
         cost = "" if cost_usd is None else f"  cost so far ${cost_usd:.2f}"
         self.logger.info(
             "job %s: GPU %s%% util, %s/%s GB GPU memory%s",
@@ -274,9 +354,15 @@ class _PrefectWatcher:
 
 @task(name="monitor-training")
 def monitor_training(
-    handle: JobHandle, estimate: CostEstimate | None = None, settings: MonitorSettings | None = None
+    handle: JobHandle,
+    estimate: CostEstimate | None = None,
+    settings: MonitorSettings | None = None,
+    spent_before_usd: float = 0.0,
 ) -> TrainingResult:
-    """Follow the job to its end: stage changes, live progress artifact, metrics and cost, the final result."""
+    """Follow the job to its end: stage changes, live progress artifact, metrics and cost, the final result.
+
+    `spent_before_usd`: what the earlier jobs of the run cost (a resumed run's status counts them).
+    """
     logger = get_run_logger()
     key = _artifact_key(handle.job_id)
     # Called from sync code, it returns the id (its async_dispatch type also allows a coroutine).
@@ -294,20 +380,16 @@ def monitor_training(
     publish_training(job_id=handle.job_id, backend=handle.backend.value)
     publish_links(hf_job=links.hf_job, trackio=links.trackio)
     price = estimate.price_per_hour if estimate else None
-    watcher = _PrefectWatcher(handle, artifact_id, price)
+    watcher = _PrefectWatcher(handle, artifact_id, price, spent_before_usd)
     outcome = follow_job(handle, watcher, settings, price_per_hour=price)
     watcher.flush()
-    publish_cost(outcome.cost_usd)
+    publish_cost(watcher.run_cost(outcome.cost_usd))
     status, result = outcome.status, outcome.result
     if status.state is not JobState.COMPLETED or result is None:
-        last = "\n".join(outcome.tail[-20:])
-        reason = status.message or status.state.value
-        raise TrainingFailed(
-            f"training job {handle.job_id} ended {status.state.value} ({reason}); last log lines:\n{last}"
-        )
+        raise training_failure(handle, outcome)
     update_progress_artifact(artifact_id, 100.0)
     remote = handle.backend is not Backend.LOCAL
-    publish_training(percent=100.0)
+    publish_training(percent=100.0, **saved_model_evaluation(result))
     publish_links(model=result.get("hub_repo") if remote else result.get("model_dir"))
     create_markdown_artifact(_job_report(handle, outcome, links), key=f"training-report-{key}")
     return TrainingResult(
@@ -322,7 +404,46 @@ def monitor_training(
         train_seconds=result.get("train_seconds", outcome.running_seconds),
         trackio_project=result.get("trackio_project", TRACKIO_PROJECT),
         running_seconds=outcome.running_seconds,
+        **evaluation_fields(result),
     )
+
+
+def saved_model_evaluation(result: dict) -> dict:
+    """The status's final eval figures: the saved model's step (None: the last) and eval loss."""
+    if result.get("eval_loss") is None:
+        return {}
+    return {
+        "base_eval_loss": result.get("base_eval_loss"),
+        "best_step": result.get("best_step"),
+        "best_eval_loss": result["eval_loss"],
+    }
+
+
+def training_failure(handle: JobHandle, outcome: FollowOutcome) -> TrainingFailed:
+    """The error of a job that did not complete; resumable unless it was stopped on purpose."""
+    status = outcome.status
+    stopped = next((r for line in outcome.tail if (r := parse_stopped_line(line))), None)
+    reason = (stopped or {}).get("reason") or status.message or status.state.value
+    last = "\n".join(outcome.tail[-20:])
+    failure = TrainingFailed(
+        f"training job {handle.job_id} ended {status.state.value} ({reason}); last log lines:\n{last}"
+    )
+    # The watchdog's stop or a cancel: another attempt would pay for the same end.
+    failure.resumable = status.state is JobState.ERROR and (stopped or {}).get("resumable", True)
+    failure.running_seconds = outcome.running_seconds
+    return failure
+
+
+def evaluation_fields(result: dict) -> dict:
+    """The result line's evaluation figures, as `TrainingResult` fields."""
+    return {
+        "base_eval_loss": result.get("base_eval_loss"),
+        "eval_loss": result.get("eval_loss"),
+        "best_step": result.get("best_step"),
+        "eval_history": result.get("eval_history") or [],
+        "stopped_early": bool(result.get("stopped_early")),
+        "resumed_from_step": result.get("resumed_from_step"),
+    }
 
 
 MONITOR_MARGIN_SECONDS = 900

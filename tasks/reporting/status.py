@@ -201,6 +201,14 @@ def publish_training(**fields: Any) -> None:
         board.change("progress", training=current.model_copy(update=fields))
 
 
+def publish_evaluation(step: int, eval_loss: float, base_eval_loss: float | None = None) -> None:
+    """An evaluation on the eval split: its loss, the base model's, the best step so far."""
+    board = status_board()
+    if board is not None:
+        current = board.status.training or TrainingProgress()
+        board.change("progress", training=current.with_evaluation(step, eval_loss, base_eval_loss))
+
+
 def publish_cost(cost_so_far_usd: float | None) -> None:
     """Training spend so far."""
     board = status_board()

@@ -25,6 +25,15 @@ class FineTuneSummary(BaseModel):
     steps: int
     first_loss: float | None
     final_loss: float | None
+    base_eval_loss: float | None = Field(
+        default=None, description="Eval loss of the base model on the held-out rows."
+    )
+    eval_loss: float | None = Field(
+        default=None, description="Eval loss of the fine-tuned model (its best checkpoint)."
+    )
+    best_step: int | None = Field(default=None, description="The step the saved model is from.")
+    stopped_early: bool = False
+    jobs: list[str] = Field(default=[], description="Training jobs, in order (resumed ones too).")
     step_seconds: dict[str, float]
     trackio_project: str
     estimate: CostEstimate | None
@@ -58,6 +67,21 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def eval_row(result: TrainingResult) -> str:
+    """Base model vs fine-tuned eval loss, and which step the saved model is from."""
+    if result.eval_loss is None:
+        return "not evaluated"
+    text = f"base {_fmt(result.base_eval_loss)} → fine-tuned {_fmt(result.eval_loss)}"
+    if result.best_step is not None:
+        text += f" (best checkpoint: step {result.best_step} of {result.global_step}"
+        text += ", stopped early)" if result.stopped_early else ")"
+    if result.base_eval_loss is not None and result.eval_loss >= result.base_eval_loss:
+        text += "; no better than the base model on held-out rows"
+    if result.resumed_from_step:
+        text += f"; resumed from step {result.resumed_from_step}"
+    return text
+
+
 @task(name="publish-summary")
 def publish_summary(
     request: FineTuneRequest,
@@ -78,6 +102,11 @@ def publish_summary(
         steps=result.global_step,
         first_loss=result.first_loss,
         final_loss=result.final_loss,
+        base_eval_loss=result.base_eval_loss,
+        eval_loss=result.eval_loss,
+        best_step=result.best_step,
+        stopped_early=result.stopped_early,
+        jobs=[*result.earlier_jobs, result.handle.job_id],
         step_seconds=timings,
         trackio_project=result.trackio_project,
         estimate=estimate,
@@ -97,10 +126,11 @@ def publish_summary(
 | base model | `{request.base_model}` |
 | dataset | `{request.dataset.path}` |
 | method | {request.method.value} ({f"LoRA r={request.lora.r}" if request.lora.enabled else "full"}) |
-| backend | {request.backend.value} (job `{result.handle.job_id}`) |
+| backend | {request.backend.value} (job {", ".join(f"`{j}`" for j in summary.jobs)}) |
 | model | `{result.model_dir or result.hub_repo}` |
 | steps | {result.global_step} |
 | loss | {_fmt(result.first_loss)} → {_fmt(result.final_loss)} |
+| eval loss (held out) | {eval_row(result)} |
 | cost | {_cost(summary)} |
 | Trackio | project `{result.trackio_project}`: `trackio show --project {result.trackio_project}` |
 | GGUF | `{summary.gguf or "not converted"}` {_cell(summary.gguf_decision or "")} |

@@ -43,6 +43,7 @@ __all__ = [
     "raise_on_errors",
     "render_markdown",
     "validate_dataset",
+    "validate_eval_dataset",
 ]
 
 
@@ -61,14 +62,31 @@ def validate_dataset(
     return report
 
 
-def raise_on_errors(report: ValidationReport) -> None:
-    """Stop the pipeline when the report has errors."""
-    if report.errors:
+@task(name="validate-eval-dataset")
+def validate_eval_dataset(
+    request: FineTuneRequest, tokenizer_path: str | None = None
+) -> ValidationReport | None:
+    """Validate `evaluation.eval_dataset` like the training data (None when the request has none)."""
+    held_out = request.evaluation.eval_dataset if request.evaluation else None
+    if held_out is None:
+        return None
+    if not held_out.column_map and request.dataset.column_map:  # as train.py reads it
+        held_out = held_out.model_copy(update={"column_map": request.dataset.column_map})
+    report = check_dataset(
+        request.model_copy(update={"dataset": held_out}), tokenizer_path=tokenizer_path, min_rows=1
+    )
+    publish_report(report, key_prefix="eval-dataset")
+    return report
+
+
+def raise_on_errors(report: ValidationReport | None, *, field: str = "dataset") -> None:
+    """Stop the pipeline when the report has errors; `field` names the request field in the message."""
+    if report is not None and report.errors:
         counts = ", ".join(f"{code} ×{n}" for code, n in report.error_counts.items())
         lines = [f"- {issue.describe()}" for issue in report.errors[:20]]
         more = len(report.errors) - len(lines)
         raise DatasetInvalid(
-            f"dataset {report.dataset!r} is not valid for {report.method.value} ({counts}):\n"
+            f"{field} {report.dataset!r} is not valid for {report.method.value} ({counts}):\n"
             + "\n".join(lines)
             + (f"\n… and {more} more listed in the report" if more > 0 else "")
         )

@@ -81,11 +81,11 @@ def render_markdown(report: ValidationReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def publish_report(report: ValidationReport) -> None:
+def publish_report(report: ValidationReport, *, key_prefix: str = "dataset") -> None:
     """Publish the markdown summary and the problems table as Prefect artifacts."""
     create_markdown_artifact(
         render_markdown(report),
-        key="dataset-validation",
+        key=f"{key_prefix}-validation",
         description=f"Validation of {report.dataset}",
     )
     create_table_artifact(
@@ -99,6 +99,6 @@ def publish_report(report: ValidationReport) -> None:
                 "example": "no problems found",
             }
         ],
-        key="dataset-validation-problems",
+        key=f"{key_prefix}-validation-problems",
         description="Problems grouped by code",
     )

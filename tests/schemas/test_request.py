@@ -104,3 +104,27 @@ def test_grpo_batch_must_be_a_multiple_of_generations(data_file):
 
 def test_dataset_is_required():
     assert "dataset" in refusal(method="sft")
+
+
+def test_evaluation_and_checkpoint_defaults(data_file):
+    request = FineTuneRequest(dataset={"path": data_file})
+    assert request.evaluation.eval_ratio == 0.05 and request.evaluation.eval_dataset is None
+    assert request.checkpoints.save_steps is None and request.checkpoints.save_minutes == 20
+    assert FineTuneRequest(dataset={"path": data_file}, evaluation=None).evaluation is None
+
+
+def test_save_steps_must_be_a_multiple_of_eval_steps(data_file):
+    message = refusal(
+        dataset={"path": data_file},
+        evaluation={"eval_steps": 3},
+        checkpoints={"save_steps": 5},
+    )
+    assert "checkpoints.save_steps: 5 is not a multiple of evaluation.eval_steps (3)" in message
+
+
+def test_a_missing_eval_dataset_is_refused_with_its_field(data_file, tmp_path):
+    message = refusal(
+        dataset={"path": data_file},
+        evaluation={"eval_dataset": {"path": str(tmp_path / "missing.jsonl")}},
+    )
+    assert "evaluation.eval_dataset" in message and "does not exist" in message

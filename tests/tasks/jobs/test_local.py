@@ -67,8 +67,10 @@ def test_runs_to_completion_and_streams_progress(tiny_llama, chat_file):
 
     lines = list(job_logs(handle, follow=True))  # returns only once the job has ended
 
-    steps = [p.step for line in lines if (p := parse_progress_line(line))]
-    assert steps == [1, 2, 3]
+    updates = [p for line in lines if (p := parse_progress_line(line))]
+    assert [p.step for p in updates if not p.is_evaluation] == [1, 2, 3]
+    # The held-out rows are evaluated on the base model, at each checkpoint (every 10 %) and the end.
+    assert [p.step for p in updates if p.is_evaluation] == [0, 1, 2, 3]
     result = next(r for line in lines if (r := parse_result_line(line)))
     assert result["global_step"] == 3
     assert Path(result["model_dir"], "config.json").exists()
