@@ -111,7 +111,7 @@ def keyed_on(
 ) -> CachePolicy:
     """INPUTS (less `leave_out`, whose identity `of` gives instead) + TASK_SOURCE + the identities
     `of(inputs)`, + this machine for a result made of local files."""
-    inputs = INPUTS
+    inputs: CachePolicy = INPUTS
     for name in leave_out:
         inputs = inputs - name
     policy = inputs + TASK_SOURCE + Identity(of=of)

@@ -263,12 +263,12 @@ def _load_dataset(args: ScriptArguments, path: str, config, split: str, revision
         dataset = load_dataset(_local_format(files[0]), data_files=files, split="train")
     else:
         dataset = load_dataset(path, config, split=split, revision=revision)
-    column_map = json.loads(column_map or "{}")
-    if column_map:
+    columns: dict[str, str] = json.loads(column_map or "{}")
+    if columns:
         dataset = dataset.rename_columns(
-            {k: v for k, v in column_map.items() if k in dataset.column_names}
+            {k: v for k, v in columns.items() if k in dataset.column_names}
         )
-    if column_map.get("conversations") == "messages":
+    if columns.get("conversations") == "messages":
         dataset = dataset.map(
             lambda row: {"messages": [_sharegpt_turn(t) for t in row["messages"]]}
         )

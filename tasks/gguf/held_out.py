@@ -52,7 +52,7 @@ def select_held_out(
     data = load_rows(dataset)
     if hasattr(data, "num_rows"):
         held = eval_row_count(data.num_rows, split.ratio, split.max_rows) if split else 0
-        if held:
+        if held and split is not None:
             data = data.train_test_split(test_size=held, shuffle=True, seed=split.seed)["test"]
             picked = data.select(range(min(rows, data.num_rows)))
         else:

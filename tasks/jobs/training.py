@@ -50,7 +50,7 @@ HF_JOB_OUTPUT_DIR = (
 def training_script_args(request: FineTuneRequest, model: str, *, run_name: str) -> list[str]:
     """Command-line arguments of `training/train.py` for `request`, training `model`."""
     h, lora, data = request.hyperparameters, request.lora, request.dataset
-    args = {
+    args: dict[str, object] = {
         "model_name_or_path": model,
         "dataset_path": _dataset_path(data),
         "dataset_split": data.split,
@@ -313,7 +313,8 @@ class _PrefectWatcher:
             description=f"Training job {self.handle.job_id}: {line}",
         )
         self.logger.info(line)
-        publish_evaluation(update.step, update.eval_loss, update.base_eval_loss)
+        if update.eval_loss is not None:
+            publish_evaluation(update.step, update.eval_loss, update.base_eval_loss)
 
     def flush(self) -> None:
         """Publish the latest progress record: progress bar, then the status."""
