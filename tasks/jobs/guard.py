@@ -173,6 +173,13 @@ def end_vanished_run(flow_run_id: str, owner_pid: int) -> str:
         state = run.state
         if state is not None and state.is_completed():
             return f"flow run {flow_run_id} completed; nothing to do"
+        if state is not None and (state.is_paused() or state.is_scheduled() or state.is_pending()):
+            # Suspended at a wait (its process exits on purpose and a worker resumes it later),
+            # or handed back to the queue (a worker's keep-alive): another process goes on with
+            # it, with a guard of its own. Its jobs and its hold belong to that process.
+            return (
+                f"flow run {flow_run_id} is {state.name}: another process resumes it; nothing to do"
+            )
         if state is None or not state.is_final():
             crashed: State = Crashed(
                 message=(
