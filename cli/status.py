@@ -60,6 +60,10 @@ def status_lines(flow_run_id: uuid.UUID) -> list[str]:
             else f", ETA {p.eta_seconds:.0f} s"
         )
         lines.append(f"  training      step {p.step}/{p.total_steps}{losses}{eta}")
+    if p is not None and p.best_eval_loss is not None:
+        base = "" if p.base_eval_loss is None else f"base {p.base_eval_loss:.4f} -> "
+        at = "the last step" if p.best_step is None else f"step {p.best_step}"
+        lines.append(f"  eval loss     {base}best {p.best_eval_loss:.4f} at {at}")
     if result.cost_so_far_usd is not None:
         lines.append(f"  cost so far   ${result.cost_so_far_usd:.2f}")
     for name, url in result.links or []:

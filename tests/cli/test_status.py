@@ -23,6 +23,7 @@ def test_status_prints_stage_gate_progress_cost_and_links(prefect_server):
     assert "  budget gate   passed" in lines
     assert "  estimate      $1.00 (up to $2.00) on a10g-small" in lines
     assert "  training      step 2/4, loss 2.5000, eval loss 2.7500, ETA 3 s" in lines
+    assert "  eval loss     base 3.0000 -> best 2.7500 at step 1" in lines
     assert "  cost so far   $0.25" in lines
     assert "  hf job        https://hf.example/jobs/me/1" in lines
 

@@ -3,6 +3,7 @@ dataset before any job starts."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mcp_adapter.status import job_status
 from schemas.request import FineTuneRequest
 from tasks.jobs.backends import find_jobs
 from tasks.paths import jobs_dir
@@ -96,6 +98,14 @@ def test_a_killed_local_job_is_resumed_from_its_checkpoint(prefect_server, tiny_
     run_jobs = find_jobs(request.backend, {"flow_run_id": str(state.state_details.flow_run_id)})
     assert sorted(h.job_id for h in run_jobs) == sorted(summary.jobs)
     assert summary.eval_loss is not None and summary.base_eval_loss is not None
+    # get_job_status reports the evaluations from the run's status (the saved model's figures).
+    progress = asyncio.run(job_status(state.state_details.flow_run_id)).progress
+    assert progress.eval_loss is not None and progress.eval_step == summary.steps
+    assert (progress.base_eval_loss, progress.best_eval_loss) == (
+        summary.base_eval_loss,
+        summary.eval_loss,
+    )
+    assert progress.best_step == summary.best_step
 
 
 def test_a_bad_eval_dataset_is_refused_with_its_row_before_any_job(

@@ -20,6 +20,7 @@ from tasks.reporting.status import (
     end_status,
     publish_cost,
     publish_estimate,
+    publish_evaluation,
     publish_gate,
     publish_links,
     publish_stage,
@@ -46,7 +47,9 @@ def status_probe(fail: bool = False) -> str:
     publish_gate(GateDecision.AWAITING_APPROVAL, reserved_usd=2.0, timeout_seconds=60)
     publish_gate(GateDecision.APPROVED, approver="ana", note="fits")
     publish_stage(Stage.TRAINING)
-    publish_training(job_id="local-1", step=1, total_steps=4, loss=2.5, eval_loss=2.75)
+    publish_training(job_id="local-1", step=1, total_steps=4, loss=2.5)
+    publish_evaluation(0, 3.0)  # the base model
+    publish_evaluation(1, 2.75, 3.0)
     publish_training(step=2, eta_seconds=3.0)
     publish_cost(0.25)
     publish_links(hf_job="https://hf.example/jobs/me/1", trackio=None)
@@ -74,6 +77,7 @@ def test_the_run_publishes_one_status_artifact_and_an_event_per_change(prefect_s
     training = status.training
     assert (training.job_id, training.step, training.total_steps) == ("local-1", 2, 4)
     assert (training.loss, training.eval_loss, training.eta_seconds) == (2.5, 2.75, 3.0)
+    assert (training.base_eval_loss, training.best_step, training.best_eval_loss) == (3.0, 1, 2.75)
     assert status.cost_so_far_usd == 0.25
     assert status.links.hf_job == "https://hf.example/jobs/me/1" and status.links.trackio is None
     assert set(status.step_seconds) == {"validate"}
