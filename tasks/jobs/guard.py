@@ -33,6 +33,8 @@ from tasks.paths import lmft_home
 
 OWNER_POLL_SECONDS = 0.5
 STATE_POLL_SECONDS = 5.0
+CANCEL_GRACE_SECONDS = 20.0
+"""How long a run killed to cancel it may take to record Cancelled before the guard does."""
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 logger = logging.getLogger("lmft.guard")
@@ -156,7 +158,7 @@ def end_vanished_run(flow_run_id: str, owner_pid: int) -> str:
 
     import httpx
     from prefect.client.orchestration import get_client
-    from prefect.states import Crashed, State
+    from prefect.states import Cancelled, Crashed, State
 
     run_id = UUID(flow_run_id)
     try:
@@ -180,6 +182,18 @@ def end_vanished_run(flow_run_id: str, owner_pid: int) -> str:
             return (
                 f"flow run {flow_run_id} is {state.name}: another process resumes it; nothing to do"
             )
+        if state is not None and state.is_cancelling():
+            # Killed on purpose to cancel it (a runner stops the process, then records
+            # Cancelled): give the runner time to finish, else record the cancellation ourselves.
+            state = _await_final(client, run_id, seconds=CANCEL_GRACE_SECONDS) or state
+            if not state.is_final():
+                client.set_flow_run_state(
+                    run_id,
+                    Cancelled(message=f"cancelled; its process (pid {owner_pid}) has ended"),
+                    force=True,
+                )
+            run = client.read_flow_run(run_id)
+            state = run.state
         if state is None or not state.is_final():
             crashed: State = Crashed(
                 message=(
@@ -193,6 +207,17 @@ def end_vanished_run(flow_run_id: str, owner_pid: int) -> str:
             state = run.state
     _run_hooks(run, state)
     return f"flow run {flow_run_id} is {state.name if state else 'unknown'}; its jobs were cancelled and its holds released"
+
+
+def _await_final(client, run_id, *, seconds: float):
+    """The run's state once final, or None after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        state = client.read_flow_run(run_id).state
+        if state is not None and state.is_final():
+            return state
+        time.sleep(0.5)
+    return None
 
 
 def _run_hooks(run, state) -> None:

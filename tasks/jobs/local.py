@@ -200,6 +200,14 @@ def cancel_local_job(
     """Stop the job's whole process group: SIGTERM, then SIGKILL after `grace_seconds`."""
     directory = job_dir(handle.job_id)
     status = local_job_status(handle)
+    killed_with_its_owner = (
+        status.state is JobState.ERROR and not (directory / "exit_code").exists()
+    )
+    if killed_with_its_owner:
+        # Its process died with the flow run that owned it (the parent-death signal), before
+        # anyone recorded its exit: a run stopped to cancel it. Record the cancellation.
+        (directory / "cancelled").write_text(datetime.now(UTC).isoformat())
+        return local_job_status(handle)
     if status.is_terminal:
         return status
     (directory / "cancelled").write_text(datetime.now(UTC).isoformat())
