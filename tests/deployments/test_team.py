@@ -46,7 +46,7 @@ def approve_paused(runs: list[FlowRun]) -> None:
     for run in runs:
         if run.state is not None and run.state.type is StateType.PAUSED:
             resume_flow_run(
-                run.id, run_input={"approve": True, "approver": "team-lead", "note": "go"}
+                run.id, run_input={"decision": "approve", "approver": "team-lead", "note": "go"}
             )
 
 
