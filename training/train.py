@@ -686,13 +686,26 @@ def _trainer_for(args: ScriptArguments, common: dict):
     raise SystemExit(f"error: unknown method {args.method!r}; use sft, dpo, grpo or kto")
 
 
+def raise_if_disk_full(exc: BaseException, folder: str, doing: str) -> None:
+    """Turn a full disk (an OSError, or safetensors' own error) into an error that says where."""
+    import errno
+    import shutil
+
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if full or "No space left on device" in str(exc):  # safetensors raises its own error
+        free = shutil.disk_usage(folder).free if os.path.isdir(folder) else 0
+        raise SystemExit(
+            f"error: the disk holding {folder} is full ({free / 1e6:.0f} MB free) while {doing}. "
+            "Free space there, or give --output_dir on a bigger disk, and run again"
+        ) from exc
+
+
 def save_atomically(target: str, *savers) -> None:
     """Save into `target` only once everything is written: into a sibling folder, then rename.
 
     A full disk (or a kill) mid-save leaves no `target` that passes for a finished model: the
     partial folder is removed and the error says where the disk is full.
     """
-    import errno
     import shutil
 
     partial = f"{target}.partial-{os.getpid()}"
@@ -706,14 +719,9 @@ def save_atomically(target: str, *savers) -> None:
                     os.fsync(f.fileno())
     except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)
-        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        if full or "No space left on device" in str(exc):  # safetensors raises its own error
-            free = shutil.disk_usage(os.path.dirname(os.path.abspath(target))).free
-            raise SystemExit(
-                f"error: the disk holding {os.path.dirname(os.path.abspath(target))} is full "
-                f"({free / 1e6:.0f} MB free) while saving {target}; nothing was kept. Free space "
-                "there, or give --output_dir on a bigger disk, and run again"
-            ) from exc
+        raise_if_disk_full(
+            exc, os.path.dirname(os.path.abspath(target)), f"saving {target}; nothing was kept"
+        )
         raise
     if os.path.isdir(target):  # a previous save of this output folder
         shutil.rmtree(target)
@@ -786,7 +794,11 @@ def main(args: ScriptArguments) -> dict:
     callbacks, watchdog, checkpoints = training_callbacks(args, evaluates=eval_dataset is not None)
     trainer = trainer_cls(**kwargs, callbacks=[progress, *callbacks])
     started = time.monotonic()
-    train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    except BaseException as exc:
+        raise_if_disk_full(exc, args.output_dir, "writing a checkpoint")
+        raise
     train_seconds = time.monotonic() - started
     stop_if_interrupted(trainer, watchdog, checkpoints)
 
