@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 
+from cachetools.func import ttl_cache
 from huggingface_hub import HfApi
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
@@ -66,7 +66,12 @@ def load_hf_credentials() -> HuggingFaceCredentials:
     return _load_block(os.environ.get(BLOCK_NAME_ENV, DEFAULT_BLOCK_NAME))
 
 
-@lru_cache(maxsize=8)
+# A monitor reads the credentials at every poll; a worker lives for hours. Cached for a few
+# minutes, so a token rotated (or a Block deleted) in Prefect reaches a running worker.
+BLOCK_CACHE_SECONDS = 300
+
+
+@ttl_cache(maxsize=8, ttl=BLOCK_CACHE_SECONDS)
 def _load_block(name: str) -> HuggingFaceCredentials:
     try:
         return load_block(HuggingFaceCredentials, name)

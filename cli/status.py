@@ -68,5 +68,15 @@ def status_lines(flow_run_id: uuid.UUID) -> list[str]:
         lines.append(f"  cost so far   ${result.cost_so_far_usd:.2f}")
     for name, url in result.links or []:
         if url:
-            lines.append(f"  {name.replace('_', ' '):<13} {url}")
+            lines.append(f"  {LINK_LABELS.get(name, name.replace('_', ' ')):<13} {url}")
     return lines
+
+
+# How `lmft` names the run's links (RunLinks' fields); the others print as named.
+LINK_LABELS = {
+    "hf_job": "HF job",
+    "trackio": "Trackio",
+    "gguf": "GGUF",
+    "gguf_repo": "GGUF repo",
+    "pull_request": "pull request",
+}

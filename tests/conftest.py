@@ -25,6 +25,17 @@ def lmft_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+@pytest.fixture(autouse=True)
+def fresh_hf_credentials() -> Iterator[None]:
+    """No test sees the Hugging Face credentials Block another test loaded (the cache lives for
+    minutes in a worker, for the whole session here)."""
+    import sys
+
+    yield
+    if module := sys.modules.get("blocks.huggingface"):
+        module._load_block.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     """A temporary Prefect server and database for the whole session."""

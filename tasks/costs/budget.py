@@ -338,9 +338,12 @@ def settle_ended_job(
     return closed
 
 
-def _billed_so_far(reservation: Reservation, flow_run_id: str) -> float:
+def _billed_so_far(
+    reservation: Reservation, flow_run_id: str, *, until: datetime | None = None
+) -> float:
     """What the run's jobs cost: their running time as the backend reports it (Hugging Face bills
-    from RUNNING, not from submission); the time since submission when that cannot be read."""
+    from RUNNING, not from submission); when that cannot be read, the time from submission until
+    `until` (the run's final state: retries spent reading an unreachable backend are not billed)."""
     if reservation.job_started_at is None:
         return 0.0  # no job was submitted
     try:
@@ -353,7 +356,7 @@ def _billed_so_far(reservation: Reservation, flow_run_id: str) -> float:
         )
         seconds = None
     if seconds is None:
-        return cost_so_far(reservation.price_per_hour, reservation.job_started_at)
+        return cost_so_far(reservation.price_per_hour, reservation.job_started_at, until)
     return cost_of_running(reservation.price_per_hour, seconds)
 
 
@@ -371,7 +374,7 @@ def release_budget_of_flow_run(flow, flow_run, state) -> None:
     for reservation in ledger.entries(flow_run_id=str(flow_run.id)):
         if not reservation.is_open:
             continue
-        billed = _billed_so_far(reservation, str(flow_run.id))
+        billed = _billed_so_far(reservation, str(flow_run.id), until=state.timestamp)
         ledger.release(
             reservation.id,
             billed_usd=billed,

@@ -46,6 +46,7 @@ _STAGES = {
 _LABEL = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 T = TypeVar("T")
+CONNECT_TIMEOUT_SECONDS = 30.0
 
 
 def _client_for_many_streams() -> httpx2.Client:
@@ -54,7 +55,9 @@ def _client_for_many_streams() -> httpx2.Client:
     A worker follows each job's log over its own long-lived SSE connection. With the default
     pool (100 connections, no pool timeout) the 101st request of the process (a stage check)
     would wait until some job ends: bench/hf_jobs_monitor.py saw stage changes noticed 20 s
-    late, or never, with 100 jobs. Same hooks, redirects and timeouts as the library's default.
+    late, or never, with 100 jobs. Same hooks and redirects as the library's default; reads stay
+    unbounded (log streams are quiet for minutes), but a connection that is not made within
+    `CONNECT_TIMEOUT_SECONDS` fails as a transient error instead of waiting on the OS (minutes).
     """
     library_default = default_client_factory()
     hooks = library_default.event_hooks
@@ -62,7 +65,7 @@ def _client_for_many_streams() -> httpx2.Client:
     return httpx2.Client(
         event_hooks=hooks,
         follow_redirects=True,
-        timeout=None,
+        timeout=httpx2.Timeout(None, connect=CONNECT_TIMEOUT_SECONDS),
         limits=httpx2.Limits(max_connections=None, max_keepalive_connections=100),
     )
 

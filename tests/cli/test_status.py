@@ -25,7 +25,7 @@ def test_status_prints_stage_gate_progress_cost_and_links(prefect_server):
     assert "  training      step 2/4, loss 2.5000, eval loss 2.7500, ETA 3 s" in lines
     assert "  eval loss     base 3.0000 -> best 2.7500 at step 1" in lines
     assert "  cost so far   $0.25" in lines
-    assert "  hf job        https://hf.example/jobs/me/1" in lines
+    assert "  HF job        https://hf.example/jobs/me/1" in lines
 
 
 def test_status_refuses_what_is_not_a_run(prefect_server):

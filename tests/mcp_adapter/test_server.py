@@ -53,14 +53,19 @@ async def gather(*calls) -> list:
     return results
 
 
-async def save_hf_credentials() -> None:
+@pytest.fixture
+async def hf_credentials():
+    """The default Hugging Face credentials Block (the worker subprocess reads it by its default
+    name), deleted afterwards: it points at the real Hub, which no later test may try to reach."""
     from pydantic import SecretStr
 
-    from blocks.huggingface import HuggingFaceCredentials
+    from blocks.huggingface import DEFAULT_BLOCK_NAME, HuggingFaceCredentials
 
     await HuggingFaceCredentials(token=SecretStr("hf_" + "x" * 34), namespace="me").save(
-        "huggingface", overwrite=True
+        DEFAULT_BLOCK_NAME, overwrite=True
     )
+    yield
+    await HuggingFaceCredentials.adelete(DEFAULT_BLOCK_NAME)
 
 
 def request_for(dataset: Path, **overrides) -> dict:
@@ -295,7 +300,7 @@ async def test_approve_and_reject_resume_the_paused_run(flow_worker):
 
 
 async def test_paid_job_waits_at_the_budget_gate_and_is_rejected(
-    flow_worker, embedded_base_model: Path, chat_dataset: Path, tmp_path: Path
+    flow_worker, hf_credentials, embedded_base_model: Path, chat_dataset: Path, tmp_path: Path
 ):
     """The real gate of the finetune flow: a paid estimate above the threshold pauses the run."""
     from blocks.budget import BudgetPolicy
@@ -305,7 +310,7 @@ async def test_paid_job_waits_at_the_budget_gate_and_is_rejected(
     await BudgetPolicy(
         monthly_limit_usd=1000, approval_threshold_usd=0, per_job_max_usd=1000, ledger_url=ledger
     ).save("default", overwrite=True)
-    await save_hf_credentials()  # checked before the gate; the rejected run never uses them
+    # hf_credentials: checked before the gate; the rejected run never uses them
     request = request_for(
         chat_dataset, backend="hf-jobs"
     )  # the embedded default, trained on the Hub

@@ -158,7 +158,14 @@ def test_upload_gguf_sends_every_file_and_a_model_card(hub, tmp_path):
 
 
 def test_upload_refused_without_a_token(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path))  # no stored `hf auth login` token either
+    monkeypatch.delenv("LMFT_HF_NAMESPACE", raising=False)
+    # no credentials Block (whatever other tests saved on the session's Prefect server) ...
+    monkeypatch.setenv("LMFT_HF_CREDENTIALS_BLOCK", f"absent-{tmp_path.name}")
+    # ... and no stored `hf auth login` token either
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "stored_tokens"))
     with pytest.raises(HubCredentialsMissing, match="needs a Hugging Face token"):
         resolve_token(None)
