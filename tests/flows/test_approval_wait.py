@@ -26,7 +26,7 @@ from tests.flows.approval_worker import FINETUNE, GATE_PROBE
 from tests.flows.conftest import Server, stop, wait_for_state
 from tests.mcp_adapter.conftest import CHAT_ROWS
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("LMFT_CHROMIUM", "/usr/bin/chromium")  # Debian's; CI may name another
 
 
 def save_policy(name: str, ledger: Path, **options) -> Ledger:

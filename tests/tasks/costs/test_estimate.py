@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from huggingface_hub import HfApi
@@ -30,6 +28,7 @@ from tasks.costs import (
 )
 from tasks.costs.model_size import parameters_from_config
 from tasks.validation import TokenStats, ValidationReport
+from tests.doubles.hf_jobs_server import HARDWARE
 
 # Published config.json files (Hub, as released).
 QWEN25_05B = {
@@ -153,114 +152,35 @@ def test_estimate_has_an_ordered_range_a_timeout_and_its_sources():
     assert all(q.expected_usd >= estimate.expected_usd for q in estimate.alternatives)
 
 
-HARDWARE = [
-    {
-        "name": "cpu-basic",
-        "prettyName": "CPU Basic",
-        "cpu": "2 vCPU",
-        "ram": "16 GB",
-        "unitCostMicroUSD": 167,
-        "unitCostUSD": 0.000167,
-        "unitLabel": "minute",
-    },
-    {
-        "name": "a10g-small",
-        "prettyName": "Nvidia A10G - small",
-        "cpu": "4 vCPU",
-        "ram": "15 GB",
-        "accelerator": {
-            "type": "gpu",
-            "model": "A10G",
-            "quantity": "1",
-            "vram": "24 GB",
-            "manufacturer": "Nvidia",
-        },
-        "unitCostMicroUSD": 20000,
-        "unitCostUSD": 0.02,
-        "unitLabel": "minute",
-    },
-]
-
-
 @pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """A local server speaking the Hub's protocol for /api/jobs/hardware and /{repo}/resolve/{rev}/{file}."""
+def hub(hf_server, monkeypatch, tmp_path):
+    """The Hub double (tests/doubles): its /api/jobs/hardware and repositories, read by the real client."""
     import huggingface_hub.constants
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the "Hub" is local
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-    repos: dict[str, object] = {}
-    calls: list[str] = []
-
-    class Hub(BaseHTTPRequestHandler):
-        def _file(self) -> bytes | None:
-            if self.path == "/api/jobs/hardware":
-                return json.dumps(HARDWARE).encode()
-            repo, _, rest = self.path.lstrip("/").partition("/resolve/")
-            folder = repos.get(repo)
-            path = folder / rest.split("/", 1)[-1] if folder else None
-            return path.read_bytes() if path and path.is_file() else None
-
-        def _send(self, with_body: bool):
-            wanted = self.headers.get("range")
-            calls.append(f"{self.command} {self.path}" + (f" {wanted}" if wanted else ""))
-            body = self._file()
-            if body is None:
-                self.send_response(404)
-                self.send_header("X-Error-Code", "EntryNotFound")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            size = len(body)
-            if wanted and wanted.startswith("bytes="):
-                first, last = (int(x) for x in wanted[6:].split("-"))
-                body = body[first : last + 1]
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {first}-{first + len(body) - 1}/{size}")
-            else:
-                self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("ETag", f'"{size}"')
-            self.send_header("X-Repo-Commit", "0" * 40)
-            self.end_headers()
-            if with_body:
-                self.wfile.write(body)
-
-        def do_HEAD(self):
-            self._send(False)
-
-        def do_GET(self):
-            self._send(True)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield HfApi(endpoint=f"http://127.0.0.1:{server.server_port}", token=False), repos, calls
-    server.shutdown()
+    return HfApi(endpoint=hf_server.url, token=hf_server.token), hf_server
 
 
 def test_live_catalog_is_read_through_huggingface_hub_and_cached(hub):
-    api, _, calls = hub
+    api, server = hub
     catalog = load_catalog(api=api)
     again = load_catalog(api=api)
-    assert calls == ["GET /api/jobs/hardware"]  # the second read came from the cache
+    assert server.requests == [("GET", "/api/jobs/hardware", 200)]  # then from the cache
     assert catalog.source.startswith("live") and again.source == catalog.source
     a10g = catalog.get("a10g-small")
-    assert a10g.price_per_hour == pytest.approx(1.2) and a10g.gpu_memory_gb == 24
+    listed = next(h for h in HARDWARE if h["name"] == "a10g-small")  # what the double serves
+    assert a10g.price_per_hour == pytest.approx(listed["unitCostUSD"] * 60)
+    assert a10g.gpu_memory_gb == 24
 
 
 def test_hub_model_is_sized_from_safetensors_metadata_without_downloading_weights(hub, tiny_llama):
-    api, repos, calls = hub
-    repos["org/tiny"] = tiny_llama
+    api, server = hub
+    server.repos.seed_folder("org/tiny", tiny_llama)
     shape = read_model_shape("org/tiny", api=api)
     assert shape.source == "safetensors metadata of org/tiny on the Hub"
     assert shape.parameters == read_model_shape(str(tiny_llama)).parameters
-    weights = [c for c in calls if c.startswith("GET") and "model.safetensors" in c]
-    assert weights and all(
-        " bytes=" in c for c in weights
-    )  # ranged reads of the header, never the weights
+    weights = [r for r in server.requests if r[0] == "GET" and "model.safetensors" in r[1]]
+    assert weights and all(status == 206 for *_, status in weights)  # ranged reads of the header
     assert (tiny_llama / "model.safetensors").stat().st_size > 100_001
     with pytest.raises(ModelSizeUnavailable, match="cannot read config.json of 'org/missing'"):
         read_model_shape("org/missing", api=api)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+from huggingface_hub import HfApi
 from pydantic import SecretStr
 
 from schemas.gguf import Answer, QualityReport, VariantCheck
@@ -22,80 +20,11 @@ from tasks.gguf import (
 from tasks.gguf.publish import resolve_token, upload_gguf
 
 
-class HubDouble(BaseHTTPRequestHandler):
-    """The endpoints `create_repo` + `upload_folder` use for small files (regular, non-LFS uploads)."""
-
-    repos: dict[str, dict[str, bytes]] = {}
-    tokens: list[str] = []
-
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def _reply(self, payload: dict, status: int = 200) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_POST(self):  # noqa: N802 (http.server's naming)
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.tokens.append(self.headers.get("Authorization", ""))
-        base = f"http://{self.server.server_address[0]}:{self.server.server_address[1]}"
-        if self.path == "/api/repos/create":
-            request = json.loads(body)
-            repo_id = (
-                f"{request['organization']}/{request['name']}"
-                if request.get("organization")
-                else request["name"]
-            )
-            self.repos.setdefault(repo_id, {})
-            return self._reply({"url": f"{base}/{repo_id}", "name": repo_id, "id": repo_id})
-        if (
-            self.path == "/api/validate-yaml"
-        ):  # the client checks README.md front matter before committing
-            return self._reply({"errors": [], "warnings": []})
-        parts = self.path.split("/")  # /api/models/{ns}/{name}/{preupload|commit}/{revision}
-        repo_id, action = f"{parts[3]}/{parts[4]}", parts[5]
-        if action == "preupload":
-            files = json.loads(body)["files"]
-            return self._reply(
-                {
-                    "files": [
-                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                        for f in files
-                    ]
-                }
-            )
-        if action == "commit":
-            for line in body.decode().splitlines():
-                entry = json.loads(line)
-                if entry["key"] == "file":
-                    self.repos[repo_id][entry["value"]["path"]] = base64.b64decode(
-                        entry["value"]["content"]
-                    )
-            return self._reply(
-                {"commitUrl": f"{base}/{repo_id}/commit/{'0' * 40}", "commitOid": "0" * 40}
-            )
-        return self._reply({"error": f"unexpected {self.path}"}, status=404)
-
-
 @pytest.fixture
-def hub(monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(
-        constants, "HF_HUB_OFFLINE", False
-    )  # the session is offline; this Hub is on 127.0.0.1
-    server = ThreadingHTTPServer(("127.0.0.1", 0), HubDouble)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    HubDouble.repos.clear()
-    HubDouble.tokens.clear()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+def hub(hf_server):
+    """The Hub double (tests/doubles): repositories with LFS files going up through Xet, as the
+    real Hub takes them from `upload_folder`; it answers only the server's token."""
+    return hf_server
 
 
 def _check(variant: GGUFVariant, passed: bool) -> VariantCheck:
@@ -143,18 +72,45 @@ def test_upload_gguf_sends_every_file_and_a_model_card(hub, tmp_path):
         chosen_type=QuantType.F16,
         decision="Deploying the F16 reference: no quantized variant passed.",
     )
-    target = HubTarget(namespace="captain", name="pirate", endpoint=hub)
+    target = HubTarget(namespace="captain", name="pirate", endpoint=hub.url)
 
-    url = upload_gguf.fn(artifacts, report, target, SecretStr("hf_secret_token"))
+    url = upload_gguf.fn(artifacts, report, target, SecretStr(hub.token))
 
     assert url.endswith("/captain/pirate-GGUF")
-    uploaded = HubDouble.repos["captain/pirate-GGUF"]
-    assert set(uploaded) == {"pirate-F16.gguf", "pirate-Q4_K_M.gguf", "README.md"}
-    assert uploaded["pirate-Q4_K_M.gguf"] == b"GGUFQ4_K_M"
-    card = uploaded["README.md"].decode()
-    assert "base_model:\n- HuggingFaceTB/SmolLM2-135M-Instruct" in card
-    assert "`pirate-F16.gguf` (deployed)" in card and "run-9" in card
-    assert all(t == "Bearer hf_secret_token" for t in HubDouble.tokens)
+    api = HfApi(endpoint=hub.url, token=hub.token)
+    assert set(api.list_repo_files("captain/pirate-GGUF")) == {
+        ".gitattributes", "pirate-F16.gguf", "pirate-Q4_K_M.gguf", "README.md"
+    }  # fmt: skip
+    quantized = api.hf_hub_download("captain/pirate-GGUF", "pirate-Q4_K_M.gguf", cache_dir=tmp_path)
+    assert Path(quantized).read_bytes() == b"GGUFQ4_K_M"
+    card = Path(api.hf_hub_download("captain/pirate-GGUF", "README.md", cache_dir=tmp_path))
+    card_text = card.read_text()
+    assert "base_model:\n- HuggingFaceTB/SmolLM2-135M-Instruct" in card_text
+    assert "`pirate-F16.gguf` (deployed)" in card_text and "run-9" in card_text
+    # The double answers 401 to any other token: every request carried the one given.
+    assert hub.requests and all(status != 401 for *_, status in hub.requests)
+
+
+def test_upload_with_a_wrong_token_fails_and_names_the_repository(hub, tmp_path):
+    variant = tmp_path / "m-F16.gguf"
+    variant.write_bytes(b"GGUF")
+    f16 = GGUFVariant(quant_type=QuantType.F16, path=str(variant), size_bytes=4, seconds=0.1)
+    artifacts = GGUFArtifacts(
+        model="m",
+        output_dir=str(tmp_path),
+        reference=f16,
+        variants=[],
+        converter_version="x",
+        lineage=GGUFLineage(base_model="HuggingFaceTB/SmolLM2-135M-Instruct", method="sft"),
+    )
+    report = QualityReport(
+        reference=_check(f16, True), variants=[], max_nll_increase=0.05, held_out_texts=1,
+        held_out_tokens=10, chosen=f16.path, chosen_type=QuantType.F16, decision="F16",
+    )  # fmt: skip
+    target = HubTarget(namespace="captain", name="m", endpoint=hub.url)
+    with pytest.raises(Exception, match="401|Invalid credentials"):
+        upload_gguf.fn(artifacts, report, target, SecretStr("hf_not_the_token"))
+    assert hub.repos.get("captain/m-GGUF") is None  # nothing was created
 
 
 def test_upload_refused_without_a_token(monkeypatch, tmp_path):
