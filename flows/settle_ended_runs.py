@@ -18,7 +18,7 @@ from tasks.costs import budget
 from tasks.jobs.hooks import cancel_job_of_flow_run
 
 
-@task(name="cancel-jobs-of-ended-run")
+@task(name="cancel-jobs-of-ended-run", timeout_seconds=900)  # a job cancel waits for it to stop
 def cancel_jobs_of_ended_run(flow_run_id: UUID) -> str:
     """Cancel the training jobs of a run that ended without completing (a completed run's jobs ended)."""
     with get_client(sync_client=True) as client:
@@ -31,7 +31,7 @@ def cancel_jobs_of_ended_run(flow_run_id: UUID) -> str:
     return f"flow run {flow_run_id} ended {run.state.name}: its jobs were cancelled"
 
 
-@task(name="release-holds-of-ended-runs")
+@task(name="release-holds-of-ended-runs", timeout_seconds=600)
 def release_holds_of_ended_runs() -> list[str]:
     """Release every hold whose run ended without settling it, or whose time is up."""
     try:

@@ -91,7 +91,7 @@ def request_problems(request: FineTuneRequest, model: str) -> list[str]:
     ]
 
 
-@task(name="preflight")
+@task(name="preflight", timeout_seconds=300)  # reads the Hub: model config, dataset
 def preflight_request(request: FineTuneRequest, model: str) -> None:
     """Refuse the request before the budget gate if it cannot succeed; log what was checked."""
     problems = request_problems(request, model)

@@ -24,6 +24,8 @@ from schemas.request import DatasetSource, FineTuneRequest
 from tasks.reporting.summary import FineTuneSummary
 
 _READ_CHUNK = 1 << 20
+BLOCK_TIMEOUT_SECONDS = 120
+"""Reading or saving a Prefect Block: one API call, retried by the client."""
 
 
 class FingerprintKind(str, Enum):
@@ -120,7 +122,7 @@ def fingerprint_dataset(
     return DatasetFingerprint(kind=FingerprintKind.HUB_REVISION, value=sha, dataset=source.path)
 
 
-@task(name="load-retrain-spec")
+@task(name="load-retrain-spec", timeout_seconds=BLOCK_TIMEOUT_SECONDS)
 def load_retrain_spec(spec_name: str) -> tuple[RetrainSpec, FineTuneRequest]:
     """The stored spec named `spec_name` and its validated fine-tune request."""
     try:
@@ -139,7 +141,7 @@ def load_retrain_spec(spec_name: str) -> tuple[RetrainSpec, FineTuneRequest]:
     return spec, request
 
 
-@task(name="record-retraining")
+@task(name="record-retraining", timeout_seconds=BLOCK_TIMEOUT_SECONDS)
 def record_retraining(
     spec_name: str, fingerprint: DatasetFingerprint, summary: FineTuneSummary, *, flow_run_id: str
 ) -> RetrainSpec:

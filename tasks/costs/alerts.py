@@ -243,7 +243,7 @@ def load_thresholds(
     return thresholds, ledger_for(policy)
 
 
-@task(name="check-spend")
+@task(name="check-spend", timeout_seconds=300)  # the ledger and the Jobs API
 def check_spend(
     *,
     max_jobs_per_hour: int | None = 5,
@@ -257,7 +257,7 @@ def check_spend(
     return record_crossings(ledger, evaluate_spend(ledger, thresholds, now), now)
 
 
-@task(name="send-spend-alerts", retries=2, retry_delay_seconds=[10, 60])
+@task(name="send-spend-alerts", retries=2, retry_delay_seconds=[10, 60], timeout_seconds=120)
 def send_spend_alerts(alerts: list[SpendAlert], block: str = DEFAULT_NOTIFY_BLOCK) -> int:
     """Post each alert through the notification block; each one sent is marked, never sent twice."""
     if not alerts:

@@ -310,7 +310,12 @@ def settle_budget(
     return settled
 
 
-@task(name="settle-ended-job", retries=2, retry_delay_seconds=[2, 10])
+@task(
+    name="settle-ended-job",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    timeout_seconds=LEDGER_TIMEOUT_SECONDS,
+)
 def settle_ended_job(
     reservation: Reservation | None,
     *,

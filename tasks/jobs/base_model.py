@@ -72,6 +72,7 @@ def materialize_embedded_model(target: Path | None = None) -> Path:
 
 @task(
     name="prepare-base-model",
+    timeout_seconds=2 * 3600,  # a download from the Hub: several GB for a 7B model
     retries=1,
     retry_delay_seconds=5,
     cache_policy=BASE_MODEL_CACHE,

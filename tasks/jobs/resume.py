@@ -132,7 +132,7 @@ def remaining_request(request: FineTuneRequest, point: ResumePoint) -> FineTuneR
     return request.model_copy(update={"hyperparameters": hyperparameters})
 
 
-@task(name="find-start-checkpoint")
+@task(name="find-start-checkpoint", timeout_seconds=600)  # a Hub read with backoff
 def find_start_checkpoint(request: FineTuneRequest) -> ResumePoint | None:
     """The checkpoint `request.resume_from` names (None without one); refused before money is spent."""
     if not request.resume_from:

@@ -16,6 +16,9 @@ from tasks.paths import lmft_home
 from tasks.serving.endpoints import smoke_chat
 from tasks.serving.local import local_name_for, start_local_server
 
+DEPLOY_TIMEOUT_SECONDS = 3 * 3600
+"""A deploy uploads the GGUF (several GB), pushes to GitHub and waits for the model to answer."""
+
 
 def deployments_dir() -> Path:
     path = lmft_home() / "deployments"
@@ -101,7 +104,7 @@ def serve_locally(
     )
 
 
-@task(name="deploy-gguf")
+@task(name="deploy-gguf", timeout_seconds=DEPLOY_TIMEOUT_SECONDS)
 def deploy_gguf(
     gguf_path: str,
     name: str,

@@ -62,7 +62,7 @@ def validate_dataset(
     return report
 
 
-@task(name="validate-eval-dataset")
+@task(name="validate-eval-dataset", timeout_seconds=VALIDATION_TIMEOUT_SECONDS)
 def validate_eval_dataset(
     request: FineTuneRequest, tokenizer_path: str | None = None
 ) -> ValidationReport | None:

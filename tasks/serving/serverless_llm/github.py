@@ -248,7 +248,7 @@ def await_merge(target_name: str, target: ServerlessLLMTarget, pull_request_url:
         check += 1
 
 
-@task(name="resume-merged-deploys")
+@task(name="resume-merged-deploys", timeout_seconds=600)  # GitHub and Prefect API reads
 def resume_merged_deploys() -> list[UUID]:
     """Resume the deploy runs suspended for a pull request that is now merged or closed."""
     from prefect import get_client
