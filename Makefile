@@ -21,7 +21,7 @@ demo: install  ## the main job: fine-tune SmolLM2 on the sample dataset, locally
 	$(VENV)/bin/lmft run examples/pirate_sft.yaml
 
 test: install  ## every test, the slow end-to-end ones included
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

@@ -12,9 +12,11 @@ Timeline, counted from the start of this process:
    reports to the Prefect API itself, carry on. (An interrupted `prefect worker` would stop
    taking runs too, but it also kills the runs it started, so it cannot drain.)
 3. When this worker's runs have all finished, stop it. At `runtime` (the hand-over), runs
-   still going are long ones (a training job being monitored): kill their processes and
-   put each run back to `AwaitingRetry` (Scheduled). The next worker picks it up, and the
-   flow's idempotency key makes it reattach to its training job instead of starting another.
+   still going are long ones (a training job being monitored): freeze each run's process,
+   stop its local training job with a checkpoint (SIGTERM), put the run back to
+   `AwaitingRetry` (Scheduled) and kill the process. The next worker picks the run up: the
+   task cache skips the finished steps, and training resumes from the job's checkpoint (a
+   Hugging Face job, which runs elsewhere, is re-attached through its idempotency key).
 
 The successor token (`GITHUB_TOKEN`, needs `actions: write`) is removed from the worker's
 environment, so flow runs never see it.
@@ -52,6 +54,7 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from operations.github_workflows import WorkflowDispatchFailed, WorkflowTarget, dispatch_workflow
 from operations.health import check_prefect_health
+from tasks.jobs.local import checkpoint_and_stop_local_job, find_local_jobs, local_job_status
 
 logger = logging.getLogger("lmft.keepalive")
 
@@ -239,16 +242,45 @@ def runs_of_worker(pool: str, worker_name: str) -> list[FlowRun]:
 
 
 def hand_over_run(run: FlowRun) -> None:
-    """Stop a flow run's process on this machine and put the run back in the queue for the next worker."""
+    """Stop a flow run on this machine so that the next worker finishes it, and queue it again.
+
+    1. Freeze the flow run's process (SIGSTOP): it must not see its training job stop and
+       react (resume the job itself, or report the run Failed).
+    2. Stop its running local training jobs the resumable way: SIGTERM makes `train.py` save
+       a checkpoint and exit (`checkpoint_and_stop_local_job`). A job dies with its owner (the
+       parent-death signal), so without this step the successor would find a job killed
+       mid-step with no recent checkpoint. Hugging Face jobs run elsewhere and go on.
+    3. Put the run back to `AwaitingRetry` (Scheduled), then SIGKILL the frozen process (no
+       grace: the engine must not propose Crashed first). The successor's run finds the job
+       ended resumable and continues from its checkpoint (`train_resuming`); the finished
+       steps come from the task cache.
+    """
     pid = _local_pid(run.infrastructure_pid)
     if pid is not None:
-        try:
-            os.kill(pid, signal.SIGKILL)  # no grace: the engine must not propose Crashed first
-        except ProcessLookupError:
-            pass
-    message = "Worker runner reached its time limit; the next worker resumes this run."
-    with get_client(sync_client=True) as client:
-        client.set_flow_run_state(run.id, AwaitingRetry(message=message), force=True)
+        _signal(pid, signal.SIGSTOP)
+    try:
+        for handle in find_local_jobs({"flow_run_id": str(run.id)}):
+            if not local_job_status(handle).is_terminal:
+                status = checkpoint_and_stop_local_job(handle)
+                logger.info(
+                    "stopped training job %s of flow run %s for the hand-over: %s",
+                    handle.job_id,
+                    run.id,
+                    status.state.value,
+                )
+        message = "Worker runner reached its time limit; the next worker resumes this run."
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(run.id, AwaitingRetry(message=message), force=True)
+    finally:
+        if pid is not None:
+            _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _local_pid(infrastructure_pid: str | None) -> int | None:

@@ -32,6 +32,8 @@ from tasks.paths import jobs_dir
 from training import TRAIN_SCRIPT
 
 CANCEL_GRACE_SECONDS = 10.0
+HAND_OVER_GRACE_SECONDS = 180.0
+"""How long a job stopped for a hand-over gets to write its checkpoint before it is killed."""
 
 # Run as `python -c LAUNCHER OWNER_PID PROGRAM ARGS...`: ask the kernel to SIGKILL this process
 # when its parent dies (prctl option 1 = PR_SET_PDEATHSIG), give up if the parent is already
@@ -217,6 +219,30 @@ def cancel_local_job(
     while time.monotonic() < deadline and _pid_alive(pid):
         _reap(handle.job_id)
         time.sleep(0.1)
+    if _pid_alive(pid):
+        _signal_group(pid, signal.SIGKILL)
+    _reap(handle.job_id, wait=True)
+    return local_job_status(handle)
+
+
+def checkpoint_and_stop_local_job(
+    handle: JobHandle, *, grace_seconds: float = HAND_OVER_GRACE_SECONDS
+) -> JobStatus:
+    """Stop a running job so that another process can resume it: SIGTERM (train.py saves a
+    checkpoint and exits), SIGKILL after `grace_seconds`.
+
+    Unlike `cancel_local_job` it marks nothing cancelled: the job ends resumable, and the run
+    that owns it continues from that checkpoint wherever it runs next.
+    """
+    directory = job_dir(handle.job_id)
+    if local_job_status(handle).is_terminal:
+        return local_job_status(handle)
+    pid = _read_pid(directory)
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline and _pid_alive(pid):
+        _reap(handle.job_id)
+        time.sleep(0.2)
     if _pid_alive(pid):
         _signal_group(pid, signal.SIGKILL)
     _reap(handle.job_id, wait=True)

@@ -3,11 +3,12 @@ budget ledger in the same PostgreSQL. Several `finetune` runs at once stay withi
 deployment's concurrency limit and each runs once and trains once; runs that wait for
 approval go through the shared ledger once each and it balances; a
 worker stopped mid-run the way the Actions keep-alive stops it hands its run to the other,
-which finishes it on the same training job and skips the steps already done.
+which skips the steps already done and resumes training from the stopped job's checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +35,8 @@ from tests.team import (
     team_server,
     write_chats,
 )
+from training.train import PROGRESS_PREFIX as PROGRESS
+from training.train import STOPPED_PREFIX
 
 pytestmark = pytest.mark.slow
 
@@ -164,13 +167,7 @@ def test_runs_waiting_for_approval_go_through_the_shared_ledger_once_each(
     assert totals.open_reservations == 0 and totals.reserved_usd == 0
 
 
-@pytest.mark.xfail(
-    reason="open (issue 19): since a local training job dies with the process that owns it (issue "
-    "17's parent-death signal), the successor finds the job ended without a result; it must resume "
-    "from the job's last checkpoint (issue 15's resume) instead of re-attaching, and does not yet",
-    strict=False,
-)
-def test_a_stopped_workers_run_is_finished_by_the_other_on_the_same_job(
+def test_a_stopped_workers_run_is_finished_by_the_other_from_its_checkpoint(
     team: Team, tiny_llama: Path, chats: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for key in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_WORKER_QUERY_SECONDS"):
@@ -197,11 +194,16 @@ def test_a_stopped_workers_run_is_finished_by_the_other_on_the_same_job(
     try:
 
         def training(runs: list[FlowRun]) -> bool:
+            # Past its first step: train.py's SIGTERM handler is in place.
             jobs = find_local_jobs({"flow_run_id": str(run_id)})
-            return bool(jobs) and local_job_status(jobs[0]).state is JobState.RUNNING
+            return (
+                bool(jobs)
+                and local_job_status(jobs[0]).state is JobState.RUNNING
+                and PROGRESS in (job_dir(jobs[0].job_id) / "train.log").read_text()
+            )
 
         drive_until([run_id], training, team)
-        [handle] = find_local_jobs({"flow_run_id": str(run_id)})
+        [first] = find_local_jobs({"flow_run_id": str(run_id)})
         team.start_worker("runner-2")  # the successor the keep-alive would have dispatched
         clock.offset += (
             3600  # runner-1's hand-over time, mid-training: its run goes back to the queue
@@ -217,19 +219,35 @@ def test_a_stopped_workers_run_is_finished_by_the_other_on_the_same_job(
     assert report.handed_over == [str(run_id)]
     assert done.state.type is StateType.COMPLETED, team.diagnostics()
     assert done.labels.get(WORKER_LABEL) == "runner-2"
-    # The same job, trained once: the successor re-attached instead of training from zero.
-    assert find_local_jobs({"flow_run_id": str(run_id)}) == [handle]
-    log = (job_dir(handle.job_id) / "train.log").read_text()
-    assert log.count('LMFT_PROGRESS {"step": 1,') == 1
-    # What the first worker finished was not done again.
+    # Two jobs: the first stopped with a checkpoint at the hand-over, the second resumed from it.
+    resumed, stopped = find_local_jobs({"flow_run_id": str(run_id)})
+    assert stopped == first
+    first_log = (job_dir(first.job_id) / "train.log").read_text()
+    assert first_log.count(PROGRESS + '{"step": 1,') == 1
+    [stop_line] = [line for line in first_log.splitlines() if line.startswith(STOPPED_PREFIX)]
+    stop = json.loads(stop_line.removeprefix(STOPPED_PREFIX))
+    assert stop["resumable"] is True and 1 <= stop["step"] < 20
+    steps = [
+        json.loads(line.removeprefix(PROGRESS))["step"]
+        for line in (job_dir(resumed.job_id) / "train.log").read_text().splitlines()
+        if line.startswith(PROGRESS) and '"loss"' in line
+    ]
+    assert steps[0] == stop["step"] + 1 and steps[-1] == 20  # not restarted from zero
+    # What the first worker finished was not done again. The flow ran four times from the top:
+    # first; after the approval (a suspended run starts over); on runner-2 after the hand-over;
+    # after the approval of the resumed job's budget. Done once, then read from the cache.
     again = {
-        "prepare-base-model": ["Cached", "Completed"],
-        "validate-dataset": ["Cached", "Completed"],
+        "prepare-base-model": ["Cached", "Cached", "Cached", "Completed"],
+        "validate-dataset": ["Cached", "Cached", "Cached", "Completed"],
     }
     states = task_run_states(
         run_id, until=lambda found: all(found.get(name) == want for name, want in again.items())
     )
     assert {name: states.get(name) for name in again} == again
-    # One reservation, settled: the second attempt found the approved hold instead of asking again.
-    [entry] = [e for e in Ledger(team.ledger_url).entries() if e.flow_run_id == str(run_id)]
-    assert entry.status is ReservationStatus.SETTLED and entry.approver == "team-lead"
+    # One ledger entry per job, both approved by the team lead: the first job's hold released
+    # after it was settled for what it ran, the resumed job's settled.
+    entries = [e for e in Ledger(team.ledger_url).entries() if e.flow_run_id == str(run_id)]
+    assert sorted(e.status for e in entries) == sorted(
+        [ReservationStatus.RELEASED, ReservationStatus.SETTLED]
+    ), entries
+    assert all(e.approver == "team-lead" for e in entries)
