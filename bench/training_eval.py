@@ -7,7 +7,7 @@ Runs `training/train.py` on this machine's CPU with the arguments the pipeline g
 the pirate example (SmolLM2-135M-Instruct, LoRA, 30 steps), each in a fresh process:
 
   1. defaults: 5 % of the rows held out and evaluated on the base model, at every checkpoint
-     (every 10 % of the run) and at the end; checkpoints every 10 % of the run;
+     (every 25 % of the run) and at the end; checkpoints every 25 % of the run;
   2. a new process resuming run 1 from its checkpoint before the last (`--resume_from_checkpoint`),
      stopped at its first new step;
   3. bare: no evaluation, no checkpoint.

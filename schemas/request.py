@@ -211,7 +211,7 @@ class CheckpointSettings(_Strict):
         Field(
             ge=1,
             le=1_000_000,
-            description="Checkpoint every N steps. Default: every 10 % of the run.",
+            description="Checkpoint every N steps. Default: every 25 % of the run.",
         ),
     ] = None
     save_minutes: Annotated[

@@ -115,7 +115,7 @@ class ScriptArguments:
         default=0, metadata={"help": "Evaluate every N steps; 0: at every checkpoint."}
     )
     save_steps: float = field(
-        default=0.1,
+        default=0.25,
         metadata={"help": "Checkpoint every N steps, or this share of the run when below 1."},
     )
     save_minutes: float = field(

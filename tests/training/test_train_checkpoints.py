@@ -221,7 +221,7 @@ def test_warm_start_continues_a_finished_adapter_with_a_new_schedule(
 @pytest.mark.parametrize(
     ("overrides", "save", "every"),
     [
-        ({}, 0.1, 0.1),  # defaults: a checkpoint and an evaluation every 10 % of the run
+        ({}, 0.25, 0.25),  # defaults: a checkpoint and an evaluation every 25 % of the run
         ({"eval_steps": 3}, 3, 3),  # evaluations set the pace: a checkpoint at each
         ({"save_steps": 6, "eval_steps": 3}, 6, 3),
         ({"save_steps": 5}, 5, 5),

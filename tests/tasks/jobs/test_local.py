@@ -69,7 +69,7 @@ def test_runs_to_completion_and_streams_progress(tiny_llama, chat_file):
 
     updates = [p for line in lines if (p := parse_progress_line(line))]
     assert [p.step for p in updates if not p.is_evaluation] == [1, 2, 3]
-    # The held-out rows are evaluated on the base model, at each checkpoint (every 10 %) and the end.
+    # The held-out rows are evaluated on the base model, at each checkpoint (every 25 %: each of the 3 steps) and the end.
     assert [p.step for p in updates if p.is_evaluation] == [0, 1, 2, 3]
     result = next(r for line in lines if (r := parse_result_line(line)))
     assert result["global_step"] == 3
