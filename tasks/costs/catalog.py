@@ -76,7 +76,9 @@ class Flavor(BaseModel):
     @property
     def spec(self) -> GpuSpec:
         """Its GPU's spec; an unknown model counts as a T4 (the slowest, fp16 only)."""
-        return GPU_SPECS.get(self.gpu_model or "", GpuSpec(self.gpu_memory_gb, 65, 0.25, "cuda-fp16"))
+        return GPU_SPECS.get(
+            self.gpu_model or "", GpuSpec(self.gpu_memory_gb, 65, 0.25, "cuda-fp16")
+        )
 
     @property
     def device(self) -> str:

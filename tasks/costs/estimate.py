@@ -81,6 +81,7 @@ def estimate_workload(
         UnknownFlavor: `hardware` is not in the catalog.
         HardwareDoesNotFit: the run needs more memory than the flavor (or any flavor) has.
     """
+
     def memory_on(flavor: Flavor) -> MemoryBreakdown:
         return memory_needed(workload, flavor.device)
 
@@ -97,9 +98,7 @@ def estimate_workload(
         )
 
     # One GPU per job: the training script runs one process, so a second GPU would be paid for and idle.
-    priced_gpus = [
-        f for f in catalog.flavors if f.gpu_count == 1 and f.price_per_hour is not None
-    ]
+    priced_gpus = [f for f in catalog.flavors if f.gpu_count == 1 and f.price_per_hour is not None]
     quotes = sorted(
         (quote(f) for f in priced_gpus if fits(f)), key=lambda q: (q.expected_usd, q.price_per_hour)
     )
@@ -236,7 +235,11 @@ def workload_from_request(
     else:
         mode = TrainingMode.QLORA if request.lora.quantize == "4bit" else TrainingMode.LORA
     tokens = max(1, math.ceil(rows_trained * mean))
-    padded = 0 if packing or request.method is not Method.SFT else max(0, math.ceil(rows_trained * longest) - tokens)
+    padded = (
+        0
+        if packing or request.method is not Method.SFT
+        else max(0, math.ceil(rows_trained * longest) - tokens)
+    )
     workload = Workload(
         shape=shape,
         method=request.method,

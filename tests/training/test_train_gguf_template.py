@@ -31,7 +31,12 @@ def test_the_gguf_template_has_no_generation_tags_and_llama_cpp_chats_through_it
     tokenizer.chat_template = MARKED_TEMPLATE
     tokenizer.save_pretrained(base)
     rows = [
-        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "Arr"}]}
+        {
+            "messages": [
+                {"role": "user", "content": f"q{i}"},
+                {"role": "assistant", "content": "Arr"},
+            ]
+        }
         for i in range(8)
     ]
     data = tmp_path / "chat.jsonl"

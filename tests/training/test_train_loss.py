@@ -69,9 +69,7 @@ def trained_texts(setup: train_script.TrainingSetup, batch: dict) -> set[str]:
     }
 
 
-def test_conversations_train_on_the_assistant_turns_only_and_honour_weight_0(
-    tiny_llama, tmp_path
-):
+def test_conversations_train_on_the_assistant_turns_only_and_honour_weight_0(tiny_llama, tmp_path):
     rows = [conversation(1), conversation(2, weight_first=0), conversation(3), conversation(4)]
     setup = setup_for(tiny_llama, write_jsonl(tmp_path / "chat.jsonl", rows), tmp_path / "out")
     batch = first_batch(setup)
@@ -108,7 +106,9 @@ def test_prompt_completion_rows_train_on_the_completion_only_unless_told(tiny_ll
     assert trained_texts(setup, first_batch(setup)) == {f" {2 * i}{eos}" for i in range(4)}
 
     everything = setup_for(tiny_llama, data, tmp_path / "out-all", loss_on="all")
-    assert all(t.startswith("Q: what is") for t in trained_texts(everything, first_batch(everything)))
+    assert all(
+        t.startswith("Q: what is") for t in trained_texts(everything, first_batch(everything))
+    )
 
 
 def test_packing_drops_the_padding_keeps_the_trained_tokens_and_each_example_to_itself(
@@ -185,9 +185,7 @@ def test_progress_lines_report_real_tokens_per_second_and_the_padded_share(
     assert lines[-1]["tokens_trained"] < lines[-1]["tokens_seen"]  # answers only
 
 
-def test_qlora_on_a_machine_without_a_gpu_is_refused_before_anything_is_spent(
-    tiny_llama, tmp_path
-):
+def test_qlora_on_a_machine_without_a_gpu_is_refused_before_anything_is_spent(tiny_llama, tmp_path):
     data = write_jsonl(tmp_path / "chat.jsonl", [conversation(i) for i in range(4)])
     output = tmp_path / "out"
     command = [
