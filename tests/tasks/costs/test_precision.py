@@ -41,9 +41,9 @@ def test_the_dtype_the_script_loads_and_the_one_the_estimator_assumes_are_one_ta
     table = train_script.PRECISION
     loaded = train_script.load_model(arguments(tiny_llama), "cpu", "lora")
     assert loaded.dtype == getattr(torch, table["cpu"]["lora"]["weights"]) == torch.float32
-    assert weights_bytes(TrainingMode.LORA, "cpu") == pytest.approx(4.0, rel=0.01)
-    assert weights_bytes(TrainingMode.LORA, "cuda-bf16") == pytest.approx(2.0, rel=0.01)
-    assert weights_bytes(TrainingMode.QLORA, "cuda-bf16") == pytest.approx(0.55, rel=0.01)
+    assert weights_bytes(TrainingMode.LORA, "cpu") == pytest.approx(4.0, rel=0.02)
+    assert weights_bytes(TrainingMode.LORA, "cuda-bf16") == pytest.approx(2.0, rel=0.02)
+    assert weights_bytes(TrainingMode.QLORA, "cuda-bf16") == pytest.approx(0.55, rel=0.02)
     assert loaded.config._attn_implementation == train_script.ATTENTION
 
     # Change the table's entry: the script loads, and the estimator counts, the new dtype.
@@ -51,7 +51,7 @@ def test_the_dtype_the_script_loads_and_the_one_the_estimator_assumes_are_one_ta
         table["cpu"], "lora", {"weights": "bfloat16", "trainable": "float32", "autocast": None}
     )
     assert train_script.load_model(arguments(tiny_llama), "cpu", "lora").dtype == torch.bfloat16
-    assert weights_bytes(TrainingMode.LORA, "cpu") == pytest.approx(2.0, rel=0.01)
+    assert weights_bytes(TrainingMode.LORA, "cpu") == pytest.approx(2.0, rel=0.02)
 
 
 def test_the_t4_trains_in_fp16_and_the_others_in_bf16():
