@@ -127,7 +127,7 @@ def test_packing_drops_the_padding_keeps_the_trained_tokens_and_each_example_to_
         )
     padded, packed = results["false"], results["true"]
     assert padded["sft"]["packing"] is False and packed["sft"]["packing"] is True
-    assert padded["padded_share"] > 0.2 and packed["padded_share"] == 0
+    assert padded["padded_share"] > 0.1 and packed["padded_share"] == 0
     assert packed["tokens_seen"] == padded["tokens_seen"]  # every row, once
     assert packed["tokens_trained"] == padded["tokens_trained"]
     assert packed["global_step"] < padded["global_step"]  # fewer, fuller steps
