@@ -504,7 +504,7 @@ def sft_loss_settings(args: ScriptArguments, tokenizer, dataset, eval_dataset):
         )
 
     try:
-        return labelled(dataset), labelled(eval_dataset), {}
+        train, held_out = labelled(dataset), labelled(eval_dataset)
     except NotPrefixPreserving as exc:
         # TRL's own training template for known models (markers used while tokenising only;
         # the tokenizer, and so the saved model, keeps its template).
@@ -519,6 +519,17 @@ def sft_loss_settings(args: ScriptArguments, tokenizer, dataset, eval_dataset):
             ) from None
         print(f"note: {exc}; using TRL's assistant_only_loss (message weights are not honoured)")
         return dataset, eval_dataset, {"assistant_only_loss": True}
+    # The trainer truncates rows to max_length and drops those left with nothing to train on.
+    limit = args.max_length
+    empty = sum(1 for labels in train["labels"] if all(x == -100 for x in labels[:limit]))
+    if empty == len(train):
+        raise SystemExit(
+            f"error: no row has an answer token within max_length ({limit} tokens): the "
+            "prompts fill it. Raise hyperparameters.max_length, or set loss_on: all"
+        )
+    if empty:
+        print(f"note: {empty} of {len(train)} rows have no answer within max_length; skipped")
+    return train, held_out, {}
 
 
 def row_lengths(dataset, tokenizer, limit: int = LENGTH_SAMPLE_ROWS) -> list[int]:
