@@ -23,7 +23,12 @@ subprocess and the `hf-jobs` backend ships it with `HfApi.run_uv_job`.
 
 Every `--logging_steps` it prints one machine-readable progress line:
 
-    LMFT_PROGRESS {"step": 3, "total_steps": 30, "loss": 2.41, "learning_rate": 0.0002, "eta_seconds": 81.0, ...}
+    LMFT_PROGRESS {"step": 3, "total_steps": 30, "loss": 2.41, "learning_rate": 0.0002, "eta_seconds": 81.0,
+                   "tokens_per_second": 5120.0, "padded_share": 0.0, "tokens_seen": 12288, "tokens_trained": 6011, ...}
+
+It trains in the dtypes of `PRECISION` (bf16 on GPUs that have it, fp16 with loss scaling on a T4,
+fp32 on CPU; `--quantize 4bit`: QLoRA on an NF4 base, GPU only), with SDPA attention; SFT trains on
+the answers only (`--loss_on answers`) and packs short rows padding-free (`--packing auto`).
 
 After each evaluation (on the base model before training, every `--eval_steps`, at the last
 step) the line carries `eval_loss` instead of `loss`. Checkpoints (`--save_steps`, at least every
