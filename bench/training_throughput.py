@@ -20,6 +20,8 @@ max_length 256 and batch 4 (examples/pirate_sft.yaml):
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -49,9 +51,6 @@ def script_arguments(model: Path, output: Path, **overrides):
 
 def quiet_main(args) -> dict:
     """train.py's main, its progress lines kept off the terminal."""
-    import contextlib
-    import io
-
     from training import train as train_script
 
     with contextlib.redirect_stdout(io.StringIO()):
@@ -59,6 +58,7 @@ def quiet_main(args) -> dict:
 
 
 def variants(model: Path, root: Path) -> None:
+    quiet_main(script_arguments(model, root / "warm-up", max_steps=3))  # imports, Trackio, caches
     print(
         "| packing | loss on | steps | tokens/s (real) | padded share | tokens seen | tokens trained | train s |"
     )
@@ -94,7 +94,7 @@ def bare_seconds(model: Path, output: Path, steps: int) -> float:
     config = trl.SFTConfig(
         output_dir=str(output), max_steps=steps, learning_rate=1e-3, per_device_train_batch_size=4,
         max_length=256, warmup_steps=0.03, seed=42, logging_steps=1, save_strategy="no",
-        report_to=[], disable_tqdm=True, use_cpu=True, packing=False,
+        report_to=[], disable_tqdm=True, use_cpu=True, packing=False, gradient_checkpointing=False,
         completion_only_loss=False, assistant_only_loss=False,
     )  # fmt: skip
     trainer = trl.SFTTrainer(
@@ -113,7 +113,8 @@ def bare_seconds(model: Path, output: Path, steps: int) -> float:
         ),  # fmt: skip
     )
     started = time.monotonic()
-    trainer.train()
+    with contextlib.redirect_stdout(io.StringIO()):  # the trainer's own log lines
+        trainer.train()
     return time.monotonic() - started
 
 

@@ -594,8 +594,8 @@ class TokenMeter:
         real = int(mask.sum()) if mask is not None else total  # padding-free batches have no pads
         self.real += real
         self.padded += total - real
-        if labels is not None:
-            self.trained += int((labels != -100).sum())
+        if labels is not None:  # a row's first label is never a target (labels shift by one)
+            self.trained += int((labels[..., 1:] != -100).sum())
 
     def figures(self, seconds: float) -> dict:
         seen = self.real + self.padded
