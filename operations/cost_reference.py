@@ -1,4 +1,4 @@
-"""Reference workloads (0.5B to 8B, SFT and DPO, LoRA and full) and their estimates.
+"""Reference workloads (0.5B to 8B, SFT and DPO, LoRA, QLoRA and full) and their estimates.
 
 `python -m operations.cost_reference` prints the markdown table in docs/costs.md.
 """
@@ -41,12 +41,12 @@ BATCH_SIZE = 4
 
 
 def reference_workloads() -> list[tuple[str, Workload]]:
-    """Every reference model × SFT/DPO × LoRA/full, one epoch."""
+    """Every reference model × SFT/DPO × LoRA/QLoRA/full, one epoch (no padding: packed rows)."""
     out = []
     for name, config in REFERENCE_MODELS.items():
         shape = shape_from_config(config, model=name)
         for method in (Method.SFT, Method.DPO):
-            for mode in (TrainingMode.LORA, TrainingMode.FULL):
+            for mode in (TrainingMode.LORA, TrainingMode.QLORA, TrainingMode.FULL):
                 rows = ROWS[method]
                 out.append(
                     (

@@ -132,6 +132,23 @@ class LoraSettings(_Strict):
             description="Modules to adapt: 'all-linear' or a comma-separated list of names.",
         ),
     ] = "all-linear"
+    quantize: Annotated[
+        Literal["4bit"] | None,
+        Field(
+            description="'4bit': QLoRA, the adapter trained on a bitsandbytes NF4 base (double "
+            "quantization, bf16 compute), merged into the bf16 base afterwards. Needs a CUDA GPU "
+            "(backend hf-jobs); refused on a machine without one. Default: the base in 16 bits."
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def _check_quantize(self) -> LoraSettings:
+        if self.quantize and not self.enabled:
+            raise ValueError(
+                "lora.quantize: a 4-bit base is only trained through a LoRA adapter (QLoRA); "
+                "set lora.enabled to true or lora.quantize to null"
+            )
+        return self
 
 
 class Hyperparameters(_Strict):
@@ -155,6 +172,22 @@ class Hyperparameters(_Strict):
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.03
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 42
     gradient_checkpointing: bool = False
+    loss_on: Annotated[
+        Literal["answers", "all"],
+        Field(
+            description="SFT: 'answers' trains on the assistant turns of conversations (a message "
+            "with weight 0 is left out) and on the completions of prompt-completion rows; 'all' "
+            "trains on every token, prompts included."
+        ),
+    ] = "answers"
+    packing: Annotated[
+        bool | None,
+        Field(
+            description="SFT: pack rows into max_length sequences without padding, each example "
+            "attending only to itself. Default (null): on for an epoch-based run (no max_steps) "
+            "whose rows average under a quarter of max_length."
+        ),
+    ] = None
     beta: Annotated[float, Field(gt=0, le=10, description="DPO/KTO/GRPO KL coefficient.")] = 0.1
     num_generations: Annotated[
         int, Field(ge=2, le=64, description="GRPO completions per prompt.")

@@ -82,10 +82,26 @@ def context_window_problems(request: FineTuneRequest, model: str) -> list[str]:
     return []
 
 
+def quantization_problems(request: FineTuneRequest) -> list[str]:
+    """QLoRA (`lora.quantize`) on the local backend needs this machine's CUDA GPU and bitsandbytes.
+
+    The training script's own rule; on `hf-jobs` the flavor is a GPU and the job installs bitsandbytes.
+    """
+    if request.lora.quantize is None or request.backend is not Backend.LOCAL:
+        return []
+    from training.train import device_class, quantization_problem
+
+    problem = quantization_problem(
+        request.lora.quantize, use_lora=request.lora.enabled, device=device_class()
+    )
+    return [problem] if problem else []
+
+
 def request_problems(request: FineTuneRequest, model: str) -> list[str]:
     """Everything wrong with `request` (training `model`) that can be seen before spending anything."""
     return [
         *remote_backend_problems(request, model),
+        *quantization_problems(request),
         *context_window_problems(request, model),
         *deploy_target_problems(request),
     ]

@@ -23,7 +23,12 @@ subprocess and the `hf-jobs` backend ships it with `HfApi.run_uv_job`.
 
 Every `--logging_steps` it prints one machine-readable progress line:
 
-    LMFT_PROGRESS {"step": 3, "total_steps": 30, "loss": 2.41, "learning_rate": 0.0002, "eta_seconds": 81.0, ...}
+    LMFT_PROGRESS {"step": 3, "total_steps": 30, "loss": 2.41, "learning_rate": 0.0002, "eta_seconds": 81.0,
+                   "tokens_per_second": 5120.0, "padded_share": 0.0, "tokens_seen": 12288, "tokens_trained": 6011, ...}
+
+It trains in the dtypes of `PRECISION` (bf16 on GPUs that have it, fp16 with loss scaling on a T4,
+fp32 on CPU; `--quantize 4bit`: QLoRA on an NF4 base, GPU only), with SDPA attention; SFT trains on
+the answers only (`--loss_on answers`) and packs short rows padding-free (`--packing auto`).
 
 After each evaluation (on the base model before training, every `--eval_steps`, at the last
 step) the line carries `eval_loss` instead of `loss`. Checkpoints (`--save_steps`, at least every
@@ -46,6 +51,7 @@ import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 PROGRESS_PREFIX = "LMFT_PROGRESS "
 RESULT_PREFIX = "LMFT_RESULT "
@@ -54,6 +60,90 @@ CHECKPOINT_PREFIX = "LMFT_CHECKPOINT "
 HUB_CHECKPOINT_FOLDER = "checkpoints/last"
 EXIT_TERMINATED = 143  # 128 + SIGTERM: a checkpoint was saved, the run can resume from it
 EXIT_WATCHDOG = 3
+
+
+# --- precision: one table, read by this script and by the cost estimator --------------------
+# tasks/costs/workload.py imports PRECISION and BYTES_PER_VALUE, so the memory and time it
+# predicts are those of what this script loads. Per device class and training mode:
+#   weights:   dtype the base weights are loaded in ("nf4": bitsandbytes 4-bit NormalFloat with
+#              double quantization; the layers it does not quantize stay in the compute dtype)
+#   trainable: dtype of the trained parameters; their gradients and AdamW moments share it
+#   autocast:  TrainingArguments mixed precision ("bf16", or "fp16" with loss scaling); None: off
+PRECISION: dict[str, dict[str, dict[str, str | None]]] = {
+    "cuda-bf16": {  # compute capability 8.0 and newer: A10G, L4, L40S, A100, H100, H200, RTX PRO 6000
+        "full": {"weights": "float32", "trainable": "float32", "autocast": "bf16"},
+        "lora": {"weights": "bfloat16", "trainable": "float32", "autocast": "bf16"},
+        # TRL casts QLoRA adapters to bf16 (the QLoRA paper's recipe)
+        "qlora": {"weights": "nf4", "trainable": "bfloat16", "autocast": "bf16"},
+    },
+    "cuda-fp16": {  # Turing (T4): no bf16 tensor cores; fp16 autocast, the gradients loss-scaled
+        "full": {"weights": "float32", "trainable": "float32", "autocast": "fp16"},
+        "lora": {"weights": "float16", "trainable": "float32", "autocast": "fp16"},
+        "qlora": {"weights": "nf4", "trainable": "bfloat16", "autocast": "fp16"},
+    },
+    "cpu": {  # no QLoRA: bitsandbytes' 4-bit kernels need a CUDA GPU
+        "full": {"weights": "float32", "trainable": "float32", "autocast": None},
+        "lora": {"weights": "float32", "trainable": "float32", "autocast": None},
+    },
+}
+BYTES_PER_VALUE: dict[str, float] = {
+    "float32": 4.0,
+    "bfloat16": 2.0,
+    "float16": 2.0,
+    # 4 bits, the double-quantised absmax constants, and the embeddings and lm_head, which
+    # bitsandbytes leaves in 16 bits, averaged over a small model's parameters
+    "nf4": 0.55,
+}
+ATTENTION = "sdpa"
+"""attn_implementation asked of every model (PyTorch's fused scaled-dot-product attention)."""
+
+
+def device_class() -> str:
+    """The PRECISION row of this machine: cuda-bf16, cuda-fp16 (a GPU before Ampere) or cpu."""
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    # Not torch.cuda.is_bf16_supported(): it reports emulated bf16 on a T4 as supported.
+    return "cuda-bf16" if torch.cuda.get_device_capability(0)[0] >= 8 else "cuda-fp16"
+
+
+def training_mode(args: ScriptArguments) -> str:
+    """The PRECISION column: full, lora or qlora."""
+    if not args.use_lora:
+        return "full"
+    return "qlora" if args.quantize == "4bit" else "lora"
+
+
+def quantization_problem(quantize: str, *, use_lora: bool, device: str) -> str | None:
+    """Why `quantize` cannot be honoured on `device` here (None: it can, or it was not asked).
+
+    The worker's preflight asks it too, for a local run, before anything is reserved or trained.
+    """
+    if quantize == "none":
+        return None
+    if quantize != "4bit":
+        return f"--quantize must be 'none' or '4bit', not {quantize!r}"
+    if not use_lora:
+        return "lora.quantize: 4bit trains a LoRA adapter on a 4-bit base (QLoRA); it needs lora.enabled"
+    if "qlora" not in PRECISION[device]:
+        return (
+            "lora.quantize: 4bit (QLoRA) needs a CUDA GPU, and this machine has none: bitsandbytes' "
+            "4-bit kernels do not run on CPU. Train on a GPU flavor (backend hf-jobs), or drop "
+            "lora.quantize to train a plain LoRA adapter here"
+        )
+    import importlib
+
+    try:  # imported here only: a run without QLoRA never needs it
+        importlib.import_module("bitsandbytes")
+    except Exception as exc:  # an ImportError, or the library failing to find its CUDA binary
+        return (
+            f"lora.quantize: 4bit (QLoRA) needs bitsandbytes, which cannot be loaded here "
+            f"({type(exc).__name__}: {exc}); install it (pip install bitsandbytes) or drop lora.quantize"
+        )
+    return None
 
 
 @dataclass
@@ -76,6 +166,26 @@ class ScriptArguments:
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: str = field(
         default="all-linear", metadata={"help": "'all-linear' or a,b,c."}
+    )
+    quantize: str = field(
+        default="none",
+        metadata={
+            "help": "none | 4bit: QLoRA, a LoRA adapter on a bitsandbytes NF4 base (CUDA only)."
+        },
+    )
+    loss_on: str = field(
+        default="answers",
+        metadata={
+            "help": "SFT: answers (assistant turns of conversations, completions of prompt-completion "
+            "rows; a message with weight 0 is not trained on) | all (every token)."
+        },
+    )
+    packing: str = field(
+        default="auto",
+        metadata={
+            "help": "SFT: pack rows into max_length sequences, padding-free (true | false | auto: on "
+            "for an epoch-based run whose rows are short next to max_length)."
+        },
     )
     num_train_epochs: float = field(
         default=1.0, metadata={"help": "Epochs (ignored when max_steps > 0)."}
@@ -312,17 +422,207 @@ def split_evaluation(args: ScriptArguments, dataset):
     return parts["train"], parts["test"]
 
 
+# --- SFT: where the loss goes, packing -------------------------------------------------------
+
+GENERATION_TAGS = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
+"""`{% generation %}` / `{% endgeneration %}`: training-only template markers llama.cpp rejects."""
+PACK_WHEN_MEAN_BELOW = 0.25
+"""packing=auto packs an epoch-based run when its mean row is under this share of max_length."""
+LENGTH_SAMPLE_ROWS = 256
+
+
+class NotPrefixPreserving(ValueError):
+    """The chat template renders earlier turns differently once a later turn follows."""
+
+
+def without_generation_tags(template):
+    """The chat template (a string, or a dict of named ones) without generation markers."""
+    if isinstance(template, dict):
+        return {name: without_generation_tags(t) for name, t in template.items()}
+    return GENERATION_TAGS.sub("", template) if isinstance(template, str) else template
+
+
+def _clean_messages(messages) -> list[dict]:
+    # datasets fills keys a row lacks with None; `weight` is ours, not the template's
+    return [{k: v for k, v in m.items() if v is not None and k != "weight"} for m in messages or []]
+
+
+def answer_labels(row: dict, tokenizer) -> dict:
+    """`input_ids` of a conversation and `labels` that train on its assistant turns only.
+
+    Each assistant message's span is where the conversation rendered up to it differs from the
+    conversation rendered up to the turn before it with the generation prompt: its text and its
+    end-of-turn token, never the role header. A message with `weight` 0 is not trained on.
+    Works for any prefix-preserving template, with no generation markers.
+    """
+    raw = row["messages"]
+    messages = _clean_messages(raw)
+    tools = row.get("tools")
+    tools = json.loads(tools) if isinstance(tools, str) else tools
+
+    def render(part: list[dict], **kwargs) -> str:
+        return tokenizer.apply_chat_template(part, tokenize=False, tools=tools, **kwargs)
+
+    text = render(messages)
+    spans = []
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant" or (
+            raw[i].get("weight") is not None and raw[i]["weight"] == 0
+        ):
+            continue
+        before = render(messages[:i], add_generation_prompt=True)
+        through = render(messages[: i + 1])
+        if not (through.startswith(before) and text.startswith(through)):
+            raise NotPrefixPreserving(
+                f"the chat template renders turn {i} differently once later turns follow"
+            )
+        spans.append((len(before), len(through)))
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    labels = [
+        token if any(start <= begin < end for start, end in spans) else -100
+        for token, (begin, _) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True)
+    ]
+    return {"input_ids": encoded["input_ids"], "labels": labels}
+
+
+def sft_loss_settings(args: ScriptArguments, tokenizer, dataset, eval_dataset):
+    """(train, eval, SFTConfig settings): the loss on the answers (default) or on every token."""
+    columns = set(dataset.column_names)
+    if args.loss_on not in ("answers", "all"):
+        raise SystemExit(f"error: --loss_on must be answers or all, not {args.loss_on!r}")
+    if args.loss_on == "all":
+        return dataset, eval_dataset, {"completion_only_loss": False, "assistant_only_loss": False}
+    if {"prompt", "completion"} <= columns:
+        return dataset, eval_dataset, {"completion_only_loss": True}
+    if "messages" not in columns:  # plain text: no prompt to leave out
+        return dataset, eval_dataset, {}
+    if not getattr(tokenizer, "is_fast", False):
+        raise SystemExit(
+            "error: loss on the answers needs a fast tokenizer (token offsets); set loss_on: all"
+        )
+
+    def labelled(data):
+        if data is None:
+            return None
+        return data.map(
+            answer_labels, fn_kwargs={"tokenizer": tokenizer}, remove_columns=data.column_names
+        )
+
+    try:
+        train, held_out = labelled(dataset), labelled(eval_dataset)
+    except NotPrefixPreserving as exc:
+        # TRL's own training template for known models (markers used while tokenising only;
+        # the tokenizer, and so the saved model, keeps its template).
+        from trl.chat_template_utils import get_training_chat_template
+
+        try:
+            get_training_chat_template(tokenizer)
+        except ValueError:
+            raise SystemExit(
+                f"error: cannot train on the answers only: {exc}, and TRL has no training "
+                "template for it; set loss_on: all"
+            ) from None
+        print(f"note: {exc}; using TRL's assistant_only_loss (message weights are not honoured)")
+        return dataset, eval_dataset, {"assistant_only_loss": True}
+    # The trainer truncates rows to max_length and drops those left with nothing to train on.
+    limit = args.max_length
+    empty = sum(1 for labels in train["labels"] if all(x == -100 for x in labels[:limit]))
+    if empty == len(train):
+        raise SystemExit(
+            f"error: no row has an answer token within max_length ({limit} tokens): the "
+            "prompts fill it. Raise hyperparameters.max_length, or set loss_on: all"
+        )
+    if empty:
+        print(f"note: {empty} of {len(train)} rows have no answer within max_length; skipped")
+    return train, held_out, {}
+
+
+def row_lengths(dataset, tokenizer, limit: int = LENGTH_SAMPLE_ROWS) -> list[int]:
+    """Token lengths of the first `limit` rows, as the trainer will see them."""
+    rows = dataset.select(range(min(limit, len(dataset))))
+    lengths = []
+    for row in rows:
+        if "input_ids" in row:
+            lengths.append(len(row["input_ids"]))
+            continue
+        if "messages" in row:
+            text = tokenizer.apply_chat_template(_clean_messages(row["messages"]), tokenize=False)
+        elif "prompt" in row and "completion" in row:
+            prompt, completion = row["prompt"], row["completion"]
+            if isinstance(prompt, list):
+                text = tokenizer.apply_chat_template(
+                    _clean_messages(prompt + completion), tokenize=False
+                )
+            else:
+                text = f"{prompt}{completion}"
+        else:
+            text = str(row.get("text", ""))
+        lengths.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    return lengths
+
+
+def packing_settings(args: ScriptArguments, dataset, tokenizer) -> dict:
+    """SFTConfig packing settings: best-fit-decreasing packing, padding-free (position ids)."""
+    if args.packing not in ("auto", "true", "false"):
+        raise SystemExit(f"error: --packing must be auto, true or false, not {args.packing!r}")
+    if args.packing == "auto":
+        # A max_steps run keeps its steps: packing there would train on more tokens per step.
+        lengths = row_lengths(dataset, tokenizer) if args.max_steps <= 0 else []
+        mean = sum(lengths) / len(lengths) if lengths else args.max_length
+        pack = mean < PACK_WHEN_MEAN_BELOW * args.max_length
+    else:
+        pack = args.packing == "true"
+    if not pack:
+        return {"packing": False}
+    # "bfd" packing turns padding_free on: one flattened sequence per batch with position ids
+    # restarting at each example, so no example attends to another.
+    return {"packing": True, "packing_strategy": "bfd", "padding_free": True}
+
+
+class TokenMeter:
+    """Tokens the training steps saw: real ones, padding, and those the loss trains on."""
+
+    def __init__(self) -> None:
+        self.real = self.padded = self.trained = 0
+
+    def count(self, batch: dict) -> None:
+        ids, labels = batch.get("input_ids"), batch.get("labels")
+        if ids is None:
+            return
+        total = int(ids.numel())
+        mask = batch.get("attention_mask")
+        real = int(mask.sum()) if mask is not None else total  # padding-free batches have no pads
+        self.real += real
+        self.padded += total - real
+        if labels is not None:  # a row's first label is never a target (labels shift by one)
+            self.trained += int((labels[..., 1:] != -100).sum())
+
+    def figures(self, seconds: float) -> dict:
+        seen = self.real + self.padded
+        return {
+            "tokens_per_second": round(self.real / seconds, 1) if seconds > 0 else None,
+            "padded_share": round(self.padded / seen, 4) if seen else None,
+            "tokens_seen": self.real,
+            "tokens_trained": self.trained,
+        }
+
+
 # --- progress -------------------------------------------------------------------------------
 
 
-def _progress_callback():
+def _progress_callback(meter: TokenMeter | None = None):
     from transformers import TrainerCallback
 
     class ProgressCallback(TrainerCallback):
-        """Prints one `LMFT_PROGRESS {json}` line per logging step and per evaluation."""
+        """Prints one `LMFT_PROGRESS {json}` line per logging step and per evaluation.
+
+        With a `TokenMeter`, training lines carry real tokens per second (evaluation time left
+        out), the share of padded tokens, and the tokens seen and trained on so far.
+        """
 
         def __init__(self) -> None:
             self.started = time.monotonic()
+            self.eval_seconds = 0.0
             self.start_step = 0
             self.first_loss: float | None = None
             self.last_loss: float | None = None
@@ -365,6 +665,7 @@ def _progress_callback():
                 line = self._line(state, eval_loss=float(logs["eval_loss"]))
                 if "eval_runtime" in logs:
                     line["eval_seconds"] = float(logs["eval_runtime"])
+                    self.eval_seconds += float(logs["eval_runtime"])
                 if self.base_eval_loss is not None:
                     line["base_eval_loss"] = self.base_eval_loss
                 print(PROGRESS_PREFIX + json.dumps(line), flush=True)
@@ -387,6 +688,9 @@ def _progress_callback():
             ):
                 if key in logs:
                     line[key.replace("/", "_")] = float(logs[key])
+            if meter is not None:
+                training = time.monotonic() - self.started - self.eval_seconds
+                line.update(meter.figures(training))
             print(PROGRESS_PREFIX + json.dumps(line), flush=True)
 
     return ProgressCallback()
@@ -661,12 +965,12 @@ def warm_start(args: ScriptArguments, model):
 # --- training -------------------------------------------------------------------------------
 
 
-def _trainer_for(args: ScriptArguments, common: dict):
-    """The TRL config and trainer class for the method."""
+def _trainer_for(args: ScriptArguments, common: dict, sft: dict | None = None):
+    """The TRL config and trainer class for the method (`sft`: SFTConfig's loss and packing settings)."""
     import trl
 
     if args.method == "sft":
-        return trl.SFTConfig(max_length=args.max_length, **common), trl.SFTTrainer
+        return trl.SFTConfig(max_length=args.max_length, **common, **(sft or {})), trl.SFTTrainer
     if args.method == "dpo":
         return trl.DPOConfig(max_length=args.max_length, beta=args.beta, **common), trl.DPOTrainer
     if args.method == "kto":
@@ -728,11 +1032,97 @@ def save_atomically(target: str, *savers) -> None:
     os.replace(partial, target)
 
 
-def main(args: ScriptArguments) -> dict:
+def load_model(args: ScriptArguments, device: str, mode: str):
+    """The base model in its PRECISION dtype (bitsandbytes NF4 for QLoRA), with SDPA attention."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    precision = PRECISION[device][mode]
+    kwargs: dict = {"attn_implementation": ATTENTION}
+    if precision["weights"] == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if precision["autocast"] == "bf16" else torch.float16
+        kwargs.update(
+            quantization_config=BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=compute,
+            ),
+            dtype=compute,
+            device_map={"": torch.cuda.current_device()},
+        )
+    else:
+        kwargs["dtype"] = getattr(torch, str(precision["weights"]))
+    try:
+        return AutoModelForCausalLM.from_pretrained(args.model_name_or_path, **kwargs)
+    except ValueError as exc:  # an architecture without an SDPA implementation
+        if ATTENTION not in str(exc).lower():
+            raise
+        print(f"note: the model has no {ATTENTION} attention; using its default", flush=True)
+        del kwargs["attn_implementation"]
+        return AutoModelForCausalLM.from_pretrained(args.model_name_or_path, **kwargs)
+
+
+def merged_model(args: ScriptArguments, model, mode: str, adapter_dir: str):
+    """The adapter merged into its base; a QLoRA adapter into the bf16 base, not the 4-bit one."""
+    if mode != "qlora":
+        return model.merge_and_unload()
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    # On the CPU: the 4-bit model stays on the GPU, the bf16 copy is only merged and saved.
+    base = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.bfloat16)
+    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+
+
+def _metered(trainer_cls, meter: TokenMeter):
+    """`trainer_cls` counting the tokens of every training batch into `meter`."""
+
+    class Metered(trainer_cls):
+        def training_step(self, model, inputs, *args, **kwargs):
+            meter.count(inputs)
+            return super().training_step(model, inputs, *args, **kwargs)
+
+    Metered.__name__ = Metered.__qualname__ = trainer_cls.__name__
+    return Metered
+
+
+@dataclass
+class TrainingSetup:
+    """What `main` trains with: the trainer, its callbacks and meter, and how it was configured."""
+
+    trainer: Any
+    tokenizer: Any
+    progress: Any
+    watchdog: Any
+    checkpoints: Any
+    meter: TokenMeter
+    checkpoint: str | None
+    device: str
+    mode: str
+    precision: dict
+    sft: dict
+
+
+def build_trainer(args: ScriptArguments) -> TrainingSetup:
+    """The model in its precision, the data with its loss masks and packing, the TRL trainer."""
     import torch
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    device, mode = device_class(), training_mode(args)
+    # Before any model, data or Hub is touched.
+    if problem := quantization_problem(args.quantize, use_lora=args.use_lora, device=device):
+        raise SystemExit(f"error: {problem}")
+    precision = PRECISION[device][mode]
+    print(
+        f"precision: {device}, {mode}: weights {precision['weights']}, trained "
+        f"{precision['trainable']}, autocast {precision['autocast'] or 'off'}, attention {ATTENTION}",
+        flush=True,
+    )
     os.environ.setdefault("TRACKIO_PROJECT", args.trackio_project)
     if args.trackio_space_id:
         os.environ.setdefault("TRACKIO_SPACE_ID", args.trackio_space_id)
@@ -741,8 +1131,13 @@ def main(args: ScriptArguments) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32)
+    model = load_model(args, device, mode)
     dataset, eval_dataset = split_evaluation(args, load_training_dataset(args))
+    sft: dict = {}
+    if args.method == "sft":
+        dataset, eval_dataset, sft = sft_loss_settings(args, tokenizer, dataset, eval_dataset)
+        sft.update(packing_settings(args, dataset, tokenizer))
+        print(f"sft: {json.dumps(sft)}", flush=True)
     checkpoint = resolve_checkpoint(args, args.resume_from_checkpoint)
 
     common = dict(
@@ -764,8 +1159,10 @@ def main(args: ScriptArguments) -> dict:
         project=args.trackio_project,
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
+        bf16=precision["autocast"] == "bf16",
+        fp16=precision["autocast"] == "fp16",  # with the Trainer's loss scaling
     )
-    config, trainer_cls = _trainer_for(args, common)
+    config, trainer_cls = _trainer_for(args, common, sft)
     peft_config = None
     if (started := warm_start(args, model)) is not None:
         model = started
@@ -790,23 +1187,49 @@ def main(args: ScriptArguments) -> dict:
         kwargs["reward_funcs"] = [
             REWARD_FUNCTIONS[name] for name in args.reward_functions.split(",")
         ]
-    progress = _progress_callback()
+    meter = TokenMeter()
+    progress = _progress_callback(meter)
     callbacks, watchdog, checkpoints = training_callbacks(args, evaluates=eval_dataset is not None)
-    trainer = trainer_cls(**kwargs, callbacks=[progress, *callbacks])
+    trainer = _metered(trainer_cls, meter)(**kwargs, callbacks=[progress, *callbacks])
+    return TrainingSetup(
+        trainer=trainer,
+        tokenizer=tokenizer,
+        progress=progress,
+        watchdog=watchdog,
+        checkpoints=checkpoints,
+        meter=meter,
+        checkpoint=checkpoint,
+        device=device,
+        mode=mode,
+        precision=precision,
+        sft=sft,
+    )
+
+
+def main(args: ScriptArguments) -> dict:
+    setup = build_trainer(args)
+    trainer, tokenizer, progress, meter = (
+        setup.trainer,
+        setup.tokenizer,
+        setup.progress,
+        setup.meter,
+    )
     started = time.monotonic()
     try:
-        train_output = trainer.train(resume_from_checkpoint=checkpoint)
+        train_output = trainer.train(resume_from_checkpoint=setup.checkpoint)
     except BaseException as exc:
         raise_if_disk_full(exc, args.output_dir, "writing a checkpoint")
         raise
     train_seconds = time.monotonic() - started
-    stop_if_interrupted(trainer, watchdog, checkpoints)
+    stop_if_interrupted(trainer, setup.watchdog, setup.checkpoints)
 
     model = trainer.model
     if args.use_lora:
         adapter_dir = os.path.join(args.output_dir, "adapter")
         save_atomically(adapter_dir, model.save_pretrained)
-        model = model.merge_and_unload()
+        model = merged_model(args, model, setup.mode, adapter_dir)
+    # The template the model was given, never a training variant: GGUF loaders reject the markers.
+    tokenizer.chat_template = without_generation_tags(tokenizer.chat_template)
     model_dir = os.path.join(args.output_dir, "model")
     save_atomically(model_dir, model.save_pretrained, tokenizer.save_pretrained)
     result = {
@@ -820,6 +1243,14 @@ def main(args: ScriptArguments) -> dict:
         "final_loss": progress.last_loss,
         "train_loss": float(train_output.training_loss),
         "train_seconds": round(train_seconds, 2),
+        "precision": {
+            "device": setup.device,
+            "mode": setup.mode,
+            **setup.precision,
+            "attention": ATTENTION,
+        },
+        "sft": setup.sft or None,
+        **meter.figures(train_seconds),
         "trackio_project": args.trackio_project,
         "hub_repo": None,
         "hub_revision": None,

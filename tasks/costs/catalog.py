@@ -34,13 +34,14 @@ class GpuSpec(NamedTuple):
     memory_gb: float
     peak_tflops: float  # dense bf16 (fp16 on T4) tensor-core peak
     utilisation: float  # model FLOPs utilisation assumed for TRL training on it
+    device: str = "cuda-bf16"  # the row of training/train.py's PRECISION table it trains with
 
 
 # The one place where throughput assumptions live. Utilisation is the fraction of peak
 # that Hugging Face Trainer + TRL typically reach on one GPU (no custom kernels):
 # older/smaller cards reach less, the H200 is often memory-bandwidth bound at small batch.
 GPU_SPECS: dict[str, GpuSpec] = {
-    "T4": GpuSpec(16, 65, 0.25),
+    "T4": GpuSpec(16, 65, 0.25, "cuda-fp16"),  # Turing: no bf16, fp16 with loss scaling
     "A10G": GpuSpec(24, 70, 0.35),
     "L4": GpuSpec(24, 121, 0.30),
     "L40S": GpuSpec(48, 362, 0.35),
@@ -50,8 +51,6 @@ GPU_SPECS: dict[str, GpuSpec] = {
 }
 CPU_TFLOPS_PER_VCPU = 0.05
 """Effective fp32 training throughput of one vCPU (AVX2/AVX-512 matmuls, utilisation included)."""
-MULTI_GPU_EFFICIENCY = 0.8
-"""Throughput per extra GPU: the training script runs one process (Trainer's data parallel)."""
 
 
 class Flavor(BaseModel):
@@ -75,13 +74,27 @@ class Flavor(BaseModel):
         return self.gpu_count > 0
 
     @property
+    def spec(self) -> GpuSpec:
+        """Its GPU's spec; an unknown model counts as a T4 (the slowest, fp16 only)."""
+        return GPU_SPECS.get(
+            self.gpu_model or "", GpuSpec(self.gpu_memory_gb, 65, 0.25, "cuda-fp16")
+        )
+
+    @property
+    def device(self) -> str:
+        """The row of training/train.py's PRECISION table the script uses on this flavor."""
+        return self.spec.device if self.is_gpu else "cpu"
+
+    @property
     def effective_tflops(self) -> float:
-        """Training throughput this flavor sustains, in TFLOP/s."""
+        """Training throughput this flavor sustains, in TFLOP/s.
+
+        One GPU's: the training script is one process on one GPU, so the estimator never picks
+        a flavor with more (docs/costs.md, "One GPU per job").
+        """
         if not self.is_gpu:
             return (self.vcpus or 1) * CPU_TFLOPS_PER_VCPU
-        spec = GPU_SPECS.get(self.gpu_model or "", GpuSpec(self.gpu_memory_gb, 65, 0.25))
-        gpus = 1 + (self.gpu_count - 1) * MULTI_GPU_EFFICIENCY
-        return spec.peak_tflops * spec.utilisation * gpus
+        return self.spec.peak_tflops * self.spec.utilisation
 
     @property
     def memory_per_device_gb(self) -> float:

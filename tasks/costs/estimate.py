@@ -16,10 +16,12 @@ from tasks.costs.workload import (
     TrainingMode,
     Workload,
     memory_needed,
+    precision,
     trainable_parameters,
     training_flops,
 )
 from tasks.validation import ValidationReport
+from training.train import PACK_WHEN_MEAN_BELOW
 
 SAFETY_MARGIN = 0.15
 """Fraction of device memory left free when deciding that a workload fits."""
@@ -79,11 +81,12 @@ def estimate_workload(
         UnknownFlavor: `hardware` is not in the catalog.
         HardwareDoesNotFit: the run needs more memory than the flavor (or any flavor) has.
     """
-    memory = memory_needed(workload)
-    needed = memory.total_gb
+
+    def memory_on(flavor: Flavor) -> MemoryBreakdown:
+        return memory_needed(workload, flavor.device)
 
     def fits(flavor: Flavor) -> bool:
-        return needed <= flavor.memory_per_device_gb * (1 - SAFETY_MARGIN)
+        return memory_on(flavor).total_gb <= flavor.memory_per_device_gb * (1 - SAFETY_MARGIN)
 
     def quote(flavor: Flavor) -> FlavorQuote:
         _, expected, _ = _timeline(workload, flavor, convert_on_job=convert_on_job)
@@ -94,41 +97,57 @@ def estimate_workload(
             expected_seconds=round(expected),
         )
 
-    priced_gpus = [f for f in catalog.flavors if f.is_gpu and f.price_per_hour is not None]
+    # One GPU per job: the training script runs one process, so a second GPU would be paid for and idle.
+    priced_gpus = [f for f in catalog.flavors if f.gpu_count == 1 and f.price_per_hour is not None]
     quotes = sorted(
         (quote(f) for f in priced_gpus if fits(f)), key=lambda q: (q.expected_usd, q.price_per_hour)
     )
     if hardware == "auto":
         if not quotes:
             biggest = max(priced_gpus, key=lambda f: f.memory_per_device_gb)
+            memory = memory_on(biggest)
             raise HardwareDoesNotFit(
-                f"hardware: the run needs {needed:.1f} GB per GPU ({_memory_parts(memory)}); the largest "
+                f"hardware: the run needs {memory.total_gb:.1f} GB on one GPU ({_memory_parts(memory)}); the largest "
                 f"flavor, {biggest.name}, has {biggest.memory_per_device_gb:.0f} GB per GPU (with a "
                 f"{SAFETY_MARGIN:.0%} margin). Use LoRA, enable gradient_checkpointing, or lower batch_size / max_length"
             )
         flavor = catalog.get(quotes[0].hardware)
     else:
         flavor = catalog.get(hardware)
+        if flavor.gpu_count > 1:
+            same = [f.name for f in priced_gpus if f.gpu_model == flavor.gpu_model and fits(f)]
+            raise EstimateRefused(
+                f"hardware: {flavor.name} has {flavor.gpu_count} GPUs, but the training script runs "
+                f"one process on one GPU: the other {flavor.gpu_count - 1} would be paid for and left "
+                f"idle. Pick a single-GPU flavor ({', '.join(same) or 'auto'})"
+            )
+        if not flavor.is_gpu:
+            raise EstimateRefused(
+                f"hardware: {flavor.name} has no GPU; paid training runs on a GPU flavor (or use "
+                "backend 'local' for this machine)"
+            )
         if flavor.price_per_hour is None:
             raise EstimateRefused(
                 f"hardware: {flavor.name} has no known price in {catalog.source}; pick another flavor or "
                 "retry when the Hub's live catalog is reachable"
             )
         if not fits(flavor):
+            memory = memory_on(flavor)
             would = ", ".join(f"{q.hardware} (${q.expected_usd:.2f})" for q in quotes[:6]) or "none"
             raise HardwareDoesNotFit(
                 f"hardware: {flavor.name} has {flavor.memory_per_device_gb:.0f} GB per device; the run needs "
-                f"{needed:.1f} GB ({_memory_parts(memory)}) plus a {SAFETY_MARGIN:.0%} margin. Flavors that fit: {would}"
+                f"{memory.total_gb:.1f} GB ({_memory_parts(memory)}) plus a {SAFETY_MARGIN:.0%} margin. Flavors that fit: {would}"
             )
+    memory = memory_on(flavor)
     price = flavor.price_per_hour or 0.0
     low, expected, high = _timeline(workload, flavor, convert_on_job=convert_on_job)
     timeout = int(math.ceil(high * TIMEOUT_FACTOR / 300) * 300)
-    notes = list(assumptions or [])
-    if flavor.gpu_count > 1:
-        notes.append(
-            f"{flavor.gpu_count} GPUs: the training script runs one process (data parallel), so each GPU "
-            "holds the whole model; throughput counted at 80% per extra GPU"
-        )
+    dtypes = precision(workload, flavor.device)
+    notes = [
+        *(assumptions or []),
+        f"{flavor.device} ({workload.mode.value}): weights {dtypes['weights']}, trained "
+        f"{dtypes['trainable']}, autocast {dtypes['autocast'] or 'off'} (training/train.py PRECISION)",
+    ]
     return CostEstimate(
         backend=Backend.HF_JOBS,
         hardware=flavor.name,
@@ -182,14 +201,23 @@ def workload_from_request(
     stats = report.token_stats
     if stats is not None and stats.rows:
         mean = min(stats.mean_tokens, h.max_length)
+        longest = min(float(stats.p95_tokens), h.max_length)
         rows = stats.rows
     else:
-        mean, rows = float(h.max_length), report.row_count
+        mean, longest, rows = float(h.max_length), float(h.max_length), report.row_count
         notes.append(
             f"no token statistics in the validation report: every row counted as max_length ({h.max_length}) tokens"
         )
+    # train.py's rule (packing=auto): an epoch-based SFT run of short rows is packed.
+    packing = request.method is Method.SFT and (
+        h.packing
+        if h.packing is not None
+        else not h.max_steps and mean < PACK_WHEN_MEAN_BELOW * h.max_length
+    )
+    sequences = h.max_steps * h.batch_size * h.gradient_accumulation_steps if h.max_steps else 0
     if h.max_steps:
-        rows_trained = h.max_steps * h.batch_size * h.gradient_accumulation_steps
+        # A packed step trains batch_size full max_length sequences.
+        rows_trained = math.ceil(sequences * h.max_length / mean) if packing else sequences
     elif rows:
         rows_trained = math.ceil(rows * h.epochs)
     else:
@@ -197,7 +225,21 @@ def workload_from_request(
             f"dataset: the row count of {report.dataset!r} is unknown (a streamed Hub dataset); set "
             "hyperparameters.max_steps so the estimate can bound the run"
         )
-    mode = TrainingMode.LORA if request.lora.enabled else TrainingMode.FULL
+    if not packing and request.method is Method.SFT:
+        notes.append(
+            f"batches padded to their longest row: every row counted as the 95th percentile "
+            f"({longest:.0f} tokens) in compute time"
+        )
+    if not request.lora.enabled:
+        mode = TrainingMode.FULL
+    else:
+        mode = TrainingMode.QLORA if request.lora.quantize == "4bit" else TrainingMode.LORA
+    tokens = max(1, math.ceil(rows_trained * mean))
+    padded = (
+        0
+        if packing or request.method is not Method.SFT
+        else max(0, math.ceil(rows_trained * longest) - tokens)
+    )
     workload = Workload(
         shape=shape,
         method=request.method,
@@ -207,7 +249,9 @@ def workload_from_request(
         batch_size=h.batch_size,
         gradient_checkpointing=h.gradient_checkpointing,
         rows=max(1, rows_trained),
-        tokens=max(1, math.ceil(rows_trained * mean)),
+        tokens=tokens,
+        padded_tokens=padded,
+        packing=packing,
         num_generations=h.num_generations,
         max_completion_length=h.max_completion_length,
         uses_reference_model=request.method in (Method.DPO, Method.KTO) or h.beta > 0,

@@ -1,11 +1,14 @@
 """What a training run asks of the hardware: GPU memory and FLOPs.
 
-Memory follows the usual mixed-precision accounting (bf16 weights; fp32 master copy,
-gradients and AdamW moments for trainable weights), activations after Korthikanti et al.
-2022 (~34·s·h bytes per layer per sequence with fused attention, one layer's worth plus
-the layer inputs when checkpointing), fp32 logits, a reference model for DPO/KTO/GRPO
-when it is not the LoRA base, and a KV cache for GRPO's generations. FLOPs are 6·N per
-trained token for full fine-tuning and 4·N with LoRA (no weight gradients of the base).
+The dtypes are those the training script loads: `PRECISION` in training/train.py, per device
+class (cuda-bf16, cuda-fp16, cpu) and mode (full: fp32 weights under bf16/fp16 autocast; LoRA:
+a 16-bit base with fp32 adapters; QLoRA: an NF4 base with bf16 adapters). Trained parameters
+carry a gradient and two AdamW moments of their own dtype; activations after Korthikanti et al.
+2022 (~34·s·h bytes per layer per sequence in 16 bits with fused attention, twice that in fp32;
+one layer's worth plus the layer inputs when checkpointing), fp32 logits, a reference model for
+DPO/KTO/GRPO when it is not the LoRA base, and a KV cache for GRPO's generations. FLOPs are
+6·N per token for full fine-tuning and 4·N with LoRA (no weight gradients of the base), padding
+included: without packing the batches are padded to their longest row.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from pydantic import BaseModel, Field
 from schemas.costs import MemoryBreakdown
 from schemas.request import Method
 from tasks.costs.model_size import ModelShape
+from training.train import BYTES_PER_VALUE, PRECISION
+
+DEFAULT_DEVICE = "cuda-bf16"
 
 GB = 1024**3
 FRAMEWORK_OVERHEAD_GB = 1.5
@@ -49,6 +55,10 @@ class Workload(BaseModel):
     tokens: int = Field(
         ge=1, description="Tokens of those rows (prompt and answer; the longer answer for DPO)."
     )
+    padded_tokens: int = Field(
+        default=0, ge=0, description="Padding the batches add (none when packed, padding-free)."
+    )
+    packing: bool = Field(default=False, description="SFT rows packed into max_length sequences.")
     num_generations: int = Field(default=4, ge=2, le=64)
     max_completion_length: int = Field(default=64, ge=1, le=32_768)
     uses_reference_model: bool = Field(
@@ -76,15 +86,28 @@ def sequences_per_row(method: Method) -> int:
     return 2 if method in (Method.DPO, Method.KTO) else 1
 
 
-def memory_needed(workload: Workload) -> MemoryBreakdown:
-    """GPU memory (GB) one training process needs for `workload`."""
+def precision(workload: Workload, device: str = DEFAULT_DEVICE) -> dict[str, str | None]:
+    """The training script's dtypes for `workload` on `device` (training/train.py's PRECISION)."""
+    row = PRECISION.get(device, {})
+    if workload.mode.value not in row:
+        raise ValueError(
+            f"lora.quantize: {workload.mode.value} training does not run on {device} "
+            f"(training/train.py PRECISION has {', '.join(row) or 'nothing'} there)"
+        )
+    return row[workload.mode.value]
+
+
+def memory_needed(workload: Workload, device: str = DEFAULT_DEVICE) -> MemoryBreakdown:
+    """Memory (GB) of one device that one training process needs for `workload` on `device`."""
     s, n = workload.shape, workload.shape.parameters
-    weight_bytes = {TrainingMode.FULL: 2.0, TrainingMode.LORA: 2.0, TrainingMode.QLORA: 0.55}[
-        workload.mode
-    ]
-    weights = n * weight_bytes
-    # bf16 weights already counted; fp32 master copy (4) + fp32 grads (4) + AdamW m and v (8).
-    trainable = trainable_parameters(workload) * (14 if workload.mode is TrainingMode.FULL else 16)
+    dtypes = precision(workload, device)
+    weights = n * BYTES_PER_VALUE[str(dtypes["weights"])]
+    # A trained value has a gradient and two AdamW moments of its dtype; in full fine-tuning the
+    # trained values are the weights, counted above; adapters are a copy of their own.
+    per_trained = BYTES_PER_VALUE[str(dtypes["trainable"])]
+    copies = 3 if workload.mode is TrainingMode.FULL else 4
+    trainable = trainable_parameters(workload) * per_trained * copies
+    activation_scale = 1.0 if dtypes["autocast"] else BYTES_PER_VALUE[str(dtypes["weights"])] / 2
     # With LoRA the reference model is the base with adapters disabled: no second copy.
     has_reference = workload.uses_reference_model and workload.method is not Method.SFT
     reference = weights if has_reference and workload.mode is TrainingMode.FULL else 0.0
@@ -96,9 +119,11 @@ def memory_needed(workload: Workload) -> MemoryBreakdown:
             workload.seq_len,
         )
     tokens_in_flight = sequences * seq_len
-    per_layer = 34 * s.hidden_size * tokens_in_flight
+    per_layer = 34 * s.hidden_size * tokens_in_flight * activation_scale
     if workload.gradient_checkpointing:
-        activations = 2 * s.hidden_size * tokens_in_flight * s.num_layers + per_layer
+        activations = (
+            2 * s.hidden_size * tokens_in_flight * s.num_layers * activation_scale + per_layer
+        )
     else:
         activations = per_layer * s.num_layers
     logits = tokens_in_flight * s.vocab_size * 8  # fp32 logits and their gradient
@@ -134,7 +159,7 @@ def training_flops(workload: Workload) -> float:
         trained = workload.tokens * workload.num_generations + completions
         flops = trained * per_token + completions * 2 * n / GENERATION_EFFICIENCY
     else:
-        trained = workload.tokens * sequences_per_row(workload.method)
+        trained = (workload.tokens + workload.padded_tokens) * sequences_per_row(workload.method)
         flops = trained * per_token
     if workload.uses_reference_model and workload.method is not Method.SFT:
         flops += trained * 2 * n  # reference log-probs: one forward pass

@@ -181,6 +181,11 @@ JOB_REQUIREMENTS: dict[str, str] = {
     "trackio": "0.43.0",
     "huggingface_hub": "2.4.0",  # ships hf_xet on Linux x86_64: pushes go through Xet
 }
+QLORA_REQUIREMENTS: dict[str, str] = {
+    # Installed only into a job that trains on a 4-bit base (lora.quantize); train.py imports it
+    # lazily, so the script, and the CPU worker, never need it otherwise (checked 2026-12-02).
+    "bitsandbytes": "0.50.2",
+}
 
 
 def script_dependencies() -> list[Requirement]:
@@ -195,8 +200,9 @@ def script_dependencies() -> list[Requirement]:
     return [Requirement(dependency) for dependency in header.get("dependencies", [])]
 
 
-def job_dependencies() -> list[str]:
-    """`--with` requirements of a training job: each dependency of the script at its recorded pin.
+def job_dependencies(*, quantized: bool = False) -> list[str]:
+    """`--with` requirements of a training job: each dependency of the script at its recorded pin
+    (and bitsandbytes when the job trains on a 4-bit base).
 
     Raises `RuntimeError` when the script declares a dependency without a pin in
     `JOB_REQUIREMENTS`, or a range its pin does not satisfy (a job would not install it).
@@ -210,6 +216,8 @@ def job_dependencies() -> list[str]:
                 f"{requirement.name} to {pin}: record a public release that satisfies it"
             )
         pinned.append(f"{requirement.name}=={pin}")
+    if quantized:
+        pinned += [f"{name}=={pin}" for name, pin in QLORA_REQUIREMENTS.items()]
     return pinned
 
 
@@ -259,6 +267,7 @@ def submit_hf_job(
     labels: dict[str, str],
     flavor: str,
     timeout_seconds: int | None,
+    quantized: bool = False,
 ) -> tuple[JobHandle, bool]:
     """Attach to the live or completed job with `labels["idempotency_key"]`, or submit one.
 
@@ -277,7 +286,7 @@ def submit_hf_job(
             job = api.run_uv_job(
                 str(TRAIN_SCRIPT),
                 script_args=script_args,
-                dependencies=job_dependencies(),
+                dependencies=job_dependencies(quantized=quantized),
                 secrets={"HF_TOKEN": credentials.token.get_secret_value()},
                 env={"PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"},
                 flavor=flavor,

@@ -64,6 +64,7 @@ def training_script_args(request: FineTuneRequest, model: str, *, run_name: str)
         "lora_alpha": lora.alpha,
         "lora_dropout": lora.dropout,
         "lora_target_modules": lora.target_modules,
+        "quantize": lora.quantize or "none",
         "num_train_epochs": h.epochs,
         "max_steps": h.max_steps or -1,
         "learning_rate": h.learning_rate,
@@ -73,6 +74,8 @@ def training_script_args(request: FineTuneRequest, model: str, *, run_name: str)
         "warmup_ratio": h.warmup_ratio,
         "seed": h.seed,
         "gradient_checkpointing": h.gradient_checkpointing,
+        "loss_on": h.loss_on,
+        "packing": "auto" if h.packing is None else str(h.packing).lower(),
         "beta": h.beta,
         "num_generations": h.num_generations,
         "max_completion_length": h.max_completion_length,
@@ -202,6 +205,7 @@ def submit_training(
         labels=job_label_set,
         flavor=flavor,
         timeout_seconds=timeout,
+        quantized=request.lora.quantize is not None,
     )
     handle = handle.model_copy(update={"idempotency_key": idempotency_key})
     verb = "submitted" if created else "attached to existing"

@@ -22,7 +22,7 @@ def test_a_full_disk_at_the_final_save_leaves_no_model_that_looks_finished(
     command = [
         sys.executable, str(TRAIN_SCRIPT),
         "--model_name_or_path", str(tiny_llama), "--dataset_path", str(data),
-        "--method", "sft", "--max_steps", "1", "--max_length", "32",
+        "--method", "sft", "--max_steps", "1", "--max_length", "32", "--loss_on", "all",
         "--per_device_train_batch_size", "2", "--use_lora", "False",
         "--output_dir", str(output),
     ]  # fmt: skip

@@ -566,3 +566,21 @@ def test_the_monitor_task_times_out_after_the_jobs_own_timeout_plus_a_margin():
     assert monitor_timeout(ESTIMATE) == ESTIMATE.timeout_seconds + MONITOR_MARGIN_SECONDS
     assert monitor_timeout(ESTIMATE.model_copy(update={"timeout_seconds": None})) is None
     assert monitor_timeout(None) is None
+
+
+def test_a_qlora_job_installs_bitsandbytes_and_asks_the_script_for_a_4bit_base(tmp_path):
+    from schemas.request import FineTuneRequest
+    from tasks.jobs.hf import QLORA_REQUIREMENTS
+    from tasks.jobs.training import training_script_args
+
+    assert not any(p.startswith("bitsandbytes") for p in job_dependencies())
+    assert f"bitsandbytes=={QLORA_REQUIREMENTS['bitsandbytes']}" in job_dependencies(quantized=True)
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"text": "hello"}\n')
+    request = FineTuneRequest.model_validate(
+        {"dataset": {"path": str(data)}, "backend": "hf-jobs", "lora": {"quantize": "4bit"}}
+    )
+    args = training_script_args(request, "org/model", run_name="r")
+    assert args[args.index("--quantize") + 1] == "4bit"
+    assert args[args.index("--loss_on") + 1] == "answers"
+    assert args[args.index("--packing") + 1] == "auto"

@@ -35,6 +35,7 @@ def test_an_absurd_learning_rate_is_stopped_by_the_watchdog_and_not_resumable(
 ):
     args = ["--model_name_or_path", str(tiny_llama), "--dataset_path", str(chat_file)]
     args += ["--max_steps", "50", "--max_length", "32", "--per_device_train_batch_size", "2"]
+    args += ["--loss_on", "all"]  # the prompts fill 32 tokens; this test is about the watchdog
     args += ["--learning_rate", "10000", "--save_steps", "2"]
     handle = submit_local_job(script_args=args, idempotency_key=uuid.uuid4().hex)
 
