@@ -137,8 +137,14 @@ def decide_promotion(
             return verdict(
                 False, f"kept, not deployed: it is worse than the base model ({figures} nats/token)"
             )
-    against = "the served model by the margin" if incumbent else "no model serves under this name yet"
-    return verdict(True, f"deployed: it beats {against} and is not worse than the base ({figures})")
+    if incumbent is None:
+        return verdict(
+            True,
+            f"deployed: no model serves under this name yet and it is not worse than the base ({figures})",
+        )
+    return verdict(
+        True, f"deployed: it beats the served model by the margin and is not worse than the base ({figures})"
+    )
 
 
 def _cell(text: str) -> str:
