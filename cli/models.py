@@ -27,7 +27,7 @@ def models_list() -> None:
 
     try:
         registry = model_registry()
-        rows = rows_for_table(registry.list())
+        rows = rows_for_table(registry.entries())
     except (RuntimeError, ValueError) as exc:
         raise fail(str(exc)) from None
     typer.echo(f"registry      {registry.describe()}")
@@ -56,7 +56,10 @@ def models_show(
     except (RuntimeError, ValueError) as exc:
         raise fail(str(exc)) from None
     if not found:
-        raise fail(f"no model named {name!r} in the registry at {registry.describe()} (see `lmft models list`)", code=1)
+        raise fail(
+            f"no model named {name!r} in the registry at {registry.describe()} (see `lmft models list`)",
+            code=1,
+        )
     for model in found:
         typer.echo("")
         typer.secho(f"{model.name}  {model.id}", bold=True)
@@ -65,13 +68,27 @@ def models_show(
             ("base model", model.base_model),
             ("dataset", f"{model.dataset} (sha256 {model.dataset_sha256 or 'n/a'})"),
             ("method", model.method),
-            ("flow run", model.flow_run_id + (f" (retrain run {model.parent_flow_run_id})" if model.parent_flow_run_id else "")),
+            (
+                "flow run",
+                model.flow_run_id
+                + (
+                    f" (retrain run {model.parent_flow_run_id})" if model.parent_flow_run_id else ""
+                ),
+            ),
             ("jobs", ", ".join(model.jobs) or "n/a"),
             ("cost", "n/a" if model.cost_usd is None else f"${model.cost_usd:.2f}"),
-            ("loss", f"final {_fmt(model.final_loss)}, eval {_fmt(model.eval_loss)} (base {_fmt(model.base_eval_loss)})"),
+            (
+                "loss",
+                f"final {_fmt(model.final_loss)}, eval {_fmt(model.eval_loss)} (base {_fmt(model.base_eval_loss)})",
+            ),
             ("model", model.model_path or "n/a"),
             ("gguf", model.gguf_path or "not converted"),
-            ("promotion", f"{model.promotion.promotion.value}: {model.promotion.reason}" if model.promotion else "n/a"),
+            (
+                "promotion",
+                f"{model.promotion.promotion.value}: {model.promotion.reason}"
+                if model.promotion
+                else "n/a",
+            ),
             ("serving", ", ".join(model.serving) or "not serving"),
         ):
             typer.echo(f"  {label:<12}{value}")

@@ -50,7 +50,9 @@ def deploy(
         model_id, gguf_path = previous.id, previous.file_to_deploy(target)
         lineage = lineage or previous.lineage()
     elif gguf_path is None:
-        raise ValueError("gguf_path: give the GGUF to deploy, or set rollback to redeploy the previous model")
+        raise ValueError(
+            "gguf_path: give the GGUF to deploy, or set rollback to redeploy the previous model"
+        )
     assert gguf_path is not None
     deployment = deploy_model(
         gguf_path,

@@ -16,8 +16,8 @@ from schemas.status import Stage
 from tasks.cancellation import watch_for_cancellation
 from tasks.costs.budget import gate_budget, release_budget_of_flow_run
 from tasks.gguf import lineage_for_request
-from tasks.gguf.held_out import held_out_dataset, held_out_split
 from tasks.gguf.convert import run_output_dir
+from tasks.gguf.held_out import held_out_dataset, held_out_split
 from tasks.gguf.publish import gguf_hub_target
 from tasks.gguf.quality import quality_markdown
 from tasks.jobs.base_model import prepare_base_model

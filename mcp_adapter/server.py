@@ -308,7 +308,9 @@ async def convert_to_gguf(
 async def deploy_model(
     gguf_path: Annotated[
         GGUFLocation | None,
-        Field(description="A .gguf file on the worker or hf://owner/repo/file.gguf; null with rollback."),
+        Field(
+            description="A .gguf file on the worker or hf://owner/repo/file.gguf; null with rollback."
+        ),
     ],
     name: ServedName,
     target: DeployTarget = LOCAL_TARGET,
@@ -346,7 +348,10 @@ async def list_models(
     """Every registered model, newest first (a `models` flow run): base model, dataset sha256,
     eval loss, cost, GGUF files and their quality, the promotion decision, and where each serves."""
     return await start.read_models(
-        {}, idempotency_key=idempotency_key, wait_seconds=wait_seconds, report_progress=ctx.report_progress
+        {},
+        idempotency_key=idempotency_key,
+        wait_seconds=wait_seconds,
+        report_progress=ctx.report_progress,
     )
 
 

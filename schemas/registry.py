@@ -99,7 +99,9 @@ class DeploymentEvent(BaseModel):
     """One deploy of a registered model (or a rollback to it)."""
 
     id: str
-    model_id: str | None = Field(description="Registry entry deployed; null for an unregistered file.")
+    model_id: str | None = Field(
+        description="Registry entry deployed; null for an unregistered file."
+    )
     target: str
     name: str = Field(description="Model name users ask the server for.")
     status: str
@@ -146,9 +148,7 @@ class RegisteredModel(BaseModel):
     deployments: list[DeploymentEvent] = Field(
         default=[], description="Every deploy of this model, oldest first."
     )
-    serving: list[str] = Field(
-        default=[], description="Where it serves now, as 'target/name'."
-    )
+    serving: list[str] = Field(default=[], description="Where it serves now, as 'target/name'.")
 
     def lineage(self) -> dict:
         """Where it came from, as a deploy's pull request shows it."""

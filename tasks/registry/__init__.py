@@ -73,7 +73,7 @@ def deployer() -> str:
 def publish_registry(registry: ModelRegistry | None = None, *, change: str = "") -> str:
     """The registry as a table artifact (key `model-registry`); returns its description."""
     registry = registry or model_registry()
-    rows = rows_for_table(registry.list())
+    rows = rows_for_table(registry.entries())
     description = f"{len(rows)} registered models ({registry.describe()})" + (
         f"; {change}" if change else ""
     )
@@ -189,7 +189,7 @@ def find_rollback(target: str, name: str) -> RegisteredModel:
 def read_registry(name: str | None = None) -> ModelRegistryView:
     """Every registered model (newest first), or the entries of one name or id."""
     registry = model_registry()
-    found = registry.find(name) if name else registry.list()
+    found = registry.find(name) if name else registry.entries()
     if name and not found:
         raise LookupError(
             f"name: no model named {name!r} (nor with that registry id) in the registry at "

@@ -59,11 +59,15 @@ def evaluate_gguf(
         gguf_path=gguf_path,
         mean_nll=round(nll, 5),
         tokens=tokens,
-        answers=[PromptAnswer(prompt=a.prompt, text=a.text, degenerate=a.degenerate) for a in answers],
+        answers=[
+            PromptAnswer(prompt=a.prompt, text=a.text, degenerate=a.degenerate) for a in answers
+        ],
     )
 
 
-def base_gguf(base_model: str, base_name: str, quant_type: QuantType, settings: GGUFSettings, texts: list[str]) -> str:
+def base_gguf(
+    base_model: str, base_name: str, quant_type: QuantType, settings: GGUFSettings, texts: list[str]
+) -> str:
     """The base model as a GGUF of `quant_type`, converted once per base model folder or Hub id."""
     from tasks.gguf.convert import compute_imatrix, convert_to_gguf, preflight_gguf, quantize_gguf
 
@@ -79,7 +83,9 @@ def base_gguf(base_model: str, base_name: str, quant_type: QuantType, settings: 
     reference = convert_to_gguf(plan, lineage, settings)
     if not wanted:
         return reference.path
-    imatrix = compute_imatrix(plan, reference, texts) if quant_type.needs_importance_matrix else None
+    imatrix = (
+        compute_imatrix(plan, reference, texts) if quant_type.needs_importance_matrix else None
+    )
     return quantize_gguf(plan, reference, quant_type, lineage, settings, imatrix).path
 
 
@@ -107,7 +113,9 @@ def decide_promotion(
         )
 
     if promotion is Promotion.ALWAYS:
-        return verdict(True, "promotion is 'always': the model that passed the GGUF quality gate is deployed")
+        return verdict(
+            True, "promotion is 'always': the model that passed the GGUF quality gate is deployed"
+        )
     if promotion is Promotion.NEVER:
         return verdict(False, "promotion is 'never': the model is registered, not deployed")
     if candidate is None or candidate.mean_nll is None:
@@ -143,7 +151,8 @@ def decide_promotion(
             f"deployed: no model serves under this name yet and it is not worse than the base ({figures})",
         )
     return verdict(
-        True, f"deployed: it beats the served model by the margin and is not worse than the base ({figures})"
+        True,
+        f"deployed: it beats the served model by the margin and is not worse than the base ({figures})",
     )
 
 
@@ -158,7 +167,11 @@ def promotion_markdown(decision: PromotionDecision) -> str:
     for e in evaluations:
         nll = "n/a" if e.mean_nll is None else f"{e.mean_nll:.4f}"
         delta = ""
-        if e.mean_nll is not None and decision.candidate and decision.candidate.mean_nll is not None:
+        if (
+            e.mean_nll is not None
+            and decision.candidate
+            and decision.candidate.mean_nll is not None
+        ):
             delta = f"{decision.candidate.mean_nll - e.mean_nll:+.4f}"
         rows.append(
             f"| {e.role} | `{e.model_id or 'unregistered'}` | `{Path(e.gguf_path).name}` | {nll} | "
@@ -258,7 +271,10 @@ def promote_candidate(
     incumbent = None
     if found is not None:
         event, entry = found
-        incumbent = (event.model_id, entry.gguf_path if entry and entry.gguf_path else event.gguf_path)
+        incumbent = (
+            event.model_id,
+            entry.gguf_path if entry and entry.gguf_path else event.gguf_path,
+        )
     tokenizer_dir = result.model_dir or base_model_dir
     texts = select_held_out(held_out_dataset(request), tokenizer_dir, split=held_out_split(request))
     return gate_promotion(

@@ -190,7 +190,9 @@ class ModelRegistry:
             row = self._serving_row(conn, target, name)
         return _event(row) if row is not None else None
 
-    def deployments(self, *, target: str | None = None, name: str | None = None) -> list[DeploymentEvent]:
+    def deployments(
+        self, *, target: str | None = None, name: str | None = None
+    ) -> list[DeploymentEvent]:
         """Every recorded deploy, oldest first; of one target and/or served name."""
         query = select(deployments).order_by(deployments.c.deployed_at)
         if target:
@@ -224,7 +226,7 @@ class ModelRegistry:
             )
         return out
 
-    def list(self, *, name: str | None = None) -> list[RegisteredModel]:
+    def entries(self, *, name: str | None = None) -> list[RegisteredModel]:
         """Registered models, newest first; of one name (the request's output_name or a served name)."""
         query = select(models)
         if name:
@@ -242,7 +244,7 @@ class ModelRegistry:
         """The model of that id, else every model registered or served under that name."""
         with self.engine.connect() as conn:
             known = conn.execute(select(models.c.id).where(models.c.id == name_or_id)).first()
-        return [self.get(name_or_id)] if known else self.list(name=name_or_id)
+        return [self.get(name_or_id)] if known else self.entries(name=name_or_id)
 
     def model_of_file(self, gguf_path: str) -> RegisteredModel | None:
         """The registered model one of whose GGUF files is `gguf_path`, if any."""

@@ -160,7 +160,9 @@ def test_retrain_deploys_only_a_better_model_and_rollback_restores_the_previous(
         assert better.summary.promotion.deploy, better.summary.promotion.reason
         assert better.summary.deployment_status == "serving"
         served = registry.serving("local", name)
-        assert served.model_id == better.summary.registry_id and served.replaced_model_id == first_id
+        assert (
+            served.model_id == better.summary.registry_id and served.replaced_model_id == first_id
+        )
 
         restored = deploy(None, name, "local", rollback=True)
         assert restored.gguf_path == str(Path(first_gguf).resolve())  # type: ignore[arg-type]

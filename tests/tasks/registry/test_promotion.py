@@ -68,7 +68,9 @@ def test_a_real_gguf_is_scored_and_answers():
     from tasks.jobs.base_model import embedded_gguf_path
 
     settings = GGUFSettings(prompts=["Hello?"], max_answer_tokens=8, context_length=128)
-    texts = ["<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nParis.<|im_end|>\n"]
+    texts = [
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nParis.<|im_end|>\n"
+    ]
     evaluation = evaluate_gguf.fn("incumbent", str(embedded_gguf_path()), texts, settings)
     assert evaluation.mean_nll is not None and math.isfinite(evaluation.mean_nll)
     assert evaluation.tokens > 5 and evaluation.answers[0].prompt == "Hello?"

@@ -40,7 +40,9 @@ def model(run: str, *, eval_loss: float, name: str = "pirate") -> RegisteredMode
     )
 
 
-def served(run: str, status: ServeStatus = ServeStatus.SERVING, name: str = "pirate") -> ServedModel:
+def served(
+    run: str, status: ServeStatus = ServeStatus.SERVING, name: str = "pirate"
+) -> ServedModel:
     return ServedModel(
         target="local", name=name, status=status, gguf_path=f"/models/{run}/pirate-Q8_0.gguf"
     )
@@ -61,18 +63,16 @@ def test_deploys_record_what_they_replace_and_rollback_restores_the_previous(led
 
     current, previous = registry.rollback_target("local", "pirate")
     assert (current.model_id, previous.id) == ("b2", "a1")
-    back = registry.record_deployment(
-        served("a1"), model_id="a1", deployed_by="ops", rollback=True
-    )
+    back = registry.record_deployment(served("a1"), model_id="a1", deployed_by="ops", rollback=True)
     assert back.rollback and back.replaced_model_id == "b2"
     assert registry.serving("local", "pirate").model_id == "a1"
 
-    listed = {m.id: m for m in registry.list()}
-    assert [m.id for m in registry.list()] == ["c3", "b2", "a1"]  # newest first
+    listed = {m.id: m for m in registry.entries()}
+    assert [m.id for m in registry.entries()] == ["c3", "b2", "a1"]  # newest first
     assert listed["a1"].serving == ["local/pirate"] and listed["b2"].serving == []
     assert [e.rollback for e in listed["a1"].deployments] == [False, True]
     assert listed["c3"].deployments[0].status == "failed" and listed["c3"].serving == []
-    rows = {r["id"]: r for r in rows_for_table(registry.list())}
+    rows = {r["id"]: r for r in rows_for_table(registry.entries())}
     assert rows["a1"]["serving"] == "local/pirate" and rows["b2"]["serving"] == "not serving"
     assert rows["b2"]["eval loss"] == "1.5000" and rows["b2"]["dataset sha256"] == "b" * 12
     assert registry.model_of_file("/models/b2/pirate-Q8_0.gguf").id == "b2"
