@@ -106,7 +106,10 @@ def test_retrain_deploys_only_a_better_model_and_rollback_restores_the_previous(
         {
             "messages": [
                 {"role": "user", "content": f"Say hello number {i}"},
-                {"role": "assistant", "content": f"Ahoy {i}!"},
+                {
+                    "role": "assistant",
+                    "content": f"Ahoy {i}, matey! The sea be wide and the wind be fair.",
+                },
             ]
         }
         for i in range(40)
@@ -119,7 +122,6 @@ def test_retrain_deploys_only_a_better_model_and_rollback_restores_the_previous(
         request = FineTuneRequest(
             base_model=str(tiny_llama),
             dataset=DatasetSource(path=str(data)),
-            lora={"enabled": False},
             hyperparameters=Hyperparameters(
                 max_steps=steps, batch_size=4, max_length=64, learning_rate=lr
             ),
@@ -128,13 +130,14 @@ def test_retrain_deploys_only_a_better_model_and_rollback_restores_the_previous(
             deploy={"target": "local", "name": name},
         )
         spec = f"promo-{tmp_path.name.lower().replace('_', '-')}"
-        RetrainSpec(request=request.model_dump(mode="json"), promotion=promotion).save(
-            spec, overwrite=True
-        )
+        # margin 0: a tiny random model's held-out NLL moves little; the direction is what counts
+        RetrainSpec(
+            request=request.model_dump(mode="json"), promotion=promotion, promotion_margin=0.0
+        ).save(spec, overwrite=True)
         return retrain(spec)
 
     try:
-        first = retrain_with(rows, Promotion.ALWAYS, steps=8, lr=1e-3)
+        first = retrain_with(rows, Promotion.ALWAYS, steps=6, lr=1e-3)
         assert first.summary is not None and first.summary.deployment_status == "serving"
         first_id, first_gguf = first.summary.registry_id, first.summary.gguf
 
@@ -155,7 +158,7 @@ def test_retrain_deploys_only_a_better_model_and_rollback_restores_the_previous(
         kept = registry.get(worse.summary.registry_id)  # type: ignore[arg-type]
         assert kept.serving == [] and kept.promotion is not None and kept.gguf_path
 
-        better = retrain_with(rows[2:], Promotion.IF_BETTER, steps=40, lr=3e-3)
+        better = retrain_with(rows[2:], Promotion.IF_BETTER, steps=24, lr=1e-3)
         assert better.summary is not None and better.summary.promotion is not None
         assert better.summary.promotion.deploy, better.summary.promotion.reason
         assert better.summary.deployment_status == "serving"
