@@ -123,21 +123,22 @@ def test_retrain_deploys_only_a_better_model_and_rollback_restores_the_previous(
             base_model=str(tiny_llama),
             dataset=DatasetSource(path=str(data)),
             hyperparameters=Hyperparameters(
-                max_steps=steps, batch_size=4, max_length=64, learning_rate=lr
+                max_steps=steps, batch_size=2, max_length=64, learning_rate=lr
             ),
             output_name="tiny-promo",
             gguf={"quant_types": ["Q8_0"], "prompts": ["Hello?"], "max_answer_tokens": 8},
             deploy={"target": "local", "name": name},
         )
         spec = f"promo-{tmp_path.name.lower().replace('_', '-')}"
-        # margin 0: a tiny random model's held-out NLL moves little; the direction is what counts
+        # Small steps: more training collapses the tiny random model onto "\n" (an empty answer
+        # fails the deploy's smoke test). Margin 0: its NLL moves little; the direction counts.
         RetrainSpec(
             request=request.model_dump(mode="json"), promotion=promotion, promotion_margin=0.0
         ).save(spec, overwrite=True)
         return retrain(spec)
 
     try:
-        first = retrain_with(rows, Promotion.ALWAYS, steps=6, lr=1e-3)
+        first = retrain_with(rows, Promotion.ALWAYS, steps=2, lr=2e-4)
         assert first.summary is not None and first.summary.deployment_status == "serving"
         first_id, first_gguf = first.summary.registry_id, first.summary.gguf
 
@@ -158,7 +159,7 @@ def test_retrain_deploys_only_a_better_model_and_rollback_restores_the_previous(
         kept = registry.get(worse.summary.registry_id)  # type: ignore[arg-type]
         assert kept.serving == [] and kept.promotion is not None and kept.gguf_path
 
-        better = retrain_with(rows[2:], Promotion.IF_BETTER, steps=24, lr=1e-3)
+        better = retrain_with(rows[2:], Promotion.IF_BETTER, steps=4, lr=3e-4)
         assert better.summary is not None and better.summary.promotion is not None
         assert better.summary.promotion.deploy, better.summary.promotion.reason
         assert better.summary.deployment_status == "serving"

@@ -88,11 +88,16 @@ async def test_tools_are_typed_and_annotated():
         "convert_to_gguf",
         "deploy_model",
         "get_costs",
+        "list_models",
+        "get_model",
     }
     for tool in tools.values():
         assert tool.output_schema["properties"]["error"], tool.name
         assert tool.description
     assert tools["get_job_status"].annotations.read_only_hint is True
+    for reader in ("list_models", "get_model"):
+        assert tools[reader].annotations.read_only_hint is True
+    assert "rollback" in tools["deploy_model"].input_schema["properties"]
     for spender in ("create_job", "approve_job"):
         assert tools[spender].annotations.destructive_hint is True
         assert tools[spender].meta["spends_money"] is True
