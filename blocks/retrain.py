@@ -17,6 +17,8 @@ from datetime import datetime
 from prefect.blocks.core import Block
 from pydantic import Field
 
+from schemas.registry import Promotion
+
 
 class RetrainSpec(Block):
     """A stored fine-tune request, and the dataset fingerprint of its last successful training."""
@@ -43,4 +45,17 @@ class RetrainSpec(Block):
     )
     last_final_loss: float | None = Field(
         default=None, description="Final training loss of that run."
+    )
+    promotion: Promotion = Field(
+        default=Promotion.IF_BETTER,
+        description="if_better: deploy a retrained model only when it beats the served one (and the "
+        "base model) on the same held-out rows; always: deploy every retrained model; never: "
+        "register only. Overrides the stored request's own setting.",
+    )
+    promotion_margin: float | None = Field(
+        default=None,
+        ge=0,
+        le=10,
+        description="How much lower (nats/token) its NLL must be than the served model's; empty: "
+        "the request's `promotion_margin`.",
     )

@@ -1,7 +1,7 @@
 """`lmft`: the command line of lm-fine-tuning.
 
 `cli.app` defines the Typer app; importing the topic modules registers their commands
-(run; estimate, costs, budget; approve, reject; convert; deploy, serve; health-check; cancel; mcp; validate;
+(run; estimate, costs, budget; approve, reject; convert; deploy, serve; models; health-check; cancel; mcp; validate;
 github-dispatch, request-finetune).
 """
 
@@ -14,6 +14,7 @@ from cli import (  # noqa: F401
     github,
     jobs,
     mcp,
+    models,
     operations,
     status,
     validation,

@@ -58,28 +58,41 @@ def deploy(
     hf_repo: Annotated[
         str | None, typer.Option(help="Hub repo to upload a local GGUF to (serverless-llm).")
     ] = None,
+    rollback: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="Redeploy the registered model that the one serving as NAME on --target replaced.",
+        ),
+    ] = None,
 ) -> None:
     """Run the `deploy` flow and print where the model answers."""
     from tasks.jobs.base_model import embedded_gguf_path
     from tasks.serving.local import local_name_for
 
-    gguf = gguf or str(embedded_gguf_path())
-    if not gguf.startswith("hf://") and not Path(gguf).expanduser().is_file():
-        raise fail(f"GGUF file {gguf} does not exist")
     if quality_report is not None and not quality_report.is_file():
         raise fail(f"quality report {quality_report} does not exist")
-    name = name or local_name_for(Path(gguf).stem.split(".")[0])
+    if rollback is not None:
+        if gguf is not None or name is not None:
+            raise fail("--rollback NAME takes no GGUF argument and no --name: it names the model")
+        path, name = None, rollback
+    else:
+        path = gguf or str(embedded_gguf_path())
+        if not path.startswith("hf://") and not Path(path).expanduser().is_file():
+            raise fail(f"GGUF file {path} does not exist")
+        name = name or local_name_for(Path(path).stem.split(".")[0])
 
     from flows.deploy import deploy as deploy_flow
     from tasks.serving.deploy import list_deployment_records
 
     started = datetime.now(UTC)
     state = deploy_flow(
-        gguf,
+        path,
         name,
         target,
         quality_report_md=quality_report.read_text() if quality_report else None,
         hf_repo=hf_repo,
+        rollback=rollback is not None,
         return_state=True,
     )
     if not state.is_completed():

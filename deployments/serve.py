@@ -31,6 +31,7 @@ from flows.estimate import estimate
 from flows.finetune import finetune
 from flows.health_check import health_check
 from flows.merge_watch import merge_watch
+from flows.models import models
 from flows.retrain import retrain
 from flows.settle_ended_runs import settle_ended_runs
 from flows.spend_alerts import spend_alerts
@@ -49,6 +50,7 @@ SERVED_FLOWS: dict[DeploymentName, Flow[..., Any]] = {
     DeploymentName.HEALTH_CHECK: health_check,
     DeploymentName.SETTLE_ENDED_RUNS: settle_ended_runs,
     DeploymentName.MERGE_WATCH: merge_watch,
+    DeploymentName.MODELS: models,
 }
 """Every deployment of `prefect.yaml` (tests/deployments check both against `DeploymentName`)."""
 DEFAULT_LIMIT = 4

@@ -1,4 +1,5 @@
-"""The `finetune` flow: validate → estimate → gate → train → monitor → GGUF + quality gate → deploy.
+"""The `finetune` flow: validate → estimate → gate → train → monitor → GGUF + quality gate →
+promotion (vs the served model) → register → deploy.
 
 Every stage, the budget gate, the training progress, the cost so far and the links are published
 as the run's status (`schemas.status.RunStatus`: one artifact, plus `lmft.finetune.*` events).
@@ -15,6 +16,7 @@ from schemas.status import Stage
 from tasks.cancellation import watch_for_cancellation
 from tasks.costs.budget import gate_budget, release_budget_of_flow_run
 from tasks.gguf import lineage_for_request
+from tasks.gguf.convert import run_output_dir
 from tasks.gguf.held_out import held_out_dataset, held_out_split
 from tasks.gguf.publish import gguf_hub_target
 from tasks.gguf.quality import quality_markdown
@@ -23,6 +25,8 @@ from tasks.jobs.guard import guard_this_flow_run
 from tasks.jobs.hooks import cancel_job_of_flow_run
 from tasks.jobs.resume import estimate_from, find_start_checkpoint, train_resuming
 from tasks.preflight import preflight_request
+from tasks.registry import record_served, register_model
+from tasks.registry.promotion import promote_candidate
 from tasks.reporting.samples import sample_answers
 from tasks.reporting.status import (
     current_status,
@@ -80,16 +84,16 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
             reservation=reservation,
             start=start,
         )
-    samples = gguf = deployment = None
+    samples = gguf = deployment = decision = None
     if result.model_dir:  # the model is on this machine: show what training changed
         with stage(Stage.SAMPLING):
             samples = sample_answers(model, result.model_dir)
     # Set by the request's validator when omitted; a completed job has a model folder or a Hub repo.
     trained = result.model_dir or result.hub_repo
     assert request.output_name is not None and trained is not None
+    lineage = lineage_for_request(request, str(flow_run.id), eval_loss=result.eval_loss)
     if request.gguf is not None:
         with stage(Stage.CONVERTING):
-            lineage = lineage_for_request(request, str(flow_run.id))
             remote = request.backend is not Backend.LOCAL
             gguf = convert(
                 trained,
@@ -98,20 +102,43 @@ def finetune(request: FineTuneRequest, idempotency_key: str | None = None) -> Fi
                 dataset=held_out_dataset(request),
                 held_out_split=held_out_split(request),
                 hub=gguf_hub_target(request.output_name, remote=remote),
+                output_dir=run_output_dir(request.output_name, str(flow_run.id)),
             )
             publish_gguf(gguf)
         if request.deploy is not None:
-            with stage(Stage.DEPLOYING):
-                deployment = deploy_model(
-                    gguf.chosen,
-                    request.deploy.name or request.output_name,
-                    request.deploy.target,
-                    quality_report_md=quality_markdown(gguf.quality),
-                    lineage=lineage.model_dump(mode="json"),
-                )
-                publish_served(deployment)
+            with stage(Stage.PROMOTING):  # candidate vs the served model and the base (if_better)
+                decision = promote_candidate(request, model, result, gguf)
+    registered = register_model(
+        request,
+        result,
+        current_status(),
+        lineage=lineage,
+        gguf=gguf,
+        promotion=decision,
+        parent_flow_run_id=flow_run.parent_flow_run_id,
+    )
+    if gguf is not None and request.deploy is not None and decision and decision.deploy:
+        with stage(Stage.DEPLOYING):
+            deployment = deploy_model(
+                gguf.chosen,
+                request.deploy.name or request.output_name,
+                request.deploy.target,
+                quality_report_md=quality_markdown(gguf.quality),
+                lineage=lineage.model_dump(mode="json"),
+            )
+            record_served(deployment, registered.id)
+            publish_served(deployment)
+    elif decision is not None:
+        logger.info("not deployed: %s", decision.reason)
     summary = publish_summary(
-        request, result, current_status(), samples, gguf=gguf, deployment=deployment
+        request,
+        result,
+        current_status(),
+        samples,
+        gguf=gguf,
+        deployment=deployment,
+        registered=registered,
+        promotion=decision,
     )
     logger.info(
         "model saved to %s (loss %s → %s)", result.model_dir, result.first_loss, result.final_loss

@@ -1,5 +1,9 @@
 """The `retrain` flow: re-run a stored fine-tune request when its dataset changed.
 
+The retrained model is registered; it replaces the served one only as the spec's `promotion`
+says (default `if_better`: when it beats it on the same held-out rows), and the result's
+`reason` says which it was.
+
 Scheduled nightly by `prefect.yaml`; run it by hand with `python -m flows.retrain [spec_name]`.
 """
 
@@ -15,6 +19,7 @@ from tasks.retrain import (
     fingerprint_dataset,
     load_retrain_spec,
     record_retraining,
+    trained_reason,
 )
 
 
@@ -45,7 +50,7 @@ def retrain(spec_name: str = "default") -> RetrainResult:
     record_retraining(spec_name, fingerprint, summary, flow_run_id=str(flow_run.id))
     return RetrainResult(
         outcome=RetrainOutcome.TRAINED,
-        reason=f"dataset changed to {fingerprint.token}",
+        reason=trained_reason(fingerprint, summary),
         spec_name=spec_name,
         fingerprint=fingerprint,
         previous_fingerprint=spec.last_fingerprint,

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from schemas.costs import CostEstimate
+from schemas.registry import ModelRegistryView
 from schemas.status import RunLinks, Stage, TrainingProgress
 from schemas.validation import ValidationReport
 
@@ -214,3 +215,20 @@ class CostsResult(ToolResult):
     run: FlowRunRef | None = None
     finished: bool = False
     artifacts: list[ArtifactView] = []
+
+
+class ModelsResult(ToolResult):
+    """The outcome of a `models` flow run: registered models, their lineage, figures and deploys."""
+
+    run: FlowRunRef | None = None
+    idempotency_key: str | None = Field(
+        default=None, description="Pass it again to pick up this same run."
+    )
+    finished: bool = Field(
+        default=False, description="False when the run was still going at the wait bound."
+    )
+    registry: ModelRegistryView | None = Field(
+        default=None,
+        description="Models newest first: base model, dataset sha256, eval loss, GGUF files and "
+        "quality, promotion decision, every deploy (what it replaced) and where each serves now.",
+    )

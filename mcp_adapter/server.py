@@ -28,6 +28,7 @@ from mcp_adapter.models import (
     JobList,
     JobLogs,
     JobStatus,
+    ModelsResult,
     RunStarted,
     RunState,
     ValidationResult,
@@ -36,13 +37,15 @@ from mcp_adapter.runs import flow_parameters
 from schemas.approval import ApprovalDecision
 from schemas.flows import DeploymentName
 from schemas.gguf import GGUFSettings, HubTarget, ModelSource
+from schemas.registry import ModelQuery
 from schemas.request import DatasetSource, FineTuneRequest
 from schemas.serving import LOCAL_TARGET, DeployTarget, GGUFLocation, ServedName
 
 INSTRUCTIONS = """\
 Fine-tune language models with Prefect flows. Typical order: validate_dataset → estimate_cost →
 create_job → get_job_status (poll) → approve_job or reject_job when the job waits for approval →
-convert_to_gguf → deploy_model. Every tool that does work starts a Prefect flow run; each result
+convert_to_gguf → deploy_model; list_models / get_model read the model registry (where each model
+came from, how good it is, where it serves); deploy_model with rollback restores the previous one. Every tool that does work starts a Prefect flow run; each result
 carries the run's id and its Prefect UI link. A result with `error` set did not do what was asked:
 read the error, it says what to do. Jobs on the 'hf-jobs' backend spend money.
 """
@@ -303,23 +306,69 @@ async def convert_to_gguf(
     meta=starts(DeploymentName.DEPLOY),
 )
 async def deploy_model(
-    gguf_path: GGUFLocation,
+    gguf_path: Annotated[
+        GGUFLocation | None,
+        Field(
+            description="A .gguf file on the worker or hf://owner/repo/file.gguf; null with rollback."
+        ),
+    ],
     name: ServedName,
     target: DeployTarget = LOCAL_TARGET,
     hf_repo: Annotated[
         str | None,
         Field(description="Hub repo to upload a GGUF on the worker to (serverless-llm)."),
     ] = None,
+    rollback: Annotated[
+        bool,
+        Field(
+            description="Redeploy the registered model that the one serving under `name` on "
+            "`target` replaced (gguf_path: null)."
+        ),
+    ] = False,
     idempotency_key: IdempotencyKey = None,
 ) -> RunStarted:
     """Deploy a GGUF to serverless-llm or a local server (a `deploy` flow run); returns at once.
 
-    The run checks the model answers a chat request before it reports success; get_job_status
-    then gives links.serving (local) or links.pull_request (serverless-llm)."""
+    With rollback true (and gguf_path null) it redeploys the previous registered model of that
+    name on that target instead (see list_models). The run checks the model answers a chat
+    request before it reports success; get_job_status then gives links.serving (local) or
+    links.pull_request (serverless-llm). The model registry records every deploy."""
+    parameters = flow_parameters(name=name, target=target, hf_repo=hf_repo, rollback=rollback)
     return await start.start_long_run(
         DeploymentName.DEPLOY,
-        flow_parameters(gguf_path=gguf_path, name=name, target=target, hf_repo=hf_repo),
+        {"gguf_path": gguf_path, **parameters},
         idempotency_key=idempotency_key,
+    )
+
+
+@server.tool(annotations=READ_ONLY, meta=starts(DeploymentName.MODELS))
+async def list_models(
+    ctx: Context, idempotency_key: IdempotencyKey = None, wait_seconds: QuickWait = 120
+) -> ModelsResult:
+    """Every registered model, newest first (a `models` flow run): base model, dataset sha256,
+    eval loss, cost, GGUF files and their quality, the promotion decision, and where each serves."""
+    return await start.read_models(
+        {},
+        idempotency_key=idempotency_key,
+        wait_seconds=wait_seconds,
+        report_progress=ctx.report_progress,
+    )
+
+
+@server.tool(annotations=READ_ONLY, meta=starts(DeploymentName.MODELS))
+async def get_model(
+    ctx: Context,
+    name: ModelQuery = None,
+    idempotency_key: IdempotencyKey = None,
+    wait_seconds: QuickWait = 120,
+) -> ModelsResult:
+    """The registry entries of one model name, newest first (a `models` flow run): lineage,
+    figures, every deploy (by whom, what it replaced, rollbacks) and where each serves now."""
+    return await start.read_models(
+        flow_parameters(name=name),
+        idempotency_key=idempotency_key,
+        wait_seconds=wait_seconds,
+        report_progress=ctx.report_progress,
     )
 
 

@@ -1,4 +1,4 @@
-"""Tools that start flow runs: quick ones waited for (validate, estimate, cost report), a
+"""Tools that start flow runs: quick ones waited for (validate, estimate, cost report, models), a
 fine-tuning job waited for up to its budget gate, long ones returned at once (convert, deploy)."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from mcp_adapter.models import (
     FlowRunRef,
     GateStatus,
     JobCreated,
+    ModelsResult,
     RunStarted,
     RunState,
     ValidationResult,
@@ -38,6 +39,7 @@ from mcp_adapter.runs import (
 from mcp_adapter.status import gate_of
 from schemas.costs import CostEstimate
 from schemas.flows import DeploymentName
+from schemas.registry import ModelRegistryView
 from schemas.request import FineTuneRequest
 from schemas.validation import ValidationReport
 
@@ -193,6 +195,26 @@ async def start_long_run(
     key = new_key(idempotency_key)
     run = await start_run(deployment, parameters, idempotency_key=key)
     return RunStarted(run=run_ref(run, deployment.flow_name), idempotency_key=key)
+
+
+@returns_error(ModelsResult)
+async def read_models(
+    parameters: dict[str, Any],
+    *,
+    idempotency_key: str | None,
+    wait_seconds: float,
+    report_progress: ReportProgress | None,
+) -> ModelsResult:
+    """Run the `models` deployment and return the registry it read."""
+    outcome = await run_quick_flow(
+        DeploymentName.MODELS,
+        parameters,
+        ModelRegistryView,
+        idempotency_key=idempotency_key,
+        wait_seconds=wait_seconds,
+        report_progress=report_progress,
+    )
+    return ModelsResult(**outcome.fields(), registry=outcome.value)
 
 
 @returns_error(CostsResult)

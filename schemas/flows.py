@@ -22,6 +22,7 @@ class DeploymentName(str, Enum):
     HEALTH_CHECK = "health_check/health_check"
     SETTLE_ENDED_RUNS = "settle_ended_runs/settle_ended_runs"
     MERGE_WATCH = "merge_watch/merge_watch"
+    MODELS = "models/models"
 
     @property
     def flow_name(self) -> str:

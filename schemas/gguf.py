@@ -112,6 +112,13 @@ class GGUFLineage(_Strict):
         str | None, Field(description="Prefect flow run that produced the model.")
     ] = None
     name: Annotated[str | None, Field(description="Model name written as general.name.")] = None
+    registry_id: Annotated[
+        str | None,
+        Field(description="The model's entry in the model registry (`lmft models show`)."),
+    ] = None
+    eval_loss: Annotated[
+        float | None, Field(description="Eval loss of the trained model on its held-out rows.")
+    ] = None
 
 
 class HeldOutSplit(BaseModel):

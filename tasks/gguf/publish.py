@@ -73,6 +73,8 @@ GGUF files of a model fine-tuned with lm-fine-tuning, converted by llama.cpp's o
 | dataset | `{lineage.dataset or "n/a"}` (sha256 `{lineage.dataset_sha256 or "n/a"}`) |
 | method | {lineage.method or "n/a"} |
 | pipeline run | `{lineage.pipeline_run_id or "n/a"}` |
+| model registry entry | `{lineage.registry_id or "n/a"}` (`lmft models show {lineage.name or lineage.registry_id or ""}`) |
+| eval loss (held out) | {"n/a" if lineage.eval_loss is None else f"{lineage.eval_loss:.4f}"} |
 
 ## Files and quality gate
 {report.decision}

@@ -76,7 +76,8 @@ def render_chat(llm, messages: list[dict[str, str]]) -> str:
     )(messages=messages).prompt  # type: ignore[arg-type]  # plain dicts of the TypedDict's keys
 
 
-def _chat(llm, prompts: list[str], max_tokens: int) -> tuple[list[Answer], float]:
+def chat_answers(llm, prompts: list[str], max_tokens: int) -> tuple[list[Answer], float]:
+    """Greedy answers to `prompts` through the file's chat template, and the tokens per second."""
     answers, tokens, seconds = [], 0, 0.0
     for prompt in prompts:
         started = time.monotonic()
@@ -103,12 +104,13 @@ def _chat(llm, prompts: list[str], max_tokens: int) -> tuple[list[Answer], float
     return answers, (tokens / seconds if seconds else 0.0)
 
 
-def _load(variant: GGUFVariant, settings: GGUFSettings):
+def load_gguf(path: str, settings: GGUFSettings):
+    """A GGUF loaded by llama-cpp-python as the quality gate scores it, and the seconds it took."""
     from llama_cpp import Llama
 
     started = time.monotonic()
     llm = Llama(
-        model_path=variant.path,
+        model_path=path,
         n_ctx=max(settings.context_length, 2 * settings.max_answer_tokens + 256),
         logits_all=True,
         n_threads=settings.threads or None,
@@ -124,9 +126,9 @@ def _check(
     reference_nll: float | None,
     settings: GGUFSettings,
 ):
-    llm, load_seconds = _load(variant, settings)
+    llm, load_seconds = load_gguf(variant.path, settings)
     try:
-        answers, speed = _chat(llm, settings.prompts, settings.max_answer_tokens)
+        answers, speed = chat_answers(llm, settings.prompts, settings.max_answer_tokens)
         if texts is None:  # no held-out text: score the reference's own transcripts (built below)
             texts = [
                 render_chat(

@@ -59,6 +59,7 @@ STEP_NAMES = {
     Stage.TRAINING: "train",
     Stage.SAMPLING: "sample answers",
     Stage.CONVERTING: "gguf",
+    Stage.PROMOTING: "promote",
     Stage.DEPLOYING: "deploy",
 }
 """How `RunStatus.step_seconds` (and the summary's wall-time table) names each stage."""

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from schemas.costs import CostEstimate
 from schemas.gguf import ConversionResult
+from schemas.registry import PromotionDecision, RegisteredModel
 from schemas.request import FineTuneRequest
 from schemas.serving import ServedModel
 from schemas.status import RunLinks, RunStatus
@@ -50,6 +51,12 @@ class FineTuneSummary(BaseModel):
         default=None, description="Where the model answers (OpenAI-compatible)."
     )
     deployment_status: str | None = None
+    registry_id: str | None = Field(
+        default=None, description="The model's entry in the model registry (`lmft models show`)."
+    )
+    promotion: PromotionDecision | None = Field(
+        default=None, description="Whether the model was deployed, and the figures that decided it."
+    )
 
 
 def _cell(text: str) -> str:
@@ -91,6 +98,8 @@ def publish_summary(
     *,
     gguf: ConversionResult | None = None,
     deployment: ServedModel | None = None,
+    registered: RegisteredModel | None = None,
+    promotion: PromotionDecision | None = None,
 ) -> FineTuneSummary:
     """Build the run's summary from its result and its published status; publish it as markdown."""
     estimate, timings = status.gate.estimate, status.step_seconds
@@ -117,6 +126,8 @@ def publish_summary(
         gguf_decision=gguf.quality.decision if gguf else None,
         deployment_url=deployment.url or deployment.pull_request_url if deployment else None,
         deployment_status=deployment.status.value if deployment else None,
+        registry_id=registered.id if registered else None,
+        promotion=promotion,
     )
     rows = "\n".join(f"| {step} | {seconds:.1f} |" for step, seconds in timings.items())
     markdown = f"""# Fine-tune: {summary.output_name}
@@ -134,7 +145,9 @@ def publish_summary(
 | cost | {_cost(summary)} |
 | Trackio | project `{result.trackio_project}`: `trackio show --project {result.trackio_project}` |
 | GGUF | `{summary.gguf or "not converted"}` {_cell(summary.gguf_decision or "")} |
+| promotion | {_cell(promotion.reason) if promotion else "n/a (not deployed)"} |
 | deployment | {summary.deployment_status or "not deployed"} {summary.deployment_url or ""} |
+| registry entry | `{summary.registry_id or "n/a"}` (`lmft models show {summary.output_name}`) |
 
 ## Wall time per step (s)
 | step | seconds |

@@ -29,6 +29,7 @@ EXPECTED = {
     "spend_alerts",
     "health_check",
     "merge_watch",
+    "models",
 }
 
 

@@ -88,11 +88,16 @@ async def test_tools_are_typed_and_annotated():
         "convert_to_gguf",
         "deploy_model",
         "get_costs",
+        "list_models",
+        "get_model",
     }
     for tool in tools.values():
         assert tool.output_schema["properties"]["error"], tool.name
         assert tool.description
     assert tools["get_job_status"].annotations.read_only_hint is True
+    for reader in ("list_models", "get_model"):
+        assert tools[reader].annotations.read_only_hint is True
+    assert "rollback" in tools["deploy_model"].input_schema["properties"]
     for spender in ("create_job", "approve_job"):
         assert tools[spender].annotations.destructive_hint is True
         assert tools[spender].meta["spends_money"] is True
@@ -158,6 +163,30 @@ async def test_get_costs_and_deploy_model_start_their_flows(flow_worker):
     assert status["run"]["state"] == "failed"
     assert "/no/such/model.gguf" in status["run"]["state_message"]
     assert status["gate"] is None
+
+
+async def test_list_models_and_get_model_read_the_registry(flow_worker):
+    """The `models` flow reads the registry the worker shares with this process."""
+    from tasks.registry import model_registry
+    from tests.tasks.registry.test_store import model, served
+
+    def record() -> None:
+        registry = model_registry()
+        registry.register(model("mcp-a1", eval_loss=1.5, name="mcp-pirate"))
+        registry.record_deployment(served("mcp-a1", name="mcppirate"), model_id="mcp-a1")
+
+    await anyio.to_thread.run_sync(record)
+    everything, one, missing = await gather(
+        call("list_models"),
+        call("get_model", {"name": "mcp-pirate"}),
+        call("get_model", {"name": "nobody-at-all"}),
+    )
+    assert everything["error"] is None, everything
+    assert "mcp-a1" in [m["id"] for m in everything["registry"]["models"]]
+    (entry,) = one["registry"]["models"]
+    assert entry["id"] == "mcp-a1" and entry["serving"] == ["local/mcppirate"]
+    assert entry["eval_loss"] == 1.5 and entry["deployments"][0]["name"] == "mcppirate"
+    assert missing["registry"] is None and "no model named 'nobody-at-all'" in missing["error"]
 
 
 async def test_convert_to_gguf_then_deploy_model_run_to_completion(
