@@ -585,9 +585,15 @@ class TokenMeter:
     def __init__(self) -> None:
         self.real = self.padded = self.trained = 0
 
-    def count(self, batch: dict) -> None:
+    def count(self, batch) -> None:
+        # GRPO's trainer is handed the raw rows (a list) and generates from them inside its
+        # step: there are no collated tokens to count then.
+        from collections.abc import Mapping
+
+        if not isinstance(batch, Mapping):
+            return
         ids, labels = batch.get("input_ids"), batch.get("labels")
-        if ids is None:
+        if ids is None or not hasattr(ids, "numel"):
             return
         total = int(ids.numel())
         mask = batch.get("attention_mask")
