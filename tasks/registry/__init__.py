@@ -100,7 +100,7 @@ def _variants(gguf: ConversionResult) -> list[RegisteredVariant]:
     return out
 
 
-@task(name="register-model")
+@task(name="register-model", timeout_seconds=300)  # the registry's database
 def register_model(
     request: FineTuneRequest,
     result: TrainingResult,
@@ -141,7 +141,7 @@ def register_model(
     return registered
 
 
-@task(name="record-deployment")
+@task(name="record-deployment", timeout_seconds=300)  # the registry's database
 def record_served(
     deployment: ServedModel, model_id: str | None, *, rollback: bool = False
 ) -> DeploymentEvent:
@@ -166,7 +166,7 @@ def record_served(
     return event
 
 
-@task(name="find-incumbent")
+@task(name="find-incumbent", timeout_seconds=300)  # the registry's database
 def find_incumbent(target: str, name: str) -> tuple[DeploymentEvent, RegisteredModel | None] | None:
     """What serves under `name` on `target` now, and its registry entry (None: nothing serves)."""
     registry = model_registry()
@@ -176,7 +176,7 @@ def find_incumbent(target: str, name: str) -> tuple[DeploymentEvent, RegisteredM
     return current, registry.get(current.model_id) if current.model_id else None
 
 
-@task(name="find-rollback")
+@task(name="find-rollback", timeout_seconds=300)  # the registry's database
 def find_rollback(target: str, name: str) -> RegisteredModel:
     """The registered model a rollback of `name` on `target` redeploys (what the served one replaced)."""
     _, previous = model_registry().rollback_target(target, served_name(target, name))
@@ -185,7 +185,7 @@ def find_rollback(target: str, name: str) -> RegisteredModel:
     return previous
 
 
-@task(name="read-model-registry")
+@task(name="read-model-registry", timeout_seconds=300)  # the registry's database
 def read_registry(name: str | None = None) -> ModelRegistryView:
     """Every registered model (newest first), or the entries of one name or id."""
     registry = model_registry()

@@ -26,7 +26,7 @@ from tasks.paths import lmft_home
 CANDIDATE, INCUMBENT, BASE = "candidate", "incumbent", "base"
 
 
-@task(name="evaluate-gguf", persist_result=True)
+@task(name="evaluate-gguf", persist_result=True, timeout_seconds=2 * 3600)  # may fetch the base
 def evaluate_gguf(
     role: str,
     gguf_path: str,
@@ -197,7 +197,7 @@ def promotion_markdown(decision: PromotionDecision) -> str:
     return f"# Promotion: {verdict}\n\n**{decision.reason}** (promotion: `{decision.promotion.value}`)\n{table}"
 
 
-@task(name="publish-promotion-decision")
+@task(name="publish-promotion-decision", timeout_seconds=120)
 def publish_decision(decision: PromotionDecision) -> PromotionDecision:
     """The decision and its figures as the `promotion-decision` markdown artifact."""
     create_markdown_artifact(
