@@ -213,16 +213,7 @@ def cancel_local_job(
     if status.is_terminal:
         return status
     (directory / "cancelled").write_text(datetime.now(UTC).isoformat())
-    pid = _read_pid(directory)
-    _signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_seconds
-    while time.monotonic() < deadline and _pid_alive(pid):
-        _reap(handle.job_id)
-        time.sleep(0.1)
-    if _pid_alive(pid):
-        _signal_group(pid, signal.SIGKILL)
-    _reap(handle.job_id, wait=True)
-    return local_job_status(handle)
+    return _terminate(handle, grace_seconds)
 
 
 def checkpoint_and_stop_local_job(
@@ -234,15 +225,19 @@ def checkpoint_and_stop_local_job(
     Unlike `cancel_local_job` it marks nothing cancelled: the job ends resumable, and the run
     that owns it continues from that checkpoint wherever it runs next.
     """
-    directory = job_dir(handle.job_id)
     if local_job_status(handle).is_terminal:
         return local_job_status(handle)
-    pid = _read_pid(directory)
+    return _terminate(handle, grace_seconds)
+
+
+def _terminate(handle: JobHandle, grace_seconds: float) -> JobStatus:
+    """SIGTERM the job's process group, SIGKILL it if it is still alive after `grace_seconds`."""
+    pid = _read_pid(job_dir(handle.job_id))
     _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_seconds
     while time.monotonic() < deadline and _pid_alive(pid):
         _reap(handle.job_id)
-        time.sleep(0.2)
+        time.sleep(0.1)
     if _pid_alive(pid):
         _signal_group(pid, signal.SIGKILL)
     _reap(handle.job_id, wait=True)
